@@ -1,0 +1,158 @@
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+
+from models import (ConvolutionalBlock, Discriminator, Generator, ResidualBlock, SRResNet, SubPixelConvolutionalBlock,
+                    TruncatedVGG19, VGGWeightsUnavailable)
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_parameter_counts_match_the_paper_architecture():
+    assert n_params(SRResNet()) == 1_549_462
+    assert n_params(Generator()) == 1_549_462
+    assert n_params(Discriminator()) == 23_565_505
+
+
+@pytest.mark.parametrize('scale', [2, 4, 8])
+def test_srresnet_shapes_and_range(scale):
+    torch.manual_seed(0)
+    model = SRResNet(n_blocks=2, scaling_factor=scale).eval()
+    lr_imgs = torch.randn(2, 3, 12, 10) * 3  # ImageNet-normalised-like input, large values to push tanh
+    sr_imgs = model(lr_imgs)
+    assert sr_imgs.shape == (2, 3, 12 * scale, 10 * scale)
+    assert sr_imgs.min() >= -1 and sr_imgs.max() <= 1
+    assert len(model.subpixel_convolutional_blocks) == {2: 1, 4: 2, 8: 3}[scale]
+
+
+@pytest.mark.parametrize('scale', [3, 1, 16, 2.5])
+def test_srresnet_rejects_other_scales(scale):
+    with pytest.raises(ValueError, match='2, 4 or 8'):
+        SRResNet(scaling_factor=scale)
+
+
+def test_blocks():
+    x = torch.randn(1, 8, 10, 10)
+    assert ConvolutionalBlock(8, 16, 3, stride=2, batch_norm=True, activation='LeakyReLU')(x).shape == (1, 16, 5, 5)
+    assert isinstance(ConvolutionalBlock(8, 16, 3, activation='PReLU').conv_block[1], torch.nn.PReLU)
+    assert ConvolutionalBlock(8, 16, 3, activation='leakyrelu').conv_block[1].negative_slope == 0.2
+    tanh_out = ConvolutionalBlock(8, 3, 9, activation='TANH')(x * 100)
+    assert tanh_out.abs().max() <= 1
+    assert len(ConvolutionalBlock(8, 16, 3).conv_block) == 1  # no BN, no activation
+    with pytest.raises(ValueError, match='activation'):
+        ConvolutionalBlock(8, 16, 3, activation='relu')
+    assert SubPixelConvolutionalBlock(3, 8, 2)(x).shape == (1, 8, 20, 20)
+    assert SubPixelConvolutionalBlock(3, 8, 3)(x).shape == (1, 8, 30, 30)
+    block = ResidualBlock(3, 8)
+    torch.nn.init.zeros_(block.conv_block2.conv_block[1].weight)  # BN gamma 0: the block is the identity
+    torch.nn.init.zeros_(block.conv_block2.conv_block[1].bias)
+    assert torch.equal(block.eval()(x), x)
+
+
+def tutorial_srresnet_keys(n_blocks=16, n_subpixel=2):
+    """The original tutorial's SRResNet state_dict layout, written out by hand: {key: shape}."""
+    keys = {'conv_block1.conv_block.0.weight': (64, 3, 9, 9), 'conv_block1.conv_block.0.bias': (64,),
+            'conv_block1.conv_block.1.weight': (1,)}
+    bn = {'weight': (64,), 'bias': (64,), 'running_mean': (64,), 'running_var': (64,), 'num_batches_tracked': ()}
+    for b in range(n_blocks):
+        for c in (1, 2):
+            keys[f'residual_blocks.{b}.conv_block{c}.conv_block.0.weight'] = (64, 64, 3, 3)
+            keys[f'residual_blocks.{b}.conv_block{c}.conv_block.0.bias'] = (64,)
+            keys.update({f'residual_blocks.{b}.conv_block{c}.conv_block.1.{k}': s for k, s in bn.items()})
+        keys[f'residual_blocks.{b}.conv_block1.conv_block.2.weight'] = (1,)  # PReLU
+    keys['conv_block2.conv_block.0.weight'] = (64, 64, 3, 3)
+    keys['conv_block2.conv_block.0.bias'] = (64,)
+    keys.update({f'conv_block2.conv_block.1.{k}': s for k, s in bn.items()})
+    for b in range(n_subpixel):
+        keys[f'subpixel_convolutional_blocks.{b}.conv.weight'] = (256, 64, 3, 3)
+        keys[f'subpixel_convolutional_blocks.{b}.conv.bias'] = (256,)
+        keys[f'subpixel_convolutional_blocks.{b}.prelu.weight'] = (1,)
+    keys['conv_block3.conv_block.0.weight'] = (3, 64, 9, 9)
+    keys['conv_block3.conv_block.0.bias'] = (3,)
+    return keys
+
+
+def test_tutorial_state_dicts_load_strictly():
+    keys = tutorial_srresnet_keys()
+    torch.manual_seed(0)
+    state_dict = {k: torch.randn(s) if s else torch.tensor(7) for k, s in keys.items()}
+    model = SRResNet()
+    model.load_state_dict(state_dict, strict=True)
+    assert torch.equal(model.conv_block3.conv_block[0].bias, state_dict['conv_block3.conv_block.0.bias'])
+    generator = Generator()
+    generator.load_state_dict({f'net.{k}': v for k, v in state_dict.items()}, strict=True)
+    assert torch.equal(generator.net.conv_block1.conv_block[1].weight, state_dict['conv_block1.conv_block.1.weight'])
+
+
+def test_discriminator_keys_and_inputs():
+    d = Discriminator()
+    keys = d.state_dict()
+    assert keys['conv_blocks.0.conv_block.0.weight'].shape == (64, 3, 3, 3)
+    assert 'conv_blocks.0.conv_block.1.weight' not in keys  # no BN in the first block; LeakyReLU has no weights
+    assert keys['conv_blocks.1.conv_block.1.running_mean'].shape == (64,)
+    assert keys['conv_blocks.7.conv_block.0.weight'].shape == (512, 512, 3, 3)
+    assert keys['fc1.weight'].shape == (1024, 512 * 6 * 6) and keys['fc2.weight'].shape == (1, 1024)
+    d.eval()
+    for size in [(96, 96), (128, 96), (200, 333)]:
+        assert d(torch.randn(2, 3, *size)).shape == (2,)
+
+
+def test_discriminator_honours_fc_size():
+    d = Discriminator(n_channels=8, n_blocks=4, fc_size=32).eval()
+    assert d.fc1.out_features == 32 and d.fc2.in_features == 32
+    assert d(torch.randn(3, 3, 96, 96)).shape == (3,)
+
+
+@pytest.mark.parametrize('i, j, channels, reduction, layer_index', [(5, 4, 512, 16, 35), (2, 2, 128, 2, 8),
+                                                                     (1, 1, 64, 1, 1)])
+def test_truncated_vgg19_layers(i, j, channels, reduction, layer_index):
+    vgg = TruncatedVGG19(i, j, weights=None)
+    assert len(vgg.truncated_vgg19) == layer_index + 1
+    assert isinstance(vgg.truncated_vgg19[-1], torch.nn.ReLU)  # features after the activation
+    assert isinstance(vgg.truncated_vgg19[-2], torch.nn.Conv2d)
+    assert vgg(torch.randn(1, 3, 96, 96)).shape == (1, channels, 96 // reduction, 96 // reduction)
+
+
+def test_truncated_vgg19_invalid_choice_lists_valid_ones():
+    with pytest.raises(ValueError, match=r'\(5, 4\)') as e:
+        TruncatedVGG19(2, 3, weights=None)
+    assert '(2, 2)' in str(e.value) and '(3, 4)' in str(e.value)
+
+
+def test_truncated_vgg19_is_frozen_and_stays_in_eval():
+    vgg = TruncatedVGG19(2, 2, weights=None)
+    parent = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), vgg)
+    parent.train()
+    assert parent.training and not vgg.training
+    assert all(not p.requires_grad for p in vgg.parameters())
+    parent(torch.randn(1, 3, 32, 32)).mean().backward()
+    assert all(p.grad is None for p in vgg.parameters())
+    assert parent[0].weight.grad is not None  # gradients still flow through the VGG to its input
+
+
+def test_truncated_vgg19_from_local_file(tmp_path):
+    torch.manual_seed(1)
+    full = torchvision.models.vgg19()
+    path = tmp_path / 'vgg19.pth'
+    torch.save(full.state_dict(), path)  # the layout of torchvision's vgg19-dcbb9e9d.pth
+    vgg = TruncatedVGG19(5, 4, weights=str(path))
+    assert torch.equal(vgg.truncated_vgg19[34].weight, full.features[34].weight)
+
+
+def test_truncated_vgg19_missing_weights_say_what_to_do(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError('Name or service not known')
+    monkeypatch.setattr(torchvision.models.VGG19_Weights.IMAGENET1K_V1.__class__, 'get_state_dict', offline)
+    with pytest.raises(VGGWeightsUnavailable, match='--vgg-weights'):
+        TruncatedVGG19()
+    bad = tmp_path / 'bad.pth'
+    bad.write_bytes(b'not a checkpoint')
+    with pytest.raises(VGGWeightsUnavailable, match='--vgg-weights'):
+        TruncatedVGG19(weights=str(bad))
+    torch.save({'conv.weight': torch.zeros(1)}, tmp_path / 'other.pth')
+    with pytest.raises(VGGWeightsUnavailable):
+        TruncatedVGG19(weights=str(tmp_path / 'other.pth'))

@@ -1,0 +1,251 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import utils
+from models import SRResNet
+from utils import (CheckpointError, ImageLoadError, ImageTransforms, convert_image, downsample, load_checkpoint,
+                   load_generator, load_image, read_image, save_checkpoint)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# convert_image
+
+def test_y_channel_of_pure_colours():
+    colours = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    imgs = colours.view(5, 3, 1, 1).expand(5, 3, 4, 4)  # (5, 3, 4, 4) in [0, 1]
+    y = convert_image(imgs, '[0, 1]', 'y-channel')
+    assert y.shape == (5, 4, 4)
+    expected = torch.tensor([235.0, 16.0, 16 + 65.481, 16 + 128.553, 16 + 24.966])
+    torch.testing.assert_close(y[:, 0, 0], expected, atol=1e-4, rtol=0)
+    # a single image gives (H, W)
+    assert convert_image(imgs[0] * 2 - 1, '[-1, 1]', 'y-channel').shape == (4, 4)
+
+
+def test_conversion_round_trips():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 8, 6)  # [0, 1]
+    for via in ['[0, 255]', '[-1, 1]', 'imagenet-norm']:
+        back = convert_image(convert_image(x, '[0, 1]', via), via, '[0, 1]')
+        torch.testing.assert_close(back, x, atol=1e-6, rtol=0)
+    # imagenet-norm: (x - mean) / std, channel-wise
+    normed = convert_image(x, '[0, 1]', 'imagenet-norm')
+    torch.testing.assert_close(normed[:, 0], (x[:, 0] - 0.485) / 0.229)
+    torch.testing.assert_close(normed[:, 2], (x[:, 2] - 0.406) / 0.225)
+    # single images and batches agree
+    torch.testing.assert_close(convert_image(x[1], '[0, 1]', 'imagenet-norm'), normed[1])
+    torch.testing.assert_close(convert_image(x, '[0, 1]', '[-1, 1]'), x * 2 - 1)
+
+
+def test_pil_round_trip_is_exact():
+    array = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    img = Image.fromarray(array)
+    t = convert_image(img, 'pil', '[-1, 1]')
+    assert t.shape == (3, 7, 5) and t.min() >= -1 and t.max() <= 1
+    assert np.array_equal(np.asarray(convert_image(t, '[-1, 1]', 'pil')), array)
+    assert np.array_equal(np.asarray(convert_image(convert_image(img, 'pil', 'imagenet-norm'), 'imagenet-norm', 'pil')),
+                          array)
+
+
+def test_conversion_keeps_dtype_and_device_and_rejects_bad_names():
+    x = torch.rand(3, 4, 4, dtype=torch.float64)
+    assert convert_image(x, '[0, 1]', 'imagenet-norm').dtype == torch.float64
+    with pytest.raises(ValueError, match='source'):
+        convert_image(x, '[0, 2]', '[0, 1]')
+    with pytest.raises(ValueError, match='target'):
+        convert_image(x, '[0, 1]', 'ycbcr')
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The image loader: every mode to correct RGB
+
+def save(img, path, **kwargs):
+    img.save(path, **kwargs)
+    return str(path)
+
+
+def test_loader_modes(tmp_path):
+    gray = Image.fromarray(np.arange(12, dtype=np.uint8).reshape(3, 4) * 20)
+    rgb = np.asarray(load_image(save(gray, tmp_path / 'gray.png')))
+    assert rgb.shape == (3, 4, 3) and np.array_equal(rgb[..., 0], np.asarray(gray)) and np.array_equal(rgb[..., 2], rgb[..., 0])
+    assert read_image(tmp_path / 'gray.png').gray
+
+    palette = Image.new('P', (2, 1))
+    palette.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    palette.putpixel((1, 0), 1)
+    assert np.asarray(load_image(save(palette, tmp_path / 'p.png'))).tolist() == [[[255, 0, 0], [0, 0, 255]]]
+    assert np.asarray(load_image(save(palette, tmp_path / 'p.gif'))).tolist() == [[[255, 0, 0], [0, 0, 255]]]
+
+    one_bit = Image.new('1', (2, 1))
+    one_bit.putpixel((1, 0), 1)
+    assert np.asarray(load_image(save(one_bit, tmp_path / 'b.png'))).tolist() == [[[0, 0, 0], [255, 255, 255]]]
+
+    cmyk = Image.new('CMYK', (2, 1), (0, 255, 255, 0))  # red
+    cmyk.putpixel((1, 0), (0, 0, 0, 0))  # white
+    assert np.asarray(load_image(save(cmyk, tmp_path / 'cmyk.tif'))).tolist() == [[[255, 0, 0], [255, 255, 255]]]
+    assert np.asarray(load_image(save(cmyk, tmp_path / 'cmyk.jpg', quality=100))).reshape(-1, 3)[1].min() > 245
+
+
+def test_loader_composites_transparency_over_white(tmp_path):
+    rgba = Image.new('RGBA', (3, 1))
+    rgba.putdata([(255, 0, 0, 255), (255, 0, 0, 0), (0, 0, 0, 128)])  # opaque red, transparent, half-black
+    loaded = read_image(save(rgba, tmp_path / 'rgba.png'))
+    assert loaded.alpha.tolist() == [[255, 0, 128]]
+    assert np.asarray(load_image(tmp_path / 'rgba.png')).tolist() == [[[255, 0, 0], [255, 255, 255], [127, 127, 127]]]
+
+    la = Image.new('LA', (2, 1))
+    la.putdata([(0, 255), (0, 0)])
+    assert np.asarray(load_image(save(la, tmp_path / 'la.png'))).tolist() == [[[0, 0, 0], [255, 255, 255]]]
+
+    palette = Image.new('P', (2, 1))
+    palette.putpalette([0, 255, 0, 9, 9, 9] + [0] * 762)
+    palette.putpixel((1, 0), 1)
+    palette.info['transparency'] = 1
+    assert np.asarray(load_image(save(palette, tmp_path / 'pt.png', transparency=1))).tolist() == [[[0, 255, 0], [255, 255, 255]]]
+    assert read_image(tmp_path / 'pt.png').alpha.tolist() == [[255, 0]]
+
+    opaque = Image.new('RGBA', (2, 2), (1, 2, 3, 255))
+    assert read_image(save(opaque, tmp_path / 'opaque.png')).alpha is None  # nothing to carry
+
+
+def test_loader_scales_16_bit_instead_of_clipping(tmp_path):
+    values = np.array([[0, 1000, 32896, 40000, 65535]], dtype=np.uint16)
+    path = save(Image.fromarray(values), tmp_path / 'deep.png')
+    loaded = read_image(path)
+    assert loaded.bits == 16 and loaded.rgb.dtype == np.uint16 and loaded.gray
+    assert loaded.rgb[..., 0].tolist() == values.tolist()
+    rgb8 = np.asarray(load_image(path))
+    assert rgb8[..., 1].tolist() == [[0, 4, 128, 156, 255]]  # x / 257, rounded; a clip would give 255 for 1000+
+
+
+def test_loader_applies_exif_orientation(tmp_path):
+    array = np.zeros((16, 32, 3), np.uint8)  # 32 wide, 16 high; the top-left 8x8 block is red
+    array[:8, :8] = (255, 0, 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # 'rotate 90 CW to display'
+    for name in ['rotated.jpg', 'rotated.png']:
+        path = save(Image.fromarray(array), tmp_path / name, exif=exif, quality=100)
+        loaded = np.asarray(load_image(path)).astype(int)
+        assert loaded.shape == (32, 16, 3)  # displayed portrait
+        corner = loaded[1:7, 9:15].mean(axis=(0, 1))  # red moved to the top-right corner
+        assert corner[0] > 200 and corner[1] < 50, (name, corner)
+
+
+def test_loader_refuses_bad_files_with_one_line_naming_them(tmp_path, monkeypatch):
+    good = save(Image.new('RGB', (64, 64), (10, 20, 30)), tmp_path / 'good.png')
+    data = open(good, 'rb').read()
+    (tmp_path / 'truncated.png').write_bytes(data[:len(data) // 2])
+    (tmp_path / 'empty.jpg').write_bytes(b'')
+    (tmp_path / 'text.png').write_text('hello')
+    for name in ['truncated.png', 'empty.jpg', 'text.png', 'missing.png']:
+        with pytest.raises(ImageLoadError) as e:
+            load_image(tmp_path / name)
+        assert str(tmp_path / name) in str(e.value) and '\n' not in str(e.value)
+
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 1000)  # 64x64 = 4096 > 2 x 1000: Pillow's error
+    with pytest.raises(ImageLoadError, match='decompression bomb'):
+        load_image(good)
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 3000)  # between 1x and 2x: only a warning in Pillow
+    with pytest.raises(ImageLoadError, match='decompression bomb'):
+        load_image(good)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Transforms
+
+def coordinate_image(width, height):
+    """R = x, G = y: a crop's top-left pixel tells where it was taken."""
+    xs, ys = np.meshgrid(np.arange(width), np.arange(height))
+    return Image.fromarray(np.stack([xs, ys, np.zeros_like(xs)], axis=2).astype(np.uint8))
+
+
+def test_train_crops_are_uniform_over_every_position_edges_included():
+    img = coordinate_image(101, 98)
+    transform = ImageTransforms('train', 96, 4, '[0, 255]', '[0, 255]')
+    seen = set()
+    for _ in range(400):
+        lr, hr = transform(img)
+        assert hr.shape == (3, 96, 96) and lr.shape == (3, 24, 24)
+        left, top = int(hr[0, 0, 0]), int(hr[1, 0, 0])
+        assert hr[0, 0, 95] == left + 95 and hr[1, 95, 0] == top + 95
+        seen.add((left, top))
+    assert seen == {(x, y) for x in range(6) for y in range(3)}  # all 18 positions, including right/bottom edges
+
+
+def test_lr_is_the_bicubic_downsample_of_its_hr():
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (120, 130, 3), dtype=np.uint8))
+    lr, hr = ImageTransforms('train', 96, 4, '[0, 1]', '[-1, 1]')(img)
+    assert hr.min() >= -1 and hr.max() <= 1 and lr.min() >= 0 and lr.max() <= 1
+    hr_pil = convert_image(hr, '[-1, 1]', 'pil')
+    expected = hr_pil.resize((24, 24), Image.BICUBIC)
+    assert np.array_equal(np.asarray(convert_image(lr, '[0, 1]', 'pil')), np.asarray(expected))
+    # Pillow's bicubic antialiases: a 4x4 checkerboard block averages out instead of aliasing
+    checker = Image.fromarray(((np.indices((96, 96)).sum(0) % 2) * 255).astype(np.uint8)).convert('RGB')
+    assert np.abs(np.asarray(downsample(checker, 4), dtype=float) - 127.5).max() < 8
+
+
+def test_test_split_keeps_the_largest_crop_divisible_by_the_scale():
+    img = coordinate_image(103, 98)
+    lr, hr = ImageTransforms('test', None, 4, 'imagenet-norm', '[0, 255]')(img)
+    assert hr.shape == (3, 96, 100) and lr.shape == (3, 24, 25)
+    assert hr[0, 0, 0] == 0 and hr[1, 0, 0] == 0  # top-left, as MATLAB's modcrop
+
+
+def test_image_smaller_than_the_crop_is_a_clear_error():
+    with pytest.raises(ValueError, match=r'tiny\.png.*smaller than the 96x96'):
+        ImageTransforms('train', 96, 4, '[0, 1]', '[0, 1]')(Image.new('RGB', (95, 200)), name='tiny.png')
+    with pytest.raises(ValueError, match='split'):
+        ImageTransforms('val', 96, 4, '[0, 1]', '[0, 1]')
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+def test_checkpoint_round_trip_and_generator_from_config(tmp_path):
+    model = SRResNet(n_blocks=2, scaling_factor=2)
+    path = tmp_path / 'ckpt.pt'
+    save_checkpoint({'kind': 'srresnet', 'model': model.state_dict(), 'iteration': 5,
+                     'model_config': {'n_blocks': 2, 'scaling_factor': 2}}, path)
+    assert load_checkpoint(path)['iteration'] == 5
+    loaded = load_generator(path)
+    assert not loaded.training and len(loaded.residual_blocks) == 2
+    x = torch.randn(1, 3, 8, 8)
+    torch.testing.assert_close(loaded(x), model.eval()(x))
+    # SRGAN checkpoints: the generator's keys carry 'net.'; the config can be recovered from the weights
+    save_checkpoint({'kind': 'srgan', 'generator': {f'net.{k}': v for k, v in model.state_dict().items()}}, path)
+    assert load_generator(path)(x).shape == (1, 3, 16, 16)
+
+
+def test_pickled_checkpoints_are_refused_unless_allowed(tmp_path):
+    path = tmp_path / 'checkpoint_srresnet.pth.tar'
+    model = SRResNet(n_blocks=1)
+    torch.save({'epoch': 3, 'model': model, 'optimizer': torch.optim.Adam(model.parameters())}, path)
+    with pytest.raises(CheckpointError, match='--unsafe-pickle'):
+        load_checkpoint(path)
+    converted = load_checkpoint(path, allow_unsafe_pickle=True)
+    assert converted['model_config']['n_blocks'] == 1 and converted['config']['epoch'] == 3
+    assert torch.equal(converted['model']['conv_block3.conv_block.0.weight'], model.conv_block3.conv_block[0].weight)
+    for bad in [tmp_path / 'none.pt', tmp_path / 'junk.pt']:
+        if bad.name == 'junk.pt':
+            bad.write_bytes(b'junk')
+        with pytest.raises(CheckpointError):
+            load_checkpoint(bad)
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / 'last.pt'
+    save_checkpoint({'iteration': 1}, path)
+
+    def crash(obj, f):
+        f.write(b'half a checkpoint')
+        raise KeyboardInterrupt
+    monkeypatch.setattr(utils.torch, 'save', crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({'iteration': 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)['iteration'] == 1
+    assert os.listdir(tmp_path) == ['last.pt']  # no temporary file left behind
