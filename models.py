@@ -164,7 +164,9 @@ class VGGWeightsUnavailable(RuntimeError):
 def _vgg_layer_index(i, j):
     """Index in vgg19.features of the activation after the j-th convolution before the i-th max-pool."""
     maxpool_counter, conv_counter, valid = 0, 0, []
-    for index, layer in enumerate(torchvision.models.vgg19().features):
+    with torch.device('meta'):
+        features = torchvision.models.vgg19().features
+    for index, layer in enumerate(features):
         if isinstance(layer, nn.Conv2d):
             conv_counter += 1
         elif isinstance(layer, nn.MaxPool2d):
@@ -190,14 +192,21 @@ class TruncatedVGG19(nn.Module):
     def __init__(self, i=5, j=4, weights='imagenet'):
         super().__init__()
         truncate_at = _vgg_layer_index(i, j)
-        vgg19 = torchvision.models.vgg19()
-        if weights is not None:
+        with torch.device('meta'):  # the layout only: skips initialising the 120M-parameter classifier
+            layers = torchvision.models.vgg19().features[:truncate_at + 1]
+        self.truncated_vgg19 = layers.to_empty(device='cpu')
+        if weights is None:
+            for layer in self.truncated_vgg19:
+                if isinstance(layer, nn.Conv2d):  # torchvision's own initialisation of VGG
+                    nn.init.kaiming_normal_(layer.weight, mode='fan_out', nonlinearity='relu')
+                    nn.init.zeros_(layer.bias)
+        else:
             features = _load_vgg19_features(weights)
+            features = {k: v for k, v in features.items() if int(k.split('.')[0]) <= truncate_at}
             try:
-                vgg19.features.load_state_dict(features)
+                self.truncated_vgg19.load_state_dict(features)
             except RuntimeError as e:  # wrong keys or shapes
                 raise VGGWeightsUnavailable(f'{weights} is not a VGG19 weights file ({str(e).splitlines()[0]})') from None
-        self.truncated_vgg19 = nn.Sequential(*list(vgg19.features.children())[:truncate_at + 1])
         self.requires_grad_(False)
         self.eval()
 
