@@ -1,9 +1,14 @@
-"""SRDataset: (LR, HR) pairs from the JSON image lists written by create_data_lists.py."""
+"""SRDataset: (LR, HR) pairs from the JSON image lists written by create_data_lists.py, and InfiniteSampler: the
+endless, resumable, rank-sharded stream of training samples that the training scripts draw from."""
 
 import json
 import os
+import random
 
-from torch.utils.data import Dataset
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
 
 from utils import ImageTransforms, load_image
 
@@ -14,10 +19,17 @@ class SRDataset(Dataset):
         train: lr (3, crop_size / s, crop_size / s), hr (3, crop_size, crop_size) - a random crop of each image
         test:  lr (3, H / s, W / s), hr (3, H, W) - the whole image, trimmed to a multiple of the scale
     in the ranges lr_img_type / hr_img_type (see utils.convert_image). The tutorial trains with
-    lr_img_type='imagenet-norm' and hr_img_type='[-1, 1]'."""
+    lr_img_type='imagenet-norm' and hr_img_type='[-1, 1]'.
+
+    cache_images: decode every image once, now, and keep it in memory as uint8 (H * W * 3 bytes each: ~150 MB for
+    the 291-image set, far too much for COCO). Then a crop costs no file decode; DataLoader workers started by
+    fork share the cache.
+    An index may be an int (the crop position comes from the global `random` module, as in the tutorial) or a pair
+    (int, crop_seed) as InfiniteSampler yields them: the crop then depends on crop_seed alone, whatever process
+    makes it, which is what makes a resumed run see exactly the crops an uninterrupted one would."""
 
     def __init__(self, data_folder, split, crop_size, scaling_factor, lr_img_type, hr_img_type,
-                 test_data_name=None, blur_sigma=0.0):
+                 test_data_name=None, blur_sigma=0.0, cache_images=False):
         self.split = split.lower()
         if self.split not in {'train', 'test'}:
             raise ValueError(f"split must be 'train' or 'test', not {split!r}")
@@ -36,10 +48,61 @@ class SRDataset(Dataset):
 
         self.transform = ImageTransforms(self.split, crop_size, scaling_factor, lr_img_type, hr_img_type,
                                          blur_sigma=blur_sigma)
+        # (H, W, 3) uint8 arrays, decoded once
+        self.cache = [np.asarray(load_image(path)) for path in self.images] if cache_images else None
 
     def __len__(self):
         return len(self.images)
 
     def __getitem__(self, i):
-        img = load_image(self.images[i])  # PIL RGB, 8 bits per channel
-        return self.transform(img, name=self.images[i])  # (lr_img, hr_img)
+        i, crop_seed = i if isinstance(i, tuple) else (i, None)
+        if self.cache is not None:
+            img = Image.fromarray(self.cache[i])  # PIL RGB, 8 bits per channel
+        else:
+            img = load_image(self.images[i])
+        if crop_seed is None:
+            return self.transform(img, name=self.images[i])  # (lr_img, hr_img)
+        # the transform draws its crop from the global `random`: seed it for this sample, then put it back
+        outer_state = random.getstate()
+        random.seed(crop_seed)
+        try:
+            return self.transform(img, name=self.images[i])
+        finally:
+            random.setstate(outer_state)
+
+
+class InfiniteSampler(Sampler):
+    """An endless stream of (image index, crop seed) pairs: epoch after epoch of the dataset, each epoch in its own
+    random order, so one DataLoader iterator (and its workers) lives for the whole run instead of restarting every
+    len(dataset) / batch_size iterations (18 for the 291-image set).
+
+    The stream is a pure function of (seed, position): sample k of the global stream is image
+    permutation(seed, k // n)[k % n] with crop seed (seed, k). With `world_size` processes (DDP), rank r takes the
+    samples k = r, r + world_size, ...; `start` is the number of samples this rank has already consumed, so a
+    resumed run continues exactly where the checkpoint left off (start = iteration * batch size)."""
+
+    def __init__(self, dataset_size, seed=0, start=0, rank=0, world_size=1):
+        self.dataset_size = dataset_size
+        self.seed = seed
+        self.start = start
+        self.rank = rank
+        self.world_size = world_size
+
+    def _permutation(self, epoch):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.dataset_size, generator=generator).tolist()
+
+    def __iter__(self):
+        epoch, permutation = None, None
+        k = self.start
+        while True:
+            position = k * self.world_size + self.rank  # in the global stream
+            if position // self.dataset_size != epoch:
+                epoch = position // self.dataset_size
+                permutation = self._permutation(epoch)
+            crop_seed = self.seed * 2 ** 40 + position  # distinct for every (seed, position)
+            yield permutation[position % self.dataset_size], crop_seed
+            k += 1
+
+    def __len__(self):  # what DataLoader asks of samplers; the stream itself never ends
+        return 2 ** 62

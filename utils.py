@@ -12,10 +12,13 @@ Value ranges used throughout (the habit of this repo: every tensor's range is wr
 """
 
 import dataclasses
+import json
 import math
 import os
 import pickle
 import random
+import sys
+import time
 import warnings
 
 import numpy as np
@@ -244,16 +247,21 @@ def calculate_ssim(img1, img2, data_range=255.0, window_size=11, sigma=1.5):
     """SSIM of Wang et al. 2004 as their MATLAB ssim_index computes it: an 11x11 Gaussian window (sigma 1.5),
     K1 0.01, K2 0.03, statistics over 'valid' windows only. (H, W) or (N, H, W) tensors on the same scale."""
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    x = img1.double().reshape(-1, 1, *img1.shape[-2:])  # (N, 1, H, W)
-    y = img2.double().reshape(-1, 1, *img2.shape[-2:])
-    window = _gaussian_window(window_size, sigma, device=x.device)[None, None]  # (1, 1, 11, 11)
-    mu_x, mu_y = F.conv2d(x, window), F.conv2d(y, window)
-    sigma_xx = F.conv2d(x * x, window) - mu_x ** 2
-    sigma_yy = F.conv2d(y * y, window) - mu_y ** 2
-    sigma_xy = F.conv2d(x * y, window) - mu_x * mu_y
+    x, y = img1.double(), img2.double()  # (..., H, W)
+    g = _gaussian_window(window_size, sigma).sum(0).tolist()  # the window is outer(g, g): filter rows, then columns
+
+    def window_mean(z):  # (..., H, W) -> (..., H - 10, W - 10): Gaussian-weighted means over 'valid' windows
+        # (sums of shifted copies: several times faster on the CPU than a float64 conv2d with the 11x11 window)
+        width, height = z.shape[-1] - window_size + 1, z.shape[-2] - window_size + 1
+        rows = sum(g[k] * z[..., k:k + width] for k in range(window_size))
+        return sum(g[k] * rows[..., k:k + height, :] for k in range(window_size))
+
+    mu_x, mu_y, mean_xx, mean_yy, mean_xy = window_mean(torch.stack([x, y, x * x, y * y, x * y]))
+    sigma_xx = mean_xx - mu_x ** 2
+    sigma_yy = mean_yy - mu_y ** 2
+    sigma_xy = mean_xy - mu_x * mu_y
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * sigma_xy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sigma_xx + sigma_yy + c2))
-    ssim = ssim_map.flatten(1).mean(1)  # (N,)
-    return ssim.reshape(img1.shape[:-2])
+    return ssim_map.flatten(-2).mean(-1)  # the batch shape
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -320,7 +328,8 @@ def convert_tutorial_checkpoint(path, map_location='cpu'):
         state_dict = net.state_dict()
     else:
         raise CheckpointError(f'{path}: not a tutorial checkpoint (no "model" or "generator" entry)')
-    return {'kind': 'srresnet', 'model': state_dict, 'model_config': _model_config_from_state_dict(state_dict),
+    return {'kind': 'srgan' if 'generator' in old else 'srresnet', 'model': state_dict,
+            'model_config': _model_config_from_state_dict(state_dict),
             'iteration': None, 'config': {'converted_from': os.path.basename(path), 'epoch': old.get('epoch')}}
 
 
@@ -361,13 +370,18 @@ def load_generator(path, device='cpu', allow_unsafe_pickle=False):
 # Tiled inference: any image size in bounded memory, no seams (used by eval.py and super_resolve.py alike)
 
 def _blend_ramp(length, overlap_left, overlap_right, device):
-    """1-D weights: rising linearly over the left overlap, 1 in the middle, falling over the right overlap."""
+    """1-D weights of one tile: 1 in the middle; over each overlap, 0 for its outer quarter (next to the tile's
+    edge, where zero padding spoils the output: SRResNet sees ~39 LR pixels each way), rising linearly over its
+    middle half, 1 for its inner quarter. Two neighbours' ramps over the same overlap sum to 1. Against a ramp
+    over the whole overlap this cuts the tiled-vs-untiled error about 8x (overlap 16, trained-ish SRResNet)."""
+    def ramp(n):  # (n,) rising from 0 to 1 over the middle half of n pixels
+        return ((torch.arange(n, device=device) + 0.5 - n / 4) / (n / 2)).clamp(0, 1)
+
     w = torch.ones(length, device=device)
     if overlap_left > 0:
-        w[:overlap_left] = (torch.arange(overlap_left, device=device) + 0.5) / overlap_left
+        w[:overlap_left] = ramp(overlap_left)
     if overlap_right > 0:
-        w[length - overlap_right:] = torch.minimum(w[length - overlap_right:],
-                                                   (torch.arange(overlap_right, 0, -1, device=device) - 0.5) / overlap_right)
+        w[length - overlap_right:] = torch.minimum(w[length - overlap_right:], ramp(overlap_right).flip(0))
     return w
 
 
@@ -377,7 +391,7 @@ def super_resolve_tiled(model, lr_img, scaling_factor, tile=None, tile_overlap=1
 
     model: SRResNet-like, takes ImageNet-normalised LR, returns [-1, 1]; lr_img: (3, h, w) ImageNet-normalised,
     on the CPU or the model's device. tile: LR tile side (None: the whole image at once); tile_overlap: LR pixels
-    shared by neighbouring tiles, where the outputs are cross-faded linearly.
+    shared by neighbouring tiles, where the outputs are cross-faded (see _blend_ramp).
     Returns the SR image (3, h * s, w * s) in [-1, 1], float32, on the CPU: the full-size canvas never lives on
     the accelerator."""
     device = next(model.parameters()).device
@@ -395,19 +409,21 @@ def super_resolve_tiled(model, lr_img, scaling_factor, tile=None, tile_overlap=1
         return forward(lr_img)
 
     tile_overlap = min(tile_overlap, tile // 2)
-    step = tile - tile_overlap
 
-    def starts(size):  # tile origins covering [0, size), the last one flush with the edge
+    def spread(size):
+        """The fewest tiles of side <= `tile` that cover [0, size) with neighbours sharing >= tile_overlap pixels,
+        made equal and evenly spaced (a last tile pushed flush with the edge would redo up to a whole tile)."""
         if size <= tile:
-            return [0]
-        origins = list(range(0, size - tile, step))
-        return origins + [size - tile]
+            return [0], size
+        n = math.ceil((size - tile_overlap) / (tile - tile_overlap))
+        side = math.ceil((size + (n - 1) * tile_overlap) / n)  # <= tile
+        return [i * (size - side) // (n - 1) for i in range(n)], side
 
+    (tops, th), (lefts, tw) = spread(h), spread(w)
     sr = torch.zeros(3, h * s, w * s)  # the canvas (CPU)
     weight = torch.zeros(1, h * s, w * s)
-    for top in starts(h):
-        for left in starts(w):
-            th, tw = min(tile, h - top), min(tile, w - left)
+    for top in tops:
+        for left in lefts:
             out = forward(lr_img[:, top:top + th, left:left + tw])  # (3, th * s, tw * s)
             # cross-fade only where a neighbour overlaps; image borders keep full weight
             wy = _blend_ramp(th * s, (tile_overlap * s if top > 0 else 0), (tile_overlap * s if top + th < h else 0), 'cpu')
@@ -415,7 +431,7 @@ def super_resolve_tiled(model, lr_img, scaling_factor, tile=None, tile_overlap=1
             mask = wy[:, None] * wx[None, :]  # (th * s, tw * s)
             sr[:, top * s:(top + th) * s, left * s:(left + tw) * s] += out * mask
             weight[:, top * s:(top + th) * s, left * s:(left + tw) * s] += mask
-    return sr / weight
+    return sr.div_(weight)  # in place: no second full-size canvas
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -459,6 +475,551 @@ def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training helpers (train_srresnet.py, train_srgan.py)
+#
+# What both training scripts share, once: the flags they have in common, DDP and device set-up, the data stream,
+# the checkpointed state (models, optimizers, RNGs, data position), the loop that logs, validates, checkpoints and
+# stops cleanly on SIGINT/SIGTERM. Each script keeps what makes it itself: its models and its train_step().
+
+CHECKPOINT_FILE, BEST_CHECKPOINT_FILE, LOG_FILE = 'last.pt', 'best.pt', 'log.jsonl'
+
+
+def training_argument_parser(description, output_dir, iterations, val_every):
+    """The flags both training scripts share, with the paper's defaults; each script adds its own."""
+    import argparse
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--data-folder', default='./data', help='where train_images.json and the test lists are')
+    parser.add_argument('--output-dir', default=output_dir, help='checkpoints, log, samples and plots go here')
+    parser.add_argument('--iterations', type=int, default=iterations, help='training iterations (optimizer steps)')
+    parser.add_argument('--batch-size', type=int, default=16, help='HR crops per step, per process (DDP: x N)')
+    parser.add_argument('--lr', type=float, default=1e-4, help='Adam learning rate')
+    parser.add_argument('--beta1', type=float, default=0.9, help="Adam's beta1")
+    parser.add_argument('--crop-size', type=int, default=96, help='side of the HR training crops')
+    parser.add_argument('--scaling-factor', type=int, default=4, choices=[2, 4, 8], help='upscaling factor')
+    parser.add_argument('--blur-sigma', type=float, default=0.0,
+                        help='Gaussian blur (sigma in HR pixels) before bicubic downsampling; 0: none, as the paper')
+    parser.add_argument('--workers', type=int, default=min(4, os.cpu_count() or 1),
+                        help='DataLoader worker processes (0: load in the training process)')
+    parser.add_argument('--cache-images', action='store_true',
+                        help='decode every training image once into RAM (uint8): for small sets such as 291')
+    parser.add_argument('--checkpoint-every', type=int, default=1000, help=f'write {CHECKPOINT_FILE} this often')
+    parser.add_argument('--val-every', type=int, default=val_every,
+                        help=f'validate (PSNR/SSIM, sample sheet, {BEST_CHECKPOINT_FILE}) this often')
+    parser.add_argument('--val-set', default='auto',
+                        help="test list for validation: a name (Set5 -> Set5_test_images.json), 'none', or 'auto': "
+                             "Set5 if listed, else demo, else the first list found")
+    parser.add_argument('--log-every', type=int, default=10, help='log averaged values this often')
+    parser.add_argument('--resume', default=None, metavar='PATH|auto',
+                        help=f'continue a run from a checkpoint; auto: {CHECKPOINT_FILE} in --output-dir if present')
+    parser.add_argument('--seed', type=int, default=0, help='seeds weights, data order and crops')
+    parser.add_argument('--device', default='auto', help='auto (CUDA, else MPS, else CPU), or e.g. cuda:1, cpu')
+    parser.add_argument('--no-amp', action='store_true',
+                        help='train in fp32 (default: bf16 autocast where supported, else fp16 + GradScaler on GPUs)')
+    parser.add_argument('--compile', action='store_true', help='torch.compile the models (minutes to start; pays off on GPUs, not measurably on CPUs)')
+    parser.add_argument('--sync-bn', action='store_true', help='DDP: BatchNorm statistics over all GPUs')
+    return parser
+
+
+def setup_run(args, kind):
+    """Start DDP when run under torchrun, pick the device and mixed precision, seed, and find the checkpoint to
+    resume from. Returns a namespace: rank, world_size, is_main, device, amp_dtype, memory_format, checkpoint
+    (dict or None) and start_iteration."""
+    import types
+    for name in ('iterations', 'batch_size', 'checkpoint_every', 'val_every', 'log_every'):
+        if getattr(args, name) < 1:
+            raise SystemExit(f'error: --{name.replace("_", "-")} must be at least 1')
+    if args.crop_size % args.scaling_factor:
+        raise SystemExit(f'error: --crop-size {args.crop_size} must be divisible by --scaling-factor '
+                         f'{args.scaling_factor}')
+
+    device = pick_device(args.device)
+    rank, world_size = 0, 1
+    if 'RANK' in os.environ and 'WORLD_SIZE' in os.environ:  # launched by torchrun
+        rank, world_size = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
+        if device.type == 'cuda':
+            device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    if args.sync_bn and world_size > 1 and device.type != 'cuda':
+        raise SystemExit('error: --sync-bn needs CUDA GPUs (PyTorch has no SyncBatchNorm on the CPU)')
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest convolutions
+    seed_everything(args.seed + rank)
+
+    checkpoint, path = None, args.resume
+    last_path = os.path.join(args.output_dir, CHECKPOINT_FILE)
+    if args.resume == 'auto':
+        path = last_path if os.path.isfile(last_path) else None
+        if path is None and rank == 0:
+            print(f'--resume auto: no {last_path} yet, starting a new run')
+    elif args.resume is None and os.path.isfile(last_path):
+        raise SystemExit(f'error: {args.output_dir} already holds a run ({last_path}); continue it with --resume '
+                         f'auto, or choose another --output-dir')
+    if path is not None:
+        try:
+            checkpoint = load_checkpoint(path)
+        except CheckpointError as e:
+            raise SystemExit(f'error: {e}') from None
+        if checkpoint.get('kind') != kind or 'iteration' not in checkpoint or 'rng' not in checkpoint:
+            raise SystemExit(f'error: {path} is not a {kind} training checkpoint written by train_{kind}.py, so it '
+                             f'cannot be resumed (found kind {checkpoint.get("kind")!r})')
+        if rank == 0:
+            print(f'resuming from {path} at iteration {checkpoint["iteration"]}')
+            changed = [f'--{k.replace("_", "-")} {v} (was {checkpoint["config"][k]})' for k, v in vars(args).items()
+                       if k in {'batch_size', 'crop_size', 'seed', 'lr', 'beta1', 'blur_sigma', 'no_amp'}
+                       and checkpoint['config'].get(k, v) != v]
+            if changed:
+                print(f'note: {", ".join(changed)}: the run will not continue as it would have')
+
+    amp_dtype = None if args.no_amp else autocast_dtype(device)
+    return types.SimpleNamespace(
+        rank=rank, world_size=world_size, is_main=rank == 0, device=device, amp_dtype=amp_dtype,
+        memory_format=torch.preserve_format if device.type == 'mps' else torch.channels_last,
+        checkpoint=checkpoint, start_iteration=checkpoint['iteration'] if checkpoint else 0)
+
+
+def prepare_model(model, run, args):
+    """Move a model to the device in channels_last, then SyncBatchNorm / torch.compile / DDP as asked.
+    Returns (model, wrapped): save and validate `model`, train through `wrapped`."""
+    if args.sync_bn and run.world_size > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(run.device, memory_format=run.memory_format)
+    wrapped = torch.compile(model) if args.compile else model
+    if run.world_size > 1:
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            wrapped, device_ids=[run.device.index] if run.device.type == 'cuda' else None)
+    return model, wrapped
+
+
+def make_optimizer(model, args, run):
+    """Adam with the run's lr and beta1 (fused kernels where PyTorch has them)."""
+    return torch.optim.Adam(model.parameters(), lr=args.lr, betas=(args.beta1, 0.999),
+                            fused=run.device.type in {'cuda', 'cpu'})
+
+
+def make_grad_scaler(run):
+    """A GradScaler that is active only for fp16 autocast (bf16 and fp32 need none); resumed if resuming."""
+    scaler = torch.amp.GradScaler(run.device.type, enabled=run.amp_dtype == torch.float16)
+    if run.checkpoint is not None and run.checkpoint['scaler'] and scaler.is_enabled():
+        scaler.load_state_dict(run.checkpoint['scaler'])
+    return scaler
+
+
+def describe_run(run, args):
+    precision = str(run.amp_dtype).removeprefix('torch.') + ' autocast' if run.amp_dtype else 'fp32'
+    return (f'{run.device}, {precision}, {run.world_size} process(es), effective batch '
+            f'{args.batch_size * run.world_size}')
+
+
+def _ignore_sigint(worker_id):
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle, not the workers'
+
+
+def make_train_loader(args, run):
+    """An endless DataLoader of (lr_imgs, hr_imgs) batches: (N, 3, crop/s, crop/s) ImageNet-normalised and
+    (N, 3, crop, crop) in [-1, 1], starting where the resumed run stopped (see datasets.InfiniteSampler)."""
+    from torch.utils.data import DataLoader
+    from datasets import SRDataset, InfiniteSampler
+    try:
+        dataset = SRDataset(args.data_folder, 'train', args.crop_size, args.scaling_factor, 'imagenet-norm',
+                            '[-1, 1]', blur_sigma=args.blur_sigma, cache_images=args.cache_images)
+    except (FileNotFoundError, ValueError, ImageLoadError) as e:
+        raise SystemExit(f'error: {e}') from None
+    sampler = InfiniteSampler(len(dataset), seed=args.seed, start=run.start_iteration * args.batch_size,
+                              rank=run.rank, world_size=run.world_size)
+    return DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+                      pin_memory=run.device.type == 'cuda', drop_last=True, persistent_workers=args.workers > 0,
+                      worker_init_fn=_ignore_sigint)
+
+
+def rng_state():
+    """The RNG states of python, numpy and torch (CPU and CUDA), in types torch.load(weights_only=True) accepts."""
+    numpy_state = np.random.get_state(legacy=False)
+    state = {'python': random.getstate(), 'torch': torch.get_rng_state(),
+             'numpy': {'bit_generator': numpy_state['bit_generator'],
+                       'key': torch.from_numpy(numpy_state['state']['key'].astype(np.int64)),
+                       'pos': numpy_state['state']['pos'], 'has_gauss': numpy_state['has_gauss'],
+                       'gauss': numpy_state['gauss']}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    python_state = state['python']
+    random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
+    torch.set_rng_state(state['torch'])
+    n = state['numpy']
+    np.random.set_state({'bit_generator': n['bit_generator'], 'has_gauss': n['has_gauss'], 'gauss': n['gauss'],
+                         'state': {'key': n['key'].numpy().astype(np.uint32), 'pos': n['pos']}})
+    if 'cuda' in state and torch.cuda.is_available() and len(state['cuda']) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+class StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM ask the loop to finish its step, save and exit; a second Ctrl-C stops at once."""
+
+    def __init__(self):
+        import signal
+        self.signal_name = None
+        self.previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        import signal
+        if self.signal_name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+        print(f'\n{self.signal_name}: finishing this step, then saving {CHECKPOINT_FILE} '
+              f'(Ctrl-C again to stop without saving)', file=sys.stderr, flush=True)
+
+    def requested(self, run):
+        """True on every process once any process got a signal (so DDP ranks stop at the same iteration)."""
+        if run.world_size == 1:
+            return self.signal_name is not None
+        flag = torch.tensor([float(self.signal_name is not None)], device=run.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def restore(self):
+        import signal
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+class TrainingLog:
+    """Every logged value as one JSON line per row in <output_dir>/log.jsonl, and in TensorBoard when the
+    tensorboard package is installed. On resume, rows after the checkpoint's iteration (from the interrupted run)
+    are dropped, so the file reads as one uninterrupted run."""
+
+    def __init__(self, output_dir, start_iteration):
+        os.makedirs(output_dir, exist_ok=True)
+        self.path = os.path.join(output_dir, LOG_FILE)
+        rows = []
+        if start_iteration > 0 and os.path.isfile(self.path):
+            with open(self.path) as f:
+                rows = [line for line in f if line.strip() and json.loads(line)['iteration'] <= start_iteration]
+        with open(self.path, 'w') as f:
+            f.writelines(rows)
+        self.file = open(self.path, 'a')
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tensorboard = SummaryWriter(os.path.join(output_dir, 'tensorboard'), purge_step=start_iteration + 1)
+        except ImportError:  # tensorboard is optional
+            self.tensorboard = None
+
+    def write(self, row):
+        self.file.write(json.dumps(row) + '\n')
+        self.file.flush()
+        if self.tensorboard is not None:
+            for name, value in row.items():
+                if name != 'iteration':
+                    self.tensorboard.add_scalar(name, value, row['iteration'])
+
+    def close(self):
+        self.file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def read_log(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def choose_val_set(data_folder, val_set):
+    """--val-set -> the name of a test list in data_folder, or None (no validation)."""
+    if val_set == 'none':
+        return None
+    names = sorted(name.removesuffix('_test_images.json') for name in
+                   (os.listdir(data_folder) if os.path.isdir(data_folder) else [])
+                   if name.endswith('_test_images.json'))
+    if val_set == 'auto':
+        return next((name for name in ('Set5', 'demo') if name in names), names[0] if names else None)
+    if val_set not in names:
+        raise SystemExit(f'error: no {val_set}_test_images.json in {data_folder} (lists there: '
+                         f'{", ".join(names) or "none"}); write it with create_data_lists.py --test-folders, or pass '
+                         f'--val-set none')
+    return val_set
+
+
+@torch.no_grad()
+def validate(model, dataset, scaling_factor, amp_dtype=None, sheet_path=None, sheet_rows=3, sheet_crop=128):
+    """Mean PSNR and SSIM of `model` (SRResNet-like, eval mode inside) over a test SRDataset ('imagenet-norm' LR,
+    '[-1, 1]' HR), as eval.py measures them (evaluate_image, protocol 'paper': Y channel, `scaling_factor` border
+    pixels removed, SR rounded to 8 bits). With `sheet_path`, also writes a PNG of LR-bicubic / SR / HR centre
+    crops of the first images."""
+    was_training = model.training
+    model.eval()
+    s = scaling_factor
+    psnrs, ssims, rows = [], [], []
+    for i in range(len(dataset)):
+        lr_img, hr_img = dataset[i]  # (3, h, w) ImageNet-normalised, (3, h * s, w * s) in [-1, 1]
+        sr_img = super_resolve_tiled(model, lr_img, s, tile=256, tile_overlap=16, amp_dtype=amp_dtype)  # [-1, 1]
+        psnr, ssim = evaluate_image(sr_img, hr_img, s, protocol='paper')
+        psnrs.append(psnr.item())
+        ssims.append(ssim.item())
+        if sheet_path is not None and i < sheet_rows:
+            rows.append(_sheet_row(lr_img, sr_img, hr_img, s, sheet_crop))
+    model.train(was_training)
+    if rows:
+        _save_sheet(rows, sheet_path)
+    return sum(psnrs) / len(psnrs), sum(ssims) / len(ssims)
+
+
+def _sheet_row(lr_img, sr_img, hr_img, s, crop):
+    """Centre crops (PIL) of the bicubic upscaling of the LR image, the SR image and the HR image."""
+    height, width = hr_img.shape[-2:]
+    size = min(crop, height, width) // s * s
+    top, left = (height - size) // 2 // s * s, (width - size) // 2 // s * s
+    lr = convert_image(lr_img[:, top // s:(top + size) // s, left // s:(left + size) // s], 'imagenet-norm', 'pil')
+    bicubic = lr.resize((size, size), Image.BICUBIC)
+    sr = convert_image(sr_img[:, top:top + size, left:left + size], '[-1, 1]', 'pil')
+    hr = convert_image(hr_img[:, top:top + size, left:left + size], '[-1, 1]', 'pil')
+    return bicubic, sr, hr
+
+
+def _save_sheet(rows, path, gap=4, header=16):
+    from PIL import ImageDraw
+    size = max(img.width for row in rows for img in row)
+    sheet = Image.new('RGB', (3 * size + 2 * gap, header + len(rows) * (size + gap) - gap), 'white')
+    draw = ImageDraw.Draw(sheet)
+    for column, title in enumerate(('LR, bicubic', 'SR', 'HR')):
+        draw.text((column * (size + gap) + 2, 2), title, fill='black')
+    for r, row in enumerate(rows):
+        for column, img in enumerate(row):
+            sheet.paste(img, (column * (size + gap), header + r * (size + gap)))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    sheet.save(path)
+
+
+def plot_loss_curves(log_path, png_path):
+    """One panel per logged value (losses, D outputs, validation PSNR) against the iteration. Needs matplotlib;
+    returns False without it."""
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = read_log(log_path)
+    names = [name for name in dict.fromkeys(k for row in rows for k in row)
+             if name not in {'iteration', 'lr', 'data_ms', 'step_ms'}]
+    if not names:
+        return False
+    fig, axes = plt.subplots(len(names), 1, figsize=(8, 2.2 * len(names)), sharex=True, squeeze=False)
+    for ax, name in zip(axes[:, 0], names):
+        points = [(row['iteration'], row[name]) for row in rows if name in row]
+        ax.plot(*zip(*points), marker='.' if len(points) < 50 else None)
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel('iteration')
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def train_loop(args, run, loader, train_step, checkpoint_state, sr_model, optimizer, best_psnr=float('-inf')):
+    """Run train_step(lr_imgs, hr_imgs) -> {name: 0-dim tensor} from run.start_iteration to args.iterations.
+
+    Logs the values averaged over --log-every iterations (with the lr, and data vs step time per iteration),
+    validates `sr_model` every --val-every iterations (best.pt by PSNR), writes last.pt every --checkpoint-every
+    iterations, at the end and on SIGINT/SIGTERM, and stops with an error on a non-finite value before anything is
+    saved. checkpoint_state() returns the script's state (models, optimizers, ...); the loop adds iteration, RNG
+    states, best PSNR and the run's config. Under DDP only rank 0 logs, validates and saves."""
+    from tqdm import tqdm
+    from datasets import SRDataset
+
+    val_set = choose_val_set(args.data_folder, args.val_set)
+    val_dataset = None
+    if val_set is not None and run.is_main:
+        val_dataset = SRDataset(args.data_folder, 'test', args.crop_size, args.scaling_factor, 'imagenet-norm',
+                                '[-1, 1]', test_data_name=val_set, blur_sigma=args.blur_sigma)
+    log = TrainingLog(args.output_dir, run.start_iteration) if run.is_main else None
+
+    def save(path, iteration):
+        state = checkpoint_state()
+        state.update(iteration=iteration, rng=rng_state(), best_psnr=best_psnr, config=vars(args),
+                     samples_seen=iteration * args.batch_size * run.world_size)
+        save_checkpoint(state, path)
+
+    stop = StopSignals()
+    batches = iter(loader)  # starts the workers (their crops depend on the sampler's seeds, not on this RNG)
+    if run.checkpoint is not None:
+        set_rng_state(run.checkpoint['rng'])  # as it was when the checkpoint was written
+    bar = tqdm(total=args.iterations, initial=run.start_iteration, disable=not run.is_main, dynamic_ncols=True,
+               desc=os.path.basename(os.path.normpath(args.output_dir)))
+    sums, count, data_time, interval_start = {}, 0, 0.0, time.perf_counter()
+    iteration = run.start_iteration
+    try:
+        while iteration < args.iterations:
+            start = time.perf_counter()
+            lr_imgs, hr_imgs = next(batches)
+            lr_imgs = lr_imgs.to(run.device, non_blocking=True).contiguous(memory_format=run.memory_format)
+            hr_imgs = hr_imgs.to(run.device, non_blocking=True).contiguous(memory_format=run.memory_format)
+            data_time += time.perf_counter() - start
+            lr = optimizer.param_groups[0]['lr']  # the lr of this step (schedulers step inside train_step)
+
+            values = train_step(lr_imgs, hr_imgs)
+            iteration += 1
+            count += 1
+            for name, value in values.items():
+                sums[name] = sums.get(name, 0.0) + value.detach().float()
+            bar.update(1)
+
+            stopping = stop.requested(run)
+            finished = iteration == args.iterations
+            validating = val_set is not None and (iteration % args.val_every == 0 or finished)  # same on all ranks
+            saving = iteration % args.checkpoint_every == 0 or finished or stopping
+            if iteration % args.log_every == 0 or validating or saving:
+                means = torch.stack(list(sums.values())) / count
+                if run.world_size > 1:
+                    torch.distributed.all_reduce(means)
+                    means /= run.world_size
+                means = dict(zip(sums, means.tolist()))
+                bad = [name for name, value in means.items() if not math.isfinite(value)]
+                if bad:
+                    raise SystemExit(f'error: non-finite {", ".join(bad)} at iteration {iteration}; stopped without '
+                                     f'saving, {args.output_dir}/{CHECKPOINT_FILE} is the last good state. Try a lower '
+                                     f'--lr, or --no-amp')
+                elapsed = time.perf_counter() - interval_start
+                row = {'iteration': iteration, 'lr': lr, **means,
+                       'data_ms': 1000 * data_time / count, 'step_ms': 1000 * (elapsed - data_time) / count}
+                if log is not None:
+                    log.write(row)
+                bar.set_postfix({k: f'{v:.4g}' for k, v in row.items() if k not in {'iteration', 'lr'}},
+                                refresh=False)
+                sums, count, data_time = {}, 0, 0.0
+
+            if validating and run.is_main:
+                sheet = os.path.join(args.output_dir, 'samples', f'iter_{iteration:07d}.png')
+                psnr, ssim = validate(sr_model, val_dataset, args.scaling_factor, run.amp_dtype, sheet)
+                log.write({'iteration': iteration, f'val_psnr_{val_set}': psnr, f'val_ssim_{val_set}': ssim})
+                bar.write(f'iteration {iteration}: {val_set} PSNR {psnr:.2f} dB, SSIM {ssim:.4f}')
+                if psnr > best_psnr:
+                    best_psnr = psnr
+                    save(os.path.join(args.output_dir, BEST_CHECKPOINT_FILE), iteration)
+            if saving and run.is_main:
+                save(os.path.join(args.output_dir, CHECKPOINT_FILE), iteration)
+            if count == 0:  # just logged: time the next interval from here, validation and saving excluded
+                interval_start = time.perf_counter()
+            if stopping:
+                bar.write(f'stopped by {stop.signal_name or "a signal to another process"} at iteration '
+                          f'{iteration}; continue with --resume auto')
+                break
+    finally:
+        stop.restore()
+        bar.close()
+        if log is not None:
+            log.close()
+    if run.is_main and iteration == args.iterations:
+        if plot_loss_curves(os.path.join(args.output_dir, LOG_FILE), os.path.join(args.output_dir, 'loss_curves.png')):
+            print(f'loss curves: {args.output_dir}/loss_curves.png')
+        print(f'done: {iteration} iterations, {args.output_dir}/{CHECKPOINT_FILE}')
+    if run.world_size > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return best_psnr
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Evaluation helpers (eval.py; training validation and super_resolve.py may use them too)
+#
+# MATLAB's bicubic imresize, in torch so it runs batched on any device, and PSNR/SSIM of an SR image under a named
+# protocol. Why protocols matter: the same SR image scores 0.1-0.3 dB apart depending on how the LR was made
+# (Pillow vs MATLAB bicubic), which channel is measured (RGB vs Y), the border, 8-bit rounding of SR, and the SSIM
+# window (7x7 uniform vs 11x11 Gaussian).
+
+EVAL_PROTOCOLS = {
+    'paper': 'Y (BT.601, 16-235, rounded to 8 bits as MATLAB rgb2ycbcr; single-channel files measured on their '
+             'gray values), a border of `scale` px removed, SR clamped and rounded to 8 bits, SSIM 11x11 Gaussian '
+             'sigma 1.5 (MATLAB ssim_index)',
+    'tutorial': "sgrvinod's eval.py: Y (BT.601, 16-235, float), a 4-px border removed whatever the scale, float SR "
+                '(not clamped or rounded), scikit-image PSNR and SSIM defaults (7x7 uniform window)',
+}
+
+
+def _cubic(x):
+    """Keys' cubic convolution kernel with a = -0.5 (MATLAB's 'bicubic'): nonzero on (-2, 2), K(0) = 1."""
+    absx = x.abs()
+    absx2, absx3 = absx ** 2, absx ** 3
+    return ((1.5 * absx3 - 2.5 * absx2 + 1) * (absx <= 1)
+            + (-0.5 * absx3 + 2.5 * absx2 - 4 * absx + 2) * ((absx > 1) & (absx <= 2)))
+
+
+def imresize_matrix(in_length, out_length, scale, antialias=True):
+    """The (out_length, in_length) float64 matrix that resizes one axis as MATLAB's imresize(..., 'bicubic') does:
+    output pixel i (1-based) samples the input at u = i / scale + (1 - 1 / scale) / 2; when shrinking (scale < 1)
+    the kernel is stretched by 1 / scale (antialiasing); weights are normalised to sum to 1; pixels beyond the
+    edges are mirrored ('symmetric': ... 2 1 | 1 2 3 ...)."""
+    kernel_scale = scale if (scale < 1 and antialias) else 1.0
+    kernel_width = 4.0 / kernel_scale
+    u = torch.arange(1, out_length + 1, dtype=torch.float64) / scale + 0.5 * (1 - 1 / scale)  # (out,)
+    left = torch.floor(u - kernel_width / 2)
+    indices = left[:, None] + torch.arange(math.ceil(kernel_width) + 2, dtype=torch.float64)  # (out, taps), 1-based
+    weights = kernel_scale * _cubic((u[:, None] - indices) * kernel_scale)
+    weights = weights / weights.sum(1, keepdim=True)
+    mirror = torch.cat([torch.arange(in_length), torch.arange(in_length - 1, -1, -1)])  # 0-based, period 2 * in
+    indices = mirror[(indices.long() - 1) % (2 * in_length)]
+    matrix = torch.zeros(out_length, in_length, dtype=torch.float64)
+    return matrix.scatter_add_(1, indices, weights)  # taps mirrored onto the same pixel add up
+
+
+def imresize(img, scale, antialias=True):
+    """MATLAB's imresize(img, scale, 'bicubic') of a tensor (..., H, W) on any device, batched:
+    -> (..., ceil(H * scale), ceil(W * scale)), float (the input's float dtype, else float32), on the same scale
+    of values, neither clamped nor rounded (round to 8 bits yourself, as MATLAB does for uint8 images).
+    Two matrix products (one per axis; they commute), in float64 (float32 on MPS): for test-set sizes much faster
+    than gathering the taps."""
+    dtype = torch.float32 if img.device.type == 'mps' else torch.float64
+
+    def matrix(length):  # (length * scale, length)
+        return imresize_matrix(length, math.ceil(length * scale), scale, antialias).to(img.device, dtype)
+
+    out = matrix(img.shape[-2]) @ img.to(dtype) @ matrix(img.shape[-1]).T  # (..., H', W')
+    return out.to(img.dtype if img.dtype.is_floating_point else torch.float32)
+
+
+def y_channel_8bit(imgs, gray=False):
+    """What MATLAB's rgb2ycbcr gives for a uint8 image: (3, H, W) or (N, 3, H, W) in [-1, 1] -> clamped and rounded
+    to 8 bits (as when saved) -> BT.601 Y in [16, 235], rounded -> float64 (H, W) or (N, H, W).
+    gray: the image came from a single-channel file: its gray values themselves, 0-255 (luma on the full range)."""
+    imgs = convert_image(imgs.double(), '[-1, 1]', '[0, 255]').clamp(0, 255).round()  # an 8-bit image
+    y = convert_image(imgs, '[0, 255]', 'y-channel')  # in [16, 235]
+    if gray:
+        y = (y - 16) * (255 / 219)  # the weights sum to 219: R = G = B = v gives v
+    return y.round()
+
+
+def evaluate_image(sr_imgs, hr_imgs, scaling_factor, protocol='paper', gray=False):
+    """PSNR (dB) and SSIM of SR images against their HR images under an evaluation protocol (EVAL_PROTOCOLS).
+
+    sr_imgs, hr_imgs: (3, H, W) or (N, 3, H, W) in [-1, 1] (SR straight from the model; values outside the range
+    are clamped by 'paper', kept by 'tutorial'). gray: the HR file was single-channel ('paper' then measures the
+    gray values themselves, 0-255, as MATLAB scripts do when they skip rgb2ycbcr).
+    Returns (psnr, ssim): float64 tensors of the batch shape (0-dim for one image)."""
+    if protocol == 'paper':
+        s = scaling_factor
+        sr_y = y_channel_8bit(sr_imgs, gray)[..., s:-s, s:-s]  # (..., H - 2s, W - 2s)
+        hr_y = y_channel_8bit(hr_imgs, gray)[..., s:-s, s:-s]
+        return calculate_psnr(sr_y, hr_y), calculate_ssim(sr_y, hr_y)
+    if protocol == 'tutorial':
+        from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+        sr_y = convert_image(sr_imgs.float(), '[-1, 1]', 'y-channel')[..., 4:-4, 4:-4].cpu().numpy()
+        hr_y = convert_image(hr_imgs.float(), '[-1, 1]', 'y-channel')[..., 4:-4, 4:-4].cpu().numpy()
+        batch_shape = sr_y.shape[:-2]
+        sr_y, hr_y = sr_y.reshape(-1, *sr_y.shape[-2:]), hr_y.reshape(-1, *hr_y.shape[-2:])
+        psnr = [peak_signal_noise_ratio(hr, sr, data_range=255.) for hr, sr in zip(hr_y, sr_y)]
+        ssim = [structural_similarity(hr, sr, data_range=255.) for hr, sr in zip(hr_y, sr_y)]
+        return (torch.tensor(psnr, dtype=torch.float64).reshape(batch_shape),
+                torch.tensor(ssim, dtype=torch.float64).reshape(batch_shape))
+    raise ValueError(f'protocol must be one of {sorted(EVAL_PROTOCOLS)}, not {protocol!r}')
 
 
 if __name__ == '__main__':

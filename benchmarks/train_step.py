@@ -1,0 +1,204 @@
+"""
+How much faster is this repo's default training step than the original tutorial's plain loop, and is the training
+as good?
+
+Speed (one process, the variants interleaved repeat by repeat so that background load hits all alike):
+
+    python benchmarks/train_step.py                        # SRResNet and SRGAN steps, batch 16, 24 -> 96
+    python benchmarks/train_step.py --models srresnet --repeats 5
+
+    plain   the tutorial's loop: fp32, NCHW, eager, torch.optim.Adam defaults, losses on the raw outputs
+    default train_srresnet.train_step / train_srgan.train_step as the scripts run them: autocast in
+            utils.autocast_dtype's dtype (bf16 on CPUs with AVX-512 BF16/AMX and on Ampere+ GPUs), channels_last,
+            fused Adam (+ --compile to add torch.compile)
+
+Quality (same seed, same iterations, default vs --no-amp; Set5 PSNR of both, each evaluated in fp32):
+
+    python benchmarks/train_step.py --quality 200 --train-folders ../shared/data/T91 ../shared/data/BSD200 \\
+                                    --set5 ../shared/data/Set5
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import train_srgan  # noqa: E402
+import train_srresnet  # noqa: E402
+from models import Discriminator, Generator, SRResNet, TruncatedVGG19  # noqa: E402
+from utils import autocast_dtype, convert_image, pick_device  # noqa: E402
+
+
+def plain_srresnet_step(model, optimizer, lr_imgs, hr_imgs):
+    """The tutorial's train() body."""
+    sr_imgs = model(lr_imgs)
+    loss = F.mse_loss(sr_imgs, hr_imgs)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+def plain_srgan_step(generator, discriminator, vgg, optimizer_g, optimizer_d, lr_imgs, hr_imgs):
+    """The tutorial's SRGAN train() body (VGG features unscaled, as it had them)."""
+    sr_imgs = generator(lr_imgs)
+    sr_imgs_norm = convert_image(sr_imgs, '[-1, 1]', 'imagenet-norm')
+    sr_features = vgg(sr_imgs_norm)
+    hr_features = vgg(convert_image(hr_imgs, '[-1, 1]', 'imagenet-norm')).detach()
+    sr_logits = discriminator(sr_imgs)
+    content_loss = F.mse_loss(sr_features, hr_features)
+    adversarial_loss = F.binary_cross_entropy_with_logits(sr_logits, torch.ones_like(sr_logits))
+    perceptual_loss = content_loss + 1e-3 * adversarial_loss
+    optimizer_g.zero_grad()
+    perceptual_loss.backward()
+    optimizer_g.step()
+
+    hr_logits = discriminator(hr_imgs)
+    sr_logits = discriminator(sr_imgs.detach())
+    adversarial_loss = (F.binary_cross_entropy_with_logits(sr_logits, torch.zeros_like(sr_logits))
+                        + F.binary_cross_entropy_with_logits(hr_logits, torch.ones_like(hr_logits)))
+    optimizer_d.zero_grad()
+    adversarial_loss.backward()
+    optimizer_d.step()
+
+
+def make_variants(name, device, batch_size, compile_models):
+    """{'plain': step(), 'default': step()} for one model, each with its own models, optimizers and batch."""
+    amp_dtype = autocast_dtype(device)
+    variants = {}
+    for variant in ('plain', 'default'):
+        torch.manual_seed(0)
+        memory_format = torch.channels_last if variant == 'default' else torch.contiguous_format
+        lr_imgs = torch.randn(batch_size, 3, 24, 24, device=device).contiguous(memory_format=memory_format)
+        hr_imgs = (torch.rand(batch_size, 3, 96, 96, device=device) * 2 - 1).contiguous(memory_format=memory_format)
+
+        def prepare(model):
+            model = model.to(device, memory_format=memory_format)
+            return torch.compile(model) if compile_models and variant == 'default' else model
+
+        def adam(model):
+            if variant == 'plain':
+                return torch.optim.Adam(model.parameters(), lr=1e-4)
+            return torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type in {'cuda', 'cpu'})
+
+        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        if name == 'srresnet':
+            model = SRResNet().to(device, memory_format=memory_format)
+            step_model, optimizer = prepare(model), adam(model)
+            if variant == 'plain':
+                step = (lambda m, o, lr, hr: lambda: plain_srresnet_step(m, o, lr, hr))(step_model, optimizer,
+                                                                                       lr_imgs, hr_imgs)
+            else:
+                step = (lambda m, o, s, lr, hr: lambda: train_srresnet.train_step(m, o, s, lr, hr, amp_dtype))(
+                    step_model, optimizer, scaler, lr_imgs, hr_imgs)
+        else:
+            generator = Generator().to(device, memory_format=memory_format)
+            discriminator = Discriminator().to(device, memory_format=memory_format)
+            vgg = TruncatedVGG19(5, 4, weights=None).to(device, memory_format=memory_format)  # speed only
+            optimizer_g, optimizer_d = adam(generator), adam(discriminator)
+            if variant == 'plain':
+                step = (lambda *a: lambda: plain_srgan_step(*a))(generator, discriminator, vgg, optimizer_g,
+                                                                 optimizer_d, lr_imgs, hr_imgs)
+            else:
+                schedulers = [torch.optim.lr_scheduler.MultiStepLR(o, [100_000], 0.1) for o in (optimizer_g, optimizer_d)]
+                g, d = prepare(generator), discriminator
+                step = (lambda *a: lambda: train_srgan.train_step(*a, amp_dtype, 1e-3))(
+                    g, d, d, vgg, optimizer_g, optimizer_d, *schedulers, scaler, lr_imgs, hr_imgs)
+        variants[variant] = step
+    return variants
+
+
+def time_steps(step, n, device):
+    """(wall seconds, CPU seconds of this process) per step. With one thread the CPU time hardly depends on what
+    else the machine runs, so it is the steadier measure on a shared machine."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(n):
+        step()
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+    return (time.perf_counter() - wall) / n, (time.process_time() - cpu) / n
+
+
+def speed(args):
+    device = pick_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f'{device}, {torch.get_num_threads()} threads, default autocast dtype: {autocast_dtype(device)}, '
+          f'batch {args.batch_size}, 24 -> 96, {args.repeats} interleaved repeats of {args.steps} steps; medians')
+    print('| step | plain (tutorial) ms | default ms | speed-up | plain CPU ms | default CPU ms | CPU-time ratio |\n'
+          '|---|---|---|---|---|---|---|')
+    for name in args.models:
+        variants = make_variants(name, device, args.batch_size, args.compile)
+        for step in variants.values():  # warm-up: oneDNN / cuDNN kernel choice, compilation
+            time_steps(step, args.warmup, device)
+        times = {variant: [] for variant in variants}
+        for _ in range(args.repeats):
+            for variant, step in variants.items():
+                times[variant].append(time_steps(step, args.steps, device))
+        (plain, plain_cpu), (default, default_cpu) = (
+            [statistics.median(t[i] for t in times[v]) * 1000 for i in (0, 1)] for v in ('plain', 'default'))
+        print(f'| {"SRResNet" if name == "srresnet" else "SRGAN (G + D + VGG54)"} | {plain:.0f} | {default:.0f} | '
+              f'{plain / default:.2f}x | {plain_cpu:.0f} | {default_cpu:.0f} | {plain_cpu / default_cpu:.2f}x |',
+              flush=True)
+
+
+def quality(args):
+    """Train SRResNet twice from the same seed (default, --no-amp), then Set5 PSNR of both in fp32."""
+    from datasets import SRDataset
+    from utils import load_generator, validate
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with tempfile.TemporaryDirectory() as tmp:
+        data = os.path.join(tmp, 'data')
+        subprocess.run([sys.executable, os.path.join(repo, 'create_data_lists.py'), '--output-folder', data,
+                        '--train-folders', *args.train_folders, '--test-folders', args.set5], check=True,
+                       stdout=subprocess.DEVNULL)
+        results = {}
+        for variant, flags in (('default', []), ('fp32 (--no-amp)', ['--no-amp'])):
+            output_dir = os.path.join(tmp, variant.split()[0])
+            start = time.perf_counter()
+            subprocess.run([sys.executable, os.path.join(repo, 'train_srresnet.py'), '--data-folder', data,
+                            '--output-dir', output_dir, '--iterations', str(args.quality), '--seed', '0',
+                            '--val-set', 'none', '--workers', '1', '--cache-images', *flags], check=True,
+                           stderr=subprocess.DEVNULL)
+            minutes = (time.perf_counter() - start) / 60
+            set5 = SRDataset(data, 'test', 96, 4, 'imagenet-norm', '[-1, 1]', test_data_name='Set5')
+            psnr, ssim = validate(load_generator(os.path.join(output_dir, 'last.pt')), set5, 4, amp_dtype=None)
+            results[variant] = psnr
+            print(f'{variant}: {args.quality} iterations in {minutes:.1f} min, Set5 PSNR {psnr:.3f} dB, '
+                  f'SSIM {ssim:.4f}', flush=True)
+        a, b = results.values()
+        print(f'difference: {abs(a - b):.3f} dB (target: within 0.1 dB)')
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--models', nargs='+', default=['srresnet', 'srgan'], choices=['srresnet', 'srgan'])
+    parser.add_argument('--batch-size', type=int, default=16)
+    parser.add_argument('--repeats', type=int, default=3, help='interleaved rounds; the median is reported')
+    parser.add_argument('--steps', type=int, default=3, help='steps timed per round and variant')
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--device', default='auto')
+    parser.add_argument('--threads', type=int, default=0, help='torch threads (0: PyTorch default)')
+    parser.add_argument('--compile', action='store_true', help='torch.compile the default variant')
+    parser.add_argument('--quality', type=int, default=0, metavar='N',
+                        help='instead of timing: train N iterations default vs --no-amp and compare Set5 PSNR')
+    parser.add_argument('--train-folders', nargs='+', default=['../shared/data/T91', '../shared/data/BSD200'])
+    parser.add_argument('--set5', default='../shared/data/Set5')
+    args = parser.parse_args()
+    if args.quality:
+        quality(args)
+    else:
+        speed(args)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,332 @@
+"""
+PSNR and SSIM of SRResNet / SRGAN checkpoints and of the bicubic baseline on Set5, Set14 and BSD100 (or any folder
+of HR images), printed as a markdown table beside the paper's numbers.
+
+    python eval.py                                  # bicubic + the checkpoints found, on every test list in ./data
+    python eval.py bicubic runs/srresnet/best.pt runs/srgan/best.pt --test-sets Set5 Set14 BSD100
+    python eval.py bicubic --test-folders ../shared/data/Set5 ../shared/data/Set14 ../shared/data/BSD100
+    python eval.py checkpoint_srresnet.pth.tar --unsafe-pickle --protocol tutorial   # the tutorial's checkpoint
+    python eval.py runs/srresnet/best.pt --csv per_image.csv --save-dir results/eval  # per-image rows, SR images
+
+Why a protocol: the same SR image scores 0.1-0.3 dB apart depending on how the LR image was made, the channel
+measured, the border, 8-bit rounding and the SSIM window. Every number printed says which protocol made it.
+
+  --protocol paper (default), the literature's MATLAB protocol, which the paper's Table 2 is compared against:
+      HR cropped top-left to a multiple of the scale (MATLAB's modcrop); LR = MATLAB's imresize(HR, 1/s, 'bicubic')
+      rounded to 8 bits (--lr-kernel); SR clamped and rounded to 8 bits, as when saved; Y = rgb2ycbcr's luma
+      (BT.601, 16-235) rounded to 8 bits, as MATLAB computes it for uint8 images; single-channel files (Set14's
+      bridge) measured on their gray values, as MATLAB scripts do when they skip rgb2ycbcr; `scale` pixels of
+      border removed; SSIM with an 11x11 Gaussian window (sigma 1.5) as Wang et al.'s ssim_index.
+      The bicubic baseline then scores 28.42 / 0.8102 (Set5), 25.99 / 0.7024 (Set14), 25.96 / 0.6674 (BSD100) on
+      ../shared/data: the literature's MATLAB values 28.42 / 0.8104, 26.00 / 0.7027, 25.96 / 0.6675 within 0.01 dB.
+  --protocol tutorial, sgrvinod's eval.py: HR centre-cropped to a multiple of the scale; LR = Pillow bicubic;
+      float SR, neither clamped nor rounded; float Y with 4 px of border removed whatever the scale;
+      scikit-image's peak_signal_noise_ratio and structural_similarity(data_range=255) with their defaults
+      (a 7x7 uniform window, sample covariance).
+"""
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import re
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from create_data_lists import DEMO_TEST_IMAGES, find_images, folder_name
+from utils import (EVAL_PROTOCOLS, CheckpointError, ImageLoadError, autocast_dtype, convert_image, downsample,
+                   evaluate_image, imresize, load_checkpoint, load_generator, load_image, pick_device, read_image,
+                   super_resolve_tiled)
+
+# Checkpoints evaluated when none are named: the shipped weights and the training scripts' best checkpoints.
+DEFAULT_CHECKPOINTS = ('weights/srresnet_x4.pt', 'weights/srgan_x4.pt', 'runs/srresnet/best.pt', 'runs/srgan/best.pt')
+STANDARD_TEST_SETS = ('Set5', 'Set14', 'BSD100')
+LR_KERNELS = {'matlab': "MATLAB's imresize bicubic (antialiased)", 'pillow': "Pillow's bicubic (antialiased)"}
+
+# (PSNR, SSIM) at x4 that others published, printed under ours. Our bicubic under --protocol paper, measured on
+# ../shared/data: 28.42 / 0.8102, 25.99 / 0.7024, 25.96 / 0.6674 (see the README).
+REFERENCES = {
+    'paper': ('Ledig et al. 2017, Table 2', {  # their SSIM came from another implementation: compare PSNR first
+        'bicubic': {'Set5': (28.43, 0.8211), 'Set14': (25.99, 0.7486), 'BSD100': (25.94, 0.6935)},
+        'srresnet': {'Set5': (32.05, 0.9019), 'Set14': (28.49, 0.8184), 'BSD100': (27.58, 0.7620)},
+        'srgan': {'Set5': (29.40, 0.8472), 'Set14': (26.02, 0.7397), 'BSD100': (25.16, 0.6688)}}),
+    'tutorial': ("the tutorial's README (its protocol)", {
+        'srresnet': {'Set5': (31.927, 0.902), 'Set14': (28.588, 0.799), 'BSD100': (27.587, 0.756)},
+        'srgan': {'Set5': (29.719, 0.859), 'Set14': (26.509, 0.729), 'BSD100': (25.531, 0.678)}}),
+}
+KIND_NAMES = {'bicubic': 'bicubic', 'srresnet': 'SRResNet', 'srgan': 'SRGAN'}
+SET_ALIASES = {'set5': 'Set5', 'set14': 'Set14', 'bsd100': 'BSD100', 'b100': 'BSD100', 'bsds100': 'BSD100'}
+
+
+@dataclasses.dataclass
+class Model:
+    label: str  # as named on the command line
+    kind: str  # 'bicubic', 'srresnet' or 'srgan'
+    scaling_factor: int
+    network: torch.nn.Module | None = None  # SRResNet (an SRGAN's generator network) in eval mode; None: bicubic
+
+
+def crop_to_multiple(img, scaling_factor, centered=False):
+    """PIL image -> the largest crop whose sides are multiples of the scale: top-left (MATLAB's modcrop, as
+    utils.ImageTransforms and the literature) or centred (the tutorial's test crop)."""
+    width, height = img.width - img.width % scaling_factor, img.height - img.height % scaling_factor
+    left, top = ((img.width - width) // 2, (img.height - height) // 2) if centered else (0, 0)
+    return img.crop((left, top, left + width, top + height))
+
+
+def to_uint8_tensor(img):
+    """PIL RGB -> (3, H, W) uint8."""
+    return torch.from_numpy(np.array(img)).permute(2, 0, 1)
+
+
+def make_lr(hr_img, scaling_factor, lr_kernel):
+    """PIL HR image (sides multiples of the scale) -> LR image, (3, H / s, W / s) uint8."""
+    if lr_kernel == 'pillow':
+        return to_uint8_tensor(downsample(hr_img, scaling_factor))
+    lr_img = imresize(to_uint8_tensor(hr_img).double(), 1 / scaling_factor)  # (3, h, w), 0-255, float
+    return lr_img.clamp(0, 255).round().to(torch.uint8)  # stored as an 8-bit image, as MATLAB does for uint8
+
+
+def bicubic_upscale(lr_img, scaling_factor, lr_kernel):
+    """The bicubic baseline with the kernel that made the LR: (3, h, w) uint8 -> (3, h * s, w * s) in [-1, 1]."""
+    if lr_kernel == 'pillow':
+        lr_pil = Image.fromarray(lr_img.permute(1, 2, 0).numpy())
+        sr_img = to_uint8_tensor(lr_pil.resize((lr_pil.width * scaling_factor, lr_pil.height * scaling_factor),
+                                               Image.BICUBIC)).double()
+    else:
+        sr_img = imresize(lr_img.double(), scaling_factor).clamp(0, 255).round()
+    return sr_img / 127.5 - 1.0
+
+
+class TestImages(Dataset):
+    """The HR images of one test set -> dicts: path, lr_img (3, H / s, W / s) uint8, hr_img (3, H, W) uint8, gray
+    (the file was single-channel); or, for a file that cannot be used, its path and the reason (reported by the
+    main process as one line rather than as a DataLoader worker's traceback)."""
+
+    def __init__(self, paths, scaling_factor, lr_kernel, protocol):
+        self.paths, self.scaling_factor, self.lr_kernel, self.protocol = paths, scaling_factor, lr_kernel, protocol
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        path, s = self.paths[i], self.scaling_factor
+        try:
+            gray = read_image(path).gray  # (decoding twice: load_image is the one loader, read_image knows the mode)
+            img = load_image(path)  # PIL RGB, 8 bits per channel
+        except ImageLoadError as e:
+            return {'path': path, 'error': str(e)}
+        hr_img = crop_to_multiple(img, s, centered=self.protocol == 'tutorial')
+        border = s if self.protocol == 'paper' else 4
+        if min(hr_img.width, hr_img.height) < 2 * border + 11:  # the SSIM window must fit inside the border
+            return {'path': path, 'error': f'{path}: {img.width}x{img.height} is too small to measure at x{s}'}
+        return {'path': path, 'lr_img': make_lr(hr_img, s, self.lr_kernel), 'hr_img': to_uint8_tensor(hr_img),
+                'gray': gray}
+
+
+def load_models(names, args, device):
+    """Command-line names -> Models; bicubic runs at --scale, else at the first checkpoint's scale, else x4."""
+    models = []
+    for name in names:
+        if name == 'bicubic':
+            models.append(Model(name, 'bicubic', 0))
+            continue
+        try:
+            kind = load_checkpoint(name, args.unsafe_pickle).get('kind', 'srresnet')
+            network = load_generator(name, device, args.unsafe_pickle)
+        except CheckpointError as e:
+            raise SystemExit(f'error: {e}') from None
+        scaling_factor = 2 ** len(network.subpixel_convolutional_blocks)
+        models.append(Model(name, kind if kind in KIND_NAMES else 'srresnet', scaling_factor, network))
+    checkpoint_scales = [m.scaling_factor for m in models if m.network is not None]
+    for model in models:
+        if model.network is None:
+            model.scaling_factor = args.scale or (checkpoint_scales[0] if checkpoint_scales else 4)
+    return models
+
+
+def default_models():
+    found = [path for path in DEFAULT_CHECKPOINTS if os.path.isfile(path)]
+    print(f'models: bicubic{"".join(", " + p for p in found)} (none named; looked for '
+          f'{", ".join(DEFAULT_CHECKPOINTS)})')
+    return ['bicubic'] + found
+
+
+def test_sets_to_run(args):
+    """--test-sets / --test-folders -> [(name, [image paths])]."""
+    names = args.test_sets
+    if names is None and not args.test_folders:  # every list in the data folder, the standard sets first
+        listed = sorted(f.removesuffix('_test_images.json') for f in
+                        (os.listdir(args.data_folder) if os.path.isdir(args.data_folder) else [])
+                        if f.endswith('_test_images.json'))
+        names = [n for n in STANDARD_TEST_SETS if n in listed] + [n for n in listed if n not in STANDARD_TEST_SETS]
+        if not names:  # a fresh checkout: the demo photos that scikit-image ships
+            import skimage.data
+            print(f'test sets: no lists in {args.data_folder}, so the demo set (scikit-image\'s '
+                  f'{", ".join(DEMO_TEST_IMAGES)}); for Set5, Set14, BSD100 see `python create_data_lists.py --help`')
+            folder = os.path.dirname(skimage.data.__file__)
+            return [('demo', [os.path.join(folder, name) for name in DEMO_TEST_IMAGES])]
+    sets = []
+    for name in names or []:
+        list_path = os.path.join(args.data_folder, f'{name}_test_images.json')
+        if not os.path.isfile(list_path):
+            raise SystemExit(f'error: {list_path} not found; write it with `python create_data_lists.py '
+                             f'--test-folders path/to/{name}`, or pass --test-folders path/to/{name} here')
+        with open(list_path) as f:
+            sets.append((name, json.load(f)))
+    for folder in args.test_folders or []:
+        paths, _ = find_images(folder)  # exits with a message when the folder does not exist
+        sets.append((folder_name(folder), paths))
+    for name, paths in sets:
+        if not paths:
+            raise SystemExit(f'error: test set {name} holds no images')
+    return sets
+
+
+def evaluate(models, test_sets, protocol='paper', lr_kernel='matlab', tile=512, tile_overlap=32, amp_dtype=None,
+             workers=0, save_dir=None, progress=True):
+    """Run every model over every test set. Returns one row per (model, image): dicts with model, kind, scale,
+    protocol, lr_kernel, dataset, image, psnr, ssim, seconds (inference time of that image)."""
+    rows = []
+    for model in models:  # warm up (allocations, kernel choice), so that the first image is timed fairly
+        if model.network is not None:
+            super_resolve_tiled(model.network, torch.zeros(3, 16, 16), model.scaling_factor, amp_dtype=amp_dtype)
+    for dataset_name, paths in test_sets:
+        for s in sorted({m.scaling_factor for m in models}):  # one pass over the images per scale
+            models_s = [m for m in models if m.scaling_factor == s]
+            dataset = TestImages(paths, s, lr_kernel, protocol)
+            loader = DataLoader(dataset, batch_size=None, num_workers=workers)  # one image at a time, any size
+            for item in tqdm(loader, total=len(dataset), desc=f'{dataset_name} x{s}', unit='img', leave=False,
+                             disable=not progress):
+                if 'error' in item:
+                    raise SystemExit(f'error: {item["error"]}; remove it from the test set')
+                lr_img, hr_img = item['lr_img'], item['hr_img']  # (3, h, w), (3, h * s, w * s) uint8
+                hr_img = hr_img.double() / 127.5 - 1.0  # in [-1, 1]
+                for model in models_s:
+                    start = time.perf_counter()
+                    if model.network is None:
+                        sr_img = bicubic_upscale(lr_img, s, lr_kernel)  # (3, H, W) in [-1, 1]
+                    else:
+                        lr_input = convert_image(lr_img.float() / 255.0, '[0, 1]', 'imagenet-norm')
+                        sr_img = super_resolve_tiled(model.network, lr_input, s, tile, tile_overlap, amp_dtype)
+                    seconds = time.perf_counter() - start  # super_resolve_tiled returns on the CPU: GPU work done
+                    psnr, ssim = evaluate_image(sr_img, hr_img, s, protocol, gray=item['gray'])
+                    image_name = os.path.splitext(os.path.basename(item['path']))[0]
+                    rows.append({'model': model.label, 'kind': model.kind, 'scale': s, 'protocol': protocol,
+                                 'lr_kernel': lr_kernel, 'dataset': dataset_name, 'image': image_name,
+                                 'psnr': psnr.item(), 'ssim': ssim.item(), 'seconds': seconds})
+                    if save_dir is not None:
+                        folder = os.path.join(save_dir, re.sub(r'[^\w.-]+', '_', model.label).strip('_'),
+                                              dataset_name)
+                        os.makedirs(folder, exist_ok=True)
+                        convert_image(sr_img.float(), '[-1, 1]', 'pil').save(os.path.join(folder, image_name + '.png'))
+    return rows
+
+
+def markdown_table(models, dataset_names, rows, protocol, lr_kernel):
+    """Mean PSNR / SSIM per model and test set, then the published numbers for the kinds of model present."""
+    def cell(values):
+        return f'{values[0]:.2f} / {values[1]:.4f}' if values else '-'
+
+    lines = [f'| model | scale | {" | ".join(f"{name} PSNR / SSIM" for name in dataset_names)} | s / image '
+             f'| measured by |',
+             '|---|---|' + '---|' * len(dataset_names) + '---|---|']
+    for model in models:
+        mine = [r for r in rows if r['model'] == model.label and r['scale'] == model.scaling_factor]
+        means = []
+        for name in dataset_names:
+            of_set = [r for r in mine if r['dataset'] == name]
+            means.append((np.mean([r['psnr'] for r in of_set]), np.mean([r['ssim'] for r in of_set]))
+                         if of_set else None)
+        seconds = np.mean([r['seconds'] for r in mine])
+        label = model.label if model.kind == 'bicubic' else f'{model.label} ({KIND_NAMES[model.kind]})'
+        lines.append(f'| {label} | x{model.scaling_factor} | {" | ".join(cell(m) for m in means)} | {seconds:.3f} '
+                     f'| this eval.py, --protocol {protocol}, {lr_kernel} LR |')
+
+    kinds = [kind for kind in KIND_NAMES if any(m.kind == kind and m.scaling_factor == 4 for m in models)]
+    canonical = [SET_ALIASES.get(name.lower()) for name in dataset_names]
+    if any(canonical):
+        for source in ('paper', 'tutorial') if protocol == 'tutorial' else ('paper',):
+            who, table = REFERENCES[source]
+            for kind in kinds:
+                if kind in table:
+                    cells = ' | '.join(cell(table[kind].get(name)) for name in canonical)
+                    lines.append(f'| *{KIND_NAMES[kind]} ({source})* | x4 | {cells} | | {who} |')
+    return '\n'.join(lines)
+
+
+def write_csv(rows, path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('models', nargs='*', metavar='MODEL',
+                        help="checkpoints (train_srresnet.py's, train_srgan.py's, the tutorial's with "
+                             "--unsafe-pickle) and/or 'bicubic' [default: bicubic and those of "
+                             f"{', '.join(DEFAULT_CHECKPOINTS)} that exist]")
+    parser.add_argument('--test-sets', nargs='+', default=None, metavar='NAME',
+                        help='test lists in --data-folder (Set5 -> Set5_test_images.json) [default: every list '
+                             'there, unless --test-folders is given]')
+    parser.add_argument('--test-folders', nargs='+', default=None, metavar='DIR',
+                        help='folders of HR images, each a test set named after the folder')
+    parser.add_argument('--data-folder', default='./data', help='where create_data_lists.py wrote the lists')
+    parser.add_argument('--protocol', choices=sorted(EVAL_PROTOCOLS), default='paper',
+                        help="paper: the literature's MATLAB protocol; tutorial: sgrvinod's eval.py (see above)")
+    parser.add_argument('--lr-kernel', choices=sorted(LR_KERNELS), default=None,
+                        help='how LR images are made from HR ones (and how bicubic upscales them) [default: matlab '
+                             'with --protocol paper, pillow with --protocol tutorial]')
+    parser.add_argument('--scale', type=int, choices=[2, 3, 4, 8], default=None,
+                        help="bicubic's upscaling factor [default: the first checkpoint's, else 4]; checkpoints "
+                             'always run at their own scale')
+    parser.add_argument('--tile', type=int, default=512,
+                        help='LR tile side for inference in bounded memory; 0: whole images')
+    parser.add_argument('--tile-overlap', type=int, default=32, help='LR pixels shared by neighbouring tiles')
+    parser.add_argument('--device', default='auto', help="'auto' (CUDA, then MPS, then CPU), 'cpu', 'cuda:1', ...")
+    parser.add_argument('--amp', action='store_true',
+                        help='autocast (bf16 where supported, else fp16): faster, numbers may move ~0.01 dB')
+    parser.add_argument('--workers', type=int, default=2, help='DataLoader processes making LR images (0: none)')
+    parser.add_argument('--csv', default=None, metavar='PATH', help='also write one row per model and image here')
+    parser.add_argument('--save-dir', default=None, metavar='DIR',
+                        help='save SR images as DIR/<model>/<test set>/<image>.png')
+    parser.add_argument('--unsafe-pickle', action='store_true',
+                        help="load the original tutorial's pickled checkpoints (this runs code from the file: only "
+                             'for files you trust)')
+    args = parser.parse_args()
+    if args.tile < 0 or args.tile_overlap < 0 or args.workers < 0:
+        raise SystemExit('error: --tile, --tile-overlap and --workers must be 0 or more')
+    lr_kernel = args.lr_kernel or ('matlab' if args.protocol == 'paper' else 'pillow')
+
+    device = pick_device(args.device)
+    amp_dtype = autocast_dtype(device) if args.amp else None
+    if args.amp and amp_dtype is None:
+        print(f'note: --amp: no fast autocast dtype on {device}, running in fp32')
+    test_sets = test_sets_to_run(args)
+    models = load_models(args.models or default_models(), args, device)
+
+    rows = evaluate(models, test_sets, args.protocol, lr_kernel, args.tile or None, args.tile_overlap, amp_dtype,
+                    args.workers, args.save_dir)
+
+    print(f'\nProtocol {args.protocol}: {EVAL_PROTOCOLS[args.protocol]}.')
+    precision = f'autocast {str(amp_dtype).split(".")[-1]}' if amp_dtype else 'fp32'
+    print(f'LR images: {LR_KERNELS[lr_kernel]} of the HR; device {device}, {precision}.\n')
+    print(markdown_table(models, [name for name, _ in test_sets], rows, args.protocol, lr_kernel))
+    if args.csv:
+        write_csv(rows, args.csv)
+        print(f'\nper-image results: {args.csv}')
+    if args.save_dir:
+        print(f'SR images: {args.save_dir}/')
+
+
+if __name__ == '__main__':
+    main()

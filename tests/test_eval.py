@@ -1,0 +1,310 @@
+"""eval.py and the evaluation helpers in utils: metrics pinned to independent values, MATLAB's imresize checked by
+hand, the literature's bicubic baseline on Set5, the protocols, tiled inference and the command line."""
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import eval as eval_py
+import utils
+from models import SRResNet
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _photo(height, width, seed=0):
+    """A smooth colour image with texture, (3, H, W) uint8."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([128 + 100 * np.sin(x / 7.0), 128 + 100 * np.cos(y / 5.0), 128 + 60 * np.sin((x + y) / 9.0)])
+    return torch.from_numpy(np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8))
+
+
+def _to_pm1(img_uint8):  # (3, H, W) uint8 -> [-1, 1] float64
+    return img_uint8.double() / 127.5 - 1.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Metrics against independent values
+
+def test_y_of_pure_colours_as_matlab_rgb2ycbcr_gives_for_uint8():
+    colours = {(255, 255, 255): 235, (0, 0, 0): 16, (255, 0, 0): 81.481, (0, 255, 0): 144.553, (0, 0, 255): 40.966,
+               (128, 128, 128): 16 + 219 * 128 / 255}  # BT.601: 16 + (65.481 R + 128.553 G + 24.966 B) / 255
+    imgs = torch.tensor(list(colours), dtype=torch.float64).view(-1, 3, 1, 1) / 127.5 - 1  # (6, 3, 1, 1) in [-1, 1]
+    expected = torch.tensor(list(colours.values()), dtype=torch.float64)
+    torch.testing.assert_close(utils.convert_image(imgs, '[-1, 1]', 'y-channel').flatten(), expected)
+    assert utils.y_channel_8bit(imgs).flatten().tolist() == [235, 16, 81, 145, 41, 126]  # uint8 rgb2ycbcr rounds
+    # a single-channel file is measured on its gray values, the full 0-255 range
+    grays = torch.tensor([0, 1, 127, 128, 254, 255], dtype=torch.float64).view(-1, 1, 1, 1).expand(-1, 3, 1, 1)
+    assert utils.y_channel_8bit(grays / 127.5 - 1, gray=True).flatten().tolist() == [0, 1, 127, 128, 254, 255]
+
+
+def test_psnr_of_a_known_mse():
+    hr = torch.full((2, 20, 30), 100.0)
+    sr = hr.clone()
+    sr[0] += 10.0  # MSE 100 -> 10 log10(255^2 / 100) = 28.1308 dB
+    sr[1, ::2] += 5.0  # half the pixels off by 5: MSE 12.5
+    expected = [20 * math.log10(255) - 20, 10 * math.log10(255 ** 2 / 12.5)]
+    assert utils.calculate_psnr(sr, hr).tolist() == pytest.approx(expected, abs=1e-9)
+    assert expected[0] == pytest.approx(28.1308, abs=1e-4)
+    assert utils.calculate_psnr(torch.zeros(4, 4), torch.zeros(4, 4)).item() == math.inf
+
+
+def test_ssim_of_identical_images_is_one():
+    img = _photo(40, 50)[0].double()
+    assert utils.calculate_ssim(img, img).item() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_ssim_of_constant_images_is_the_closed_form():
+    # no variance: SSIM = (2 a b + C1) / (a^2 + b^2 + C1), C1 = (0.01 * 255)^2
+    a, b, c1 = 100.0, 120.0, (0.01 * 255) ** 2
+    ssim = utils.calculate_ssim(torch.full((16, 16), a), torch.full((16, 16), b))
+    assert ssim.item() == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1), abs=1e-12)  # 0.98368...
+
+
+def test_ssim_of_one_window_against_a_hand_computation():
+    # an 11x11 pair: a single 'valid' window, so SSIM is one formula of Gaussian-weighted moments
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 255, (11, 11))
+    y = np.clip(x + rng.normal(0, 20, (11, 11)), 0, 255)
+    d = np.arange(11) - 5
+    w = np.exp(-(d[:, None] ** 2 + d[None, :] ** 2) / (2 * 1.5 ** 2))
+    w /= w.sum()
+    mx, my = (w * x).sum(), (w * y).sum()
+    vx, vy, cxy = (w * (x - mx) ** 2).sum(), (w * (y - my) ** 2).sum(), (w * (x - mx) * (y - my)).sum()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    expected = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    assert utils.calculate_ssim(torch.from_numpy(x), torch.from_numpy(y)).item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_ssim_agrees_with_scikit_image_gaussian_ssim():
+    # skimage filters the whole image and then drops (11 - 1) / 2 pixels per side: the same 'valid' windows
+    from skimage.metrics import structural_similarity
+    hr = _photo(48, 64)[1].double()
+    sr = (hr + torch.from_numpy(np.random.default_rng(2).normal(0, 8, hr.shape))).clamp(0, 255)
+    expected = structural_similarity(hr.numpy(), sr.numpy(), data_range=255, gaussian_weights=True, sigma=1.5,
+                                     use_sample_covariance=False)
+    assert utils.calculate_ssim(sr, hr).item() == pytest.approx(expected, abs=1e-9)
+    batch = utils.calculate_ssim(torch.stack([sr, hr]), torch.stack([hr, hr]))  # (N, H, W) -> (N,)
+    assert batch.shape == (2,) and batch[0].item() == pytest.approx(expected, abs=1e-9) and batch[1] == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MATLAB's imresize
+
+def _cubic(t):  # Keys, a = -0.5, written out again here
+    t = abs(t)
+    return 1.5 * t ** 3 - 2.5 * t ** 2 + 1 if t <= 1 else (-0.5 * t ** 3 + 2.5 * t ** 2 - 4 * t + 2 if t < 2 else 0)
+
+
+def test_imresize_without_antialiasing_matches_octave():
+    # Octave's image package (the same algorithm): imresize(reshape(0:15, 4, 4)', 0.5, 'bicubic', 'AntiAliasing',
+    # false) = [2.1875 4.3125; 10.6875 12.8125]
+    img = torch.arange(16, dtype=torch.float64).view(4, 4)
+    out = utils.imresize(img, 0.5, antialias=False)
+    assert out.tolist() == [[2.1875, 4.3125], [10.6875, 12.8125]]
+
+
+def test_imresize_downscale_of_an_impulse_gives_the_antialiased_kernel():
+    # x1/2: output i samples u = 2 i - 0.5 with the kernel stretched x2: weight(d) = K(d / 2) / 2 (they sum to 1)
+    img = torch.zeros(1, 16, dtype=torch.float64)
+    img[0, 7] = 1.0  # 1-based column 8
+    out = utils.imresize(img, 0.5)[0]
+    expected = [_cubic((2 * i - 0.5 - 8) / 2) / 2 for i in range(1, 9)]
+    assert expected[2:6] == [-0.03515625, 0.43359375, 0.11328125, -0.01171875]
+    torch.testing.assert_close(out, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+def test_imresize_upscale_of_an_impulse_gives_the_cubic_kernel():
+    # x4: output i samples u = i / 4 + 0.375; an impulse at column 5 gives K(u - 5)
+    img = torch.zeros(1, 10, dtype=torch.float64)
+    img[0, 4] = 1.0
+    out = utils.imresize(img, 4)[0]
+    assert out.shape == (40,)
+    assert out[17].item() == out[18].item() == pytest.approx(0.9638671875, abs=1e-12)  # u = 4.875, 5.125
+    assert out[19].item() == pytest.approx(0.7275390625, abs=1e-12)  # u = 5.375
+    expected = [_cubic(i / 4 + 0.375 - 5) for i in range(1, 41)]
+    torch.testing.assert_close(out, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+def test_imresize_keeps_constants_and_interior_ramps_and_mirrors_the_edges():
+    constant = torch.full((2, 3, 12, 20), 77.0, dtype=torch.float64)
+    for scale in (0.25, 0.5, 2, 4):
+        torch.testing.assert_close(utils.imresize(constant, scale), torch.full_like(utils.imresize(constant, scale), 77.0))
+    # bicubic reproduces straight lines: away from the edges, output i holds the value at u = i / s + (1 - 1 / s) / 2
+    ramp = torch.arange(1, 65, dtype=torch.float64).view(1, 64)  # value = 1-based position
+    for scale in (0.25, 4):
+        out = utils.imresize(ramp, scale)[0]
+        u = torch.arange(1, out.numel() + 1, dtype=torch.float64) / scale + 0.5 * (1 - 1 / scale)
+        interior = slice(int(8 * scale) + 2, -int(8 * scale) - 2)
+        torch.testing.assert_close(out[interior], u[interior], rtol=0, atol=1e-9)
+    # at the edges MATLAB mirrors (... 2 1 | 1 2 ...): x1/2 of [1 .. 8], first output from u = 1.5
+    w = [_cubic(d / 2) / 2 for d in (-3.5, -2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.5)]  # input positions -2 .. 5
+    values = [3, 2, 1, 1, 2, 3, 4, 5]  # positions -2, -1, 0 mirror onto 3, 2, 1
+    out = utils.imresize(torch.arange(1, 9, dtype=torch.float64).view(1, 8), 0.5)[0]
+    assert out[0].item() == pytest.approx(sum(a * b for a, b in zip(w, values)), abs=1e-12)
+
+
+def test_imresize_is_batched_and_sized_as_matlab():
+    imgs = torch.rand(2, 3, 18, 13, dtype=torch.float64) * 255
+    out = utils.imresize(imgs, 0.25)
+    assert out.shape == (2, 3, 5, 4)  # ceil(18 / 4), ceil(13 / 4)
+    torch.testing.assert_close(out[1, 2], utils.imresize(imgs[1, 2], 0.25))
+    assert utils.imresize(imgs.float(), 4).dtype == torch.float32
+    # x1/4 of an image made of 4x4 blocks: each output mixes its own block (84.6 %) with the two rings of blocks
+    # around it, weights summed from the stretched kernel by hand: block k away holds offsets 4k - 1.5 +- 0.5, +- 1.5
+    taps = {k: sum(_cubic((4 * k + d) / 4) / 4 for d in (-1.5, -0.5, 0.5, 1.5)) for k in (-2, -1, 0, 1, 2)}
+    total = sum(taps.values())
+    assert taps[0] / total == pytest.approx(0.8457, abs=1e-4)
+    block_values = torch.rand(9, 9, dtype=torch.float64) * 255
+    small = utils.imresize(block_values.repeat_interleave(4, 0).repeat_interleave(4, 1), 0.25)  # (9, 9)
+    ring = torch.tensor([taps[k] / total for k in (-2, -1, 0, 1, 2)], dtype=torch.float64)
+    expected = ring @ block_values.unfold(0, 5, 1).unfold(1, 5, 1) @ ring  # blocks 2 .. 6: two rings inside
+    torch.testing.assert_close(small[2:7, 2:7], expected, rtol=0, atol=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Protocols
+
+def test_paper_protocol_rounds_and_clamps_sr_and_removes_the_border():
+    hr = _to_pm1(_photo(32, 40))
+    sr = hr + 0.4 / 127.5  # +0.4 levels: rounds back to the HR
+    assert (hr == 1).any()
+    sr[hr == 1] = 1.3  # beyond white: clamped
+    psnr, ssim = utils.evaluate_image(sr, hr, 4)
+    assert psnr.item() == math.inf and ssim.item() == 1
+    framed = hr.clone()
+    framed[:, :4] = framed[:, -4:] = framed[:, :, :4] = framed[:, :, -4:] = -1  # only the 4-px border differs
+    assert utils.evaluate_image(framed, hr, 4)[0].item() == math.inf
+    assert utils.evaluate_image(framed, hr, 2)[0].item() < 30
+    # batches give one value per image
+    psnr, ssim = utils.evaluate_image(torch.stack([hr, framed]), torch.stack([hr, hr]), 2)
+    assert psnr.shape == ssim.shape == (2,) and psnr[0] == math.inf and psnr[1] < 30
+
+
+def test_gray_files_are_measured_on_their_gray_values():
+    hr = torch.full((3, 30, 30), 100.0, dtype=torch.float64)
+    sr = hr + 10
+    psnr, _ = utils.evaluate_image(sr / 127.5 - 1, hr / 127.5 - 1, 2, gray=True)
+    assert psnr.item() == pytest.approx(20 * math.log10(255) - 20, abs=1e-9)  # MSE 100
+    psnr_rgb, _ = utils.evaluate_image(sr / 127.5 - 1, hr / 127.5 - 1, 2)  # as RGB: 8-bit Y 101.88 -> 102 and
+    assert psnr_rgb.item() == pytest.approx(20 * math.log10(255 / 8), abs=1e-9)  # 110.47 -> 110, 8 levels apart
+
+
+def test_tutorial_protocol_is_float_y_with_a_4_pixel_crop_and_scikit_image_defaults():
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+    hr = _to_pm1(_photo(40, 48)).float()
+    sr = hr + torch.from_numpy(np.random.default_rng(3).normal(0, 0.02, hr.shape)).float()  # float, beyond [-1, 1]
+    psnr, ssim = utils.evaluate_image(sr, hr, 2, protocol='tutorial')
+    # the tutorial's convert_image: Y of the [0, 1] image, 4 px cropped on every side whatever the scale
+    y = lambda img: (torch.tensordot(torch.tensor([65.481, 128.553, 24.966]), (img + 1) / 2, 1) + 16)[4:-4, 4:-4]
+    assert psnr.item() == pytest.approx(peak_signal_noise_ratio(y(hr).numpy(), y(sr).numpy(), data_range=255.), abs=1e-4)
+    assert ssim.item() == pytest.approx(structural_similarity(y(hr).numpy(), y(sr).numpy(), data_range=255.), abs=1e-5)
+    assert psnr.item() != pytest.approx(utils.evaluate_image(sr, hr, 2)[0].item(), abs=0.01)
+    with pytest.raises(ValueError, match='protocol'):
+        utils.evaluate_image(sr, hr, 2, protocol='matlab')
+
+
+def test_test_crops_top_left_for_the_paper_and_centred_for_the_tutorial():
+    img = Image.fromarray(np.arange(11 * 10, dtype=np.uint8).reshape(10, 11))  # 11 wide, 10 high
+    top_left, centred = eval_py.crop_to_multiple(img, 4), eval_py.crop_to_multiple(img, 4, centered=True)
+    assert top_left.size == centred.size == (8, 8)
+    assert np.asarray(top_left)[0, 0] == 0 and np.asarray(centred)[0, 0] == 1 * 11 + 1  # offsets (3 // 2, 2 // 2)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Real data: the literature's bicubic baseline
+
+def test_set5_bicubic_baseline_matches_the_literature(shared_data):
+    paths = sorted(str(p) for p in (shared_data / 'Set5').glob('*.png'))
+    assert len(paths) == 5
+    bicubic = [eval_py.Model('bicubic', 'bicubic', 4)]
+    for lr_kernel, expected in (('matlab', 28.42), ('pillow', 28.43)):  # literature (MATLAB); ../shared README
+        rows = eval_py.evaluate(bicubic, [('Set5', paths)], 'paper', lr_kernel, progress=False)
+        psnr, ssim = np.mean([r['psnr'] for r in rows]), np.mean([r['ssim'] for r in rows])
+        assert psnr == pytest.approx(expected, abs=0.02), lr_kernel
+        assert ssim == pytest.approx(0.8104, abs=0.002), lr_kernel  # the literature's 0.8104 (MATLAB ssim_index)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tiled inference and the command line
+
+@pytest.fixture(scope='module')
+def tiny_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    config = {'n_channels': 16, 'n_blocks': 2, 'scaling_factor': 4}
+    path = tmp_path_factory.mktemp('model') / 'tiny.pt'
+    utils.save_checkpoint({'kind': 'srresnet', 'model_config': config, 'model': SRResNet(**config).state_dict(),
+                           'iteration': 0}, path)
+    return path
+
+
+def test_tiled_inference_scores_as_untiled(tiny_checkpoint):
+    model = utils.load_generator(tiny_checkpoint)
+    hr_img = _photo(160, 224)
+    lr_img = eval_py.make_lr(Image.fromarray(hr_img.permute(1, 2, 0).numpy()), 4, 'matlab')  # (3, 40, 56) uint8
+    lr_input = utils.convert_image(lr_img.float() / 255, '[0, 1]', 'imagenet-norm')
+    whole = utils.super_resolve_tiled(model, lr_input, 4, tile=None)
+    tiled = utils.super_resolve_tiled(model, lr_input, 4, tile=24, tile_overlap=8)  # 6 tiles
+    assert tiled.shape == whole.shape == (3, 160, 224)
+    psnr_whole = utils.evaluate_image(whole, _to_pm1(hr_img), 4)[0].item()
+    psnr_tiled = utils.evaluate_image(tiled, _to_pm1(hr_img), 4)[0].item()
+    assert abs(psnr_tiled - psnr_whole) < 0.01
+
+
+def test_command_line_on_the_demo_set(tiny_checkpoint, tmp_path):
+    import skimage.data
+    data_folder = tmp_path / 'data'
+    data_folder.mkdir()
+    skimage_folder = Path(skimage.data.__file__).parent
+    with open(data_folder / 'demo_test_images.json', 'w') as f:
+        json.dump([str(skimage_folder / 'astronaut.png'), str(skimage_folder / 'chelsea.png')], f)
+
+    result = subprocess.run(
+        [sys.executable, 'eval.py', 'bicubic', str(tiny_checkpoint), '--data-folder', str(data_folder),
+         '--workers', '0', '--device', 'cpu', '--tile', '64', '--csv', str(tmp_path / 'rows.csv'),
+         '--save-dir', str(tmp_path / 'sr')], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert 'Protocol paper' in out and 'MATLAB' in out
+    table = [line for line in out.splitlines() if line.startswith('|')]
+    assert table[0].startswith('| model | scale | demo PSNR / SSIM | s / image |')
+    assert table[2].startswith('| bicubic | x4 | ') and table[3].startswith(f'| {tiny_checkpoint} (SRResNet) | x4 | ')
+    assert len(table) == 4  # no published numbers for the demo set
+    with open(tmp_path / 'rows.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert [(r['model'], r['image']) for r in rows] == [('bicubic', 'astronaut'), (str(tiny_checkpoint), 'astronaut'),
+                                                         ('bicubic', 'chelsea'), (str(tiny_checkpoint), 'chelsea')]
+    bicubic_psnr = np.mean([float(r['psnr']) for r in rows if r['model'] == 'bicubic'])
+    assert f'| bicubic | x4 | {bicubic_psnr:.2f} / ' in out
+    assert 20 < bicubic_psnr < 40 and all(r['protocol'] == 'paper' and float(r['seconds']) > 0 for r in rows)
+    saved = Image.open(tmp_path / 'sr' / 'bicubic' / 'demo' / 'chelsea.png')
+    assert saved.size == (448, 300)  # chelsea is 451x300, cropped to a multiple of 4
+    assert len(list((tmp_path / 'sr').glob('*/demo/*.png'))) == 4
+
+
+def test_command_line_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / 'x.png').write_bytes(b'')
+    for args, message in ((['missing.pt', '--test-folders', str(tmp_path)], 'missing.pt: no such checkpoint'),
+                          (['bicubic', '--test-sets', 'Set5', '--data-folder', str(tmp_path)], 'Set5_test_images.json'),
+                          (['bicubic', '--test-folders', str(tmp_path), '--workers', '0'], 'x.png: not an image')):
+        monkeypatch.setattr(sys, 'argv', ['eval.py', *args])
+        with pytest.raises(SystemExit) as exit_info:  # Python prints a string exit code as one line, status 1
+            eval_py.main()
+        assert isinstance(exit_info.value.code, str) and exit_info.value.code.startswith('error: ')
+        assert message in exit_info.value.code and '\n' not in exit_info.value.code
+
+
+def test_a_fresh_checkout_evaluates_the_demo_set(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, 'argv', ['eval.py', 'bicubic', '--data-folder', str(tmp_path / 'none'), '--workers', '0'])
+    eval_py.main()
+    out = capsys.readouterr().out
+    assert 'the demo set' in out and '| bicubic | x4 | ' in out and 'demo PSNR / SSIM' in out

@@ -1,0 +1,276 @@
+"""train_srresnet.py and train_srgan.py: short real runs, exact resume after SIGKILL, DDP on CPU (gloo), errors.
+Small models (--n-blocks 1-2) and 48x48 crops keep it to about two minutes on two cores; the defaults stay the
+paper's (checked in test_defaults_are_the_papers)."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO
+import train_srgan
+import train_srresnet
+from create_data_lists import create_demo_lists
+from datasets import InfiniteSampler, SRDataset
+from models import Discriminator, Generator, SRResNet, TruncatedVGG19
+from utils import load_checkpoint, load_generator, read_log, rng_state, save_checkpoint, set_rng_state
+
+SMALL = ['--batch-size', '2', '--crop-size', '48', '--workers', '0', '--log-every', '1']
+
+
+def run_script(script, *args, check=True, extra_env=None):
+    env = dict(os.environ, OMP_NUM_THREADS='2', **(extra_env or {}))
+    result = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], capture_output=True, text=True,
+                            cwd=REPO, env=env, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f'{script} failed ({result.returncode}):\n{result.stderr[-3000:]}')
+    return result
+
+
+def train_rows(output_dir):
+    return [row for row in read_log(os.path.join(output_dir, 'log.jsonl')) if 'lr' in row]
+
+
+def last_line(result):
+    return result.stderr.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope='module')
+def demo_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('data')
+    create_demo_lists(str(folder))
+    return folder
+
+
+@pytest.fixture(scope='module')
+def srresnet_run(demo_data, tmp_path_factory):
+    """A 4-iteration SRResNet run with validation on the demo test set every 2 iterations."""
+    output_dir = tmp_path_factory.mktemp('runs') / 'srresnet'
+    run_script('train_srresnet.py', '--data-folder', demo_data, '--output-dir', output_dir, *SMALL,
+               '--n-blocks', '1', '--iterations', 4, '--checkpoint-every', 2, '--val-every', 2, '--val-set', 'demo')
+    return output_dir
+
+
+def test_defaults_are_the_papers():
+    args = train_srresnet.get_args([])
+    assert (args.iterations, args.batch_size, args.crop_size, args.scaling_factor) == (1_000_000, 16, 96, 4)
+    assert (args.lr, args.beta1, args.n_blocks, args.blur_sigma, args.no_amp) == (1e-4, 0.9, 16, 0.0, False)
+    assert (args.data_folder, args.output_dir) == ('./data', 'runs/srresnet')
+    args = train_srgan.get_args([])
+    assert (args.iterations, args.lr_decay_at, args.batch_size, args.lr) == (200_000, 100_000, 16, 1e-4)
+    assert (args.content_loss, args.adversarial_weight, args.vgg_weights) == ('vgg54', 1e-3, 'imagenet')
+    assert args.output_dir == 'runs/srgan' and train_srgan.VGG_FEATURE_SCALE == 1 / 12.75
+
+
+def test_short_srresnet_run(srresnet_run, demo_data):
+    rows = read_log(srresnet_run / 'log.jsonl')
+    train = [row for row in rows if 'lr' in row]
+    assert [row['iteration'] for row in train] == [1, 2, 3, 4]
+    assert all(math.isfinite(row['loss']) and 0 < row['loss'] < 4 for row in train)  # MSE of [-1, 1] images
+    assert all(row['data_ms'] >= 0 and row['step_ms'] > 0 for row in train)
+    val = [row for row in rows if 'val_psnr_demo' in row]
+    assert [row['iteration'] for row in val] == [2, 4]
+    assert all(5 < row['val_psnr_demo'] < 40 and 0 < row['val_ssim_demo'] <= 1 for row in val)
+    for name in ('last.pt', 'best.pt', 'loss_curves.png', 'samples/iter_0000002.png', 'samples/iter_0000004.png'):
+        assert (srresnet_run / name).is_file(), name
+
+    checkpoint = load_checkpoint(srresnet_run / 'last.pt')
+    assert checkpoint['kind'] == 'srresnet' and checkpoint['iteration'] == 4
+    assert checkpoint['model_config'] == dict(large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=1,
+                                              scaling_factor=4)
+    assert checkpoint['config']['batch_size'] == 2 and checkpoint['samples_seen'] == 8
+    assert set(checkpoint['rng']) >= {'python', 'numpy', 'torch'} and checkpoint['optimizer']['state']
+    assert checkpoint['best_psnr'] == max(row['val_psnr_demo'] for row in val)
+    model = load_generator(srresnet_run / 'best.pt')
+    sr = model(torch.randn(1, 3, 12, 12))
+    assert sr.shape == (1, 3, 48, 48) and sr.abs().max() <= 1
+
+    # the same output folder again without --resume: refused, not overwritten
+    result = run_script('train_srresnet.py', '--data-folder', demo_data, '--output-dir', srresnet_run, check=False)
+    assert result.returncode != 0 and '--resume auto' in last_line(result)
+
+
+def test_short_srgan_run_from_the_srresnet_with_lr_decay(srresnet_run, demo_data, tmp_path):
+    output_dir = tmp_path / 'srgan'
+    result = run_script('train_srgan.py', '--data-folder', demo_data, '--output-dir', output_dir, *SMALL,
+                        '--srresnet-checkpoint', srresnet_run / 'last.pt', '--vgg-weights', 'none',
+                        '--iterations', 3, '--lr-decay-at', 2, '--val-set', 'demo', '--val-every', 3)
+    assert 'RANDOM weights' in result.stderr  # the loud warning
+    rows = train_rows(output_dir)
+    assert [row['lr'] for row in rows] == [1e-4, 1e-4, 1e-5]  # x0.1 after exactly --lr-decay-at iterations
+    for row in rows:
+        assert 0 < row['D(HR)'] < 1 and 0 < row['D(SR)'] < 1
+        assert row['perceptual_loss'] == pytest.approx(row['content_loss'] + 1e-3 * row['adversarial_loss'], rel=1e-5)
+    checkpoint = load_checkpoint(output_dir / 'last.pt')
+    assert checkpoint['kind'] == 'srgan' and checkpoint['model_config']['n_blocks'] == 1
+    assert checkpoint['scheduler_g']['last_epoch'] == 3 and checkpoint['optimizer_d']['param_groups'][0]['lr'] == 1e-5
+    assert set(checkpoint['discriminator']) == set(Discriminator().state_dict())
+    assert load_generator(output_dir / 'best.pt').training is False
+
+    # resumed (the generator comes from the run now, not from --srresnet-checkpoint): the schedule carries on
+    run_script('train_srgan.py', '--data-folder', demo_data, '--output-dir', output_dir, *SMALL,
+               '--srresnet-checkpoint', 'nowhere.pt', '--vgg-weights', 'none', '--content-loss', 'vgg22',
+               '--iterations', 4, '--lr-decay-at', 2, '--val-set', 'none', '--resume', 'auto')
+    assert [row['lr'] for row in train_rows(output_dir)] == [1e-4, 1e-4, 1e-5, 1e-5]
+    assert load_checkpoint(output_dir / 'last.pt')['scheduler_d']['last_epoch'] == 4
+
+
+def test_srgan_step_freezes_vgg_and_scales_its_features():
+    torch.manual_seed(0)
+    generator, discriminator = Generator(n_blocks=1), Discriminator(n_blocks=2, fc_size=16)
+    vgg = TruncatedVGG19(2, 2, weights=None)
+    optimizers = [torch.optim.Adam(m.parameters(), 1e-4) for m in (generator, discriminator)]
+    schedulers = [torch.optim.lr_scheduler.MultiStepLR(o, [10]) for o in optimizers]
+    lr_imgs, hr_imgs = torch.randn(2, 3, 12, 12), torch.rand(2, 3, 48, 48) * 2 - 1
+    with torch.no_grad():
+        sr_imgs = generator(lr_imgs)
+        norm = lambda x: (x + 1) / 2 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)  # noqa: E731
+        std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        expected = torch.mean((vgg(norm(sr_imgs) / std) / 12.75 - vgg(norm(hr_imgs) / std) / 12.75) ** 2)
+    before = [p.clone() for p in generator.parameters()]
+    values = train_srgan.train_step(generator, discriminator, discriminator, vgg, *optimizers, *schedulers,
+                                    torch.amp.GradScaler('cpu', enabled=False), lr_imgs, hr_imgs, None, 1e-3)
+    assert values['content_loss'].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert all(p.grad is None and not p.requires_grad for p in vgg.parameters())  # the VGG is frozen
+    assert all(p.grad is not None and p.requires_grad for p in discriminator.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, generator.parameters()))
+
+
+def test_sigkill_then_resume_logs_the_same_losses(demo_data, tmp_path):
+    args = ['--data-folder', demo_data, *SMALL, '--workers', '1', '--n-blocks', '2', '--iterations', 10,
+            '--checkpoint-every', 3, '--val-set', 'none', '--seed', 7]
+    run_script('train_srresnet.py', *args, '--output-dir', tmp_path / 'whole')
+
+    killed = tmp_path / 'killed'
+    env = dict(os.environ, OMP_NUM_THREADS='2')
+    process = subprocess.Popen([sys.executable, str(REPO / 'train_srresnet.py'), *map(str, args),
+                                '--output-dir', str(killed)], cwd=REPO, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / 'last.pt').exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)  # no handler can run: what a power cut or the OOM killer does
+    assert process.wait() == -signal.SIGKILL
+    killed_at = load_checkpoint(killed / 'last.pt')['iteration']
+    assert killed_at < 10 and len(train_rows(killed)) < 10
+
+    run_script('train_srresnet.py', *args, '--output-dir', killed, '--resume', 'auto')
+    whole, resumed = train_rows(tmp_path / 'whole'), train_rows(killed)
+    assert [row['iteration'] for row in resumed] == list(range(1, 11))
+    assert [row['loss'] for row in resumed] == [row['loss'] for row in whole]  # bit for bit
+    a, b = load_checkpoint(tmp_path / 'whole' / 'last.pt'), load_checkpoint(killed / 'last.pt')
+    assert all(torch.equal(a['model'][k], b['model'][k]) for k in a['model'])
+
+
+def test_ddp_two_processes_gloo(demo_data, tmp_path):
+    output_dir = tmp_path / 'ddp'
+
+    def torchrun(*args):
+        command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                   str(REPO / 'train_srresnet.py'), '--data-folder', str(demo_data), '--output-dir', str(output_dir),
+                   *SMALL, '--n-blocks', '1', '--val-set', 'none', '--checkpoint-every', '2', *map(str, args)]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300,
+                                env=dict(os.environ, OMP_NUM_THREADS='1'))
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    result = torchrun('--iterations', 3)
+    assert result.stdout.count('effective batch 4') == 1  # rank 0 alone prints and logs
+    assert [row['iteration'] for row in train_rows(output_dir)] == [1, 2, 3]
+    checkpoint = load_checkpoint(output_dir / 'last.pt')
+    assert checkpoint['iteration'] == 3 and checkpoint['samples_seen'] == 3 * 2 * 2
+    assert not any(name.startswith('last.pt.tmp') for name in os.listdir(output_dir))
+
+    torchrun('--iterations', 5, '--resume', 'auto')
+    assert [row['iteration'] for row in train_rows(output_dir)] == [1, 2, 3, 4, 5]
+    assert load_checkpoint(output_dir / 'last.pt')['iteration'] == 5
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(demo_data, tmp_path):
+    # lr 1e30: after one Adam step the weights are ~1e30 and the next forward overflows to inf/NaN
+    result = run_script('train_srresnet.py', '--data-folder', demo_data, '--output-dir', tmp_path, *SMALL,
+                        '--n-blocks', '1', '--iterations', 6, '--checkpoint-every', 1, '--val-set', 'none',
+                        '--lr', 1e30, check=False)
+    assert result.returncode != 0
+    message = last_line(result)
+    assert message.startswith('error: non-finite loss at iteration') and 'last good state' in message
+    stopped_at = int(message.split('iteration ')[1].split(';')[0])
+    checkpoint = load_checkpoint(tmp_path / 'last.pt')
+    assert checkpoint['iteration'] == stopped_at - 1
+    assert all(torch.isfinite(v).all() for v in checkpoint['model'].values())
+
+
+def test_tutorial_pickles_need_unsafe_pickle(demo_data, tmp_path):
+    tutorial = tmp_path / 'checkpoint_srresnet.pth.tar'
+    model = SRResNet(n_blocks=1)
+    torch.save({'epoch': 3, 'model': model, 'optimizer': torch.optim.Adam(model.parameters())}, tutorial)
+    args = ['--data-folder', demo_data, '--output-dir', tmp_path / 'srgan', *SMALL, '--srresnet-checkpoint', tutorial,
+            '--content-loss', 'mse', '--iterations', 1, '--val-set', 'none']
+    result = run_script('train_srgan.py', *args, check=False)
+    assert result.returncode != 0 and 'Traceback' not in result.stderr
+    assert last_line(result).startswith('error: ') and '--unsafe-pickle' in last_line(result)
+    assert not (tmp_path / 'srgan' / 'last.pt').exists()
+
+    run_script('train_srgan.py', *args, '--unsafe-pickle')
+    assert load_checkpoint(tmp_path / 'srgan' / 'last.pt')['model_config']['n_blocks'] == 1
+
+
+def test_user_errors_are_one_line(demo_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cases = [
+        (train_srgan, ['--vgg-weights', str(tmp_path / 'missing.pth'), '--srresnet-checkpoint', 'none'],
+         ['--vgg-weights PATH', '--content-loss mse']),
+        (train_srgan, [], ['runs/srresnet/last.pt', 'train_srresnet.py']),
+        (train_srresnet, ['--val-set', 'Set14'], ['no Set14_test_images.json']),
+        (train_srresnet, ['--data-folder', str(tmp_path / 'nowhere')], ['create_data_lists.py']),
+        (train_srresnet, ['--resume', str(tmp_path / 'missing.pt')], ['no such checkpoint']),
+    ]
+    for script, args, words in cases:
+        if '--data-folder' not in args:
+            args = ['--data-folder', str(demo_data), *args]
+        with pytest.raises(SystemExit) as error:
+            script.main([*args, '--iterations', '1', '--workers', '0', '--output-dir', str(tmp_path / 'out')])
+        message = str(error.value.code)
+        assert message.startswith('error: ') and '\n' not in message, message
+        assert all(word in message for word in words), message
+
+
+def test_infinite_sampler_is_a_resumable_rank_sharded_stream():
+    whole = InfiniteSampler(5, seed=3)
+    stream = [next(it) for it in [iter(whole)] for _ in range(23)]
+    for epoch in range(4):  # every epoch is a permutation, and each epoch its own
+        assert sorted(i for i, _ in stream[5 * epoch:5 * epoch + 5]) == list(range(5))
+    assert len({tuple(i for i, _ in stream[5 * epoch:5 * epoch + 5]) for epoch in range(4)}) > 1
+    assert len({seed for _, seed in stream}) == 23
+    resumed = iter(InfiniteSampler(5, seed=3, start=17))
+    assert [next(resumed) for _ in range(6)] == stream[17:]
+    ranks = [iter(InfiniteSampler(5, seed=3, rank=r, world_size=2)) for r in range(2)]
+    shards = [[next(it) for _ in range(11)] for it in ranks]
+    assert shards[0] == stream[0::2][:11] and shards[1] == stream[1::2][:11]
+
+
+def test_crops_depend_on_the_sample_seed_alone_and_the_cache_changes_nothing(demo_data):
+    plain = SRDataset(demo_data, 'train', 48, 4, 'imagenet-norm', '[-1, 1]')
+    cached = SRDataset(demo_data, 'train', 48, 4, 'imagenet-norm', '[-1, 1]', cache_images=True)
+    lr_a, hr_a = plain[(3, 12345)]
+    torch.manual_seed(99)
+    lr_b, hr_b = cached[(3, 12345)]
+    assert torch.equal(lr_a, lr_b) and torch.equal(hr_a, hr_b)
+    assert hr_a.shape == (3, 48, 48) and lr_a.shape == (3, 12, 12)
+    assert not torch.equal(plain[(3, 54321)][1], hr_a)
+
+
+def test_rng_state_survives_a_weights_only_checkpoint(tmp_path):
+    import random
+    import numpy as np
+    state = rng_state()
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    save_checkpoint({'rng': state}, tmp_path / 'rng.pt')
+    set_rng_state(load_checkpoint(tmp_path / 'rng.pt')['rng'])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected

@@ -1,0 +1,185 @@
+"""
+Train SRGAN (Ledig et al. 2017, sections 2.2-2.3): the generator, initialised from a trained SRResNet, against a
+discriminator, with the perceptual loss = content loss (VGG19 features) + 1e-3 x adversarial loss.
+
+    python train_srresnet.py                    # first (the paper initialises SRGAN's generator from it)
+    python train_srgan.py                       # the paper: 2e5 iterations, lr 1e-4 then 1e-5 from iteration 1e5
+
+A quick try on a laptop CPU (the VGG19 ImageNet weights are downloaded once by torchvision; offline, download
+them elsewhere and pass --vgg-weights PATH):
+
+    python train_srgan.py --srresnet-checkpoint runs/try/last.pt --iterations 200 --val-every 100 \\
+                          --output-dir runs/try-srgan
+
+On N GPUs of one machine (DDP; the effective batch is N x --batch-size):
+
+    torchrun --standalone --nproc_per_node=4 train_srgan.py --batch-size 4
+
+The content loss compares VGG19 feature maps scaled by 1/12.75, as the paper does (so the MSE is 1/12.75^2, about
+0.006, of the unscaled one; the original tutorial left this out, which made the adversarial term ~160x weaker
+relative to it). Ctrl-C / SIGTERM save last.pt and exit; `--resume auto` continues.
+"""
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from models import Discriminator, Generator, TruncatedVGG19, VGGWeightsUnavailable
+from utils import (CheckpointError, convert_image, describe_run, generator_state_dict, load_checkpoint,
+                   make_grad_scaler, make_optimizer, make_train_loader, prepare_model, setup_run, train_loop,
+                   training_argument_parser)
+
+VGG_FEATURE_SCALE = 1 / 12.75  # the paper rescales the VGG feature maps by this before the MSE
+CONTENT_LAYERS = {'vgg54': (5, 4), 'vgg22': (2, 2)}  # phi(i, j): j-th conv (after ReLU) before the i-th max-pool
+
+
+def get_args(argv=None):
+    parser = training_argument_parser(__doc__, output_dir='runs/srgan', iterations=200_000, val_every=5000)
+    parser.add_argument('--srresnet-checkpoint', default='runs/srresnet/last.pt',
+                        help="the SRResNet to start the generator from ('none': random weights, not the paper)")
+    parser.add_argument('--unsafe-pickle', action='store_true',
+                        help='accept an original-tutorial --srresnet-checkpoint (pickled objects: unpickling can '
+                             'run code from the file, so only for files you trust)')
+    parser.add_argument('--lr-decay-at', type=int, default=100_000, help='multiply the lr by 0.1 after this iteration')
+    parser.add_argument('--content-loss', default='vgg54', choices=['vgg54', 'vgg22', 'mse'],
+                        help="MSE of VGG19 phi(5,4) or phi(2,2) features, or of the pixels ('mse')")
+    parser.add_argument('--vgg-weights', default='imagenet',
+                        help="'imagenet' (torchvision's IMAGENET1K_V1, downloaded once), a local copy of that file, "
+                             "or 'none': random weights, for tests only (an untrained VGG is no perceptual loss)")
+    parser.add_argument('--adversarial-weight', type=float, default=1e-3, help='weight of the adversarial loss')
+    return parser.parse_args(argv)
+
+
+def train_step(generator, discriminator, discriminator_ddp, vgg, optimizer_g, optimizer_d, scheduler_g,
+               scheduler_d, scaler, lr_imgs, hr_imgs, amp_dtype, adversarial_weight):
+    """One generator step, then one discriminator step. lr_imgs: (N, 3, 24, 24) ImageNet-normalised,
+    hr_imgs: (N, 3, 96, 96) in [-1, 1]. vgg: a TruncatedVGG19, or None for the pixel MSE content loss.
+    `discriminator` is the bare module (used in the generator step, with its parameters frozen), and
+    `discriminator_ddp` what trains it (the same module, or its DDP wrapper)."""
+    autocast = torch.autocast(lr_imgs.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+    # Generator: perceptual loss = content loss + 1e-3 x adversarial loss
+    with autocast:
+        sr_imgs = generator(lr_imgs)  # (N, 3, 96, 96), in [-1, 1]
+        if vgg is None:
+            content_loss = F.mse_loss(sr_imgs.float(), hr_imgs)
+        else:
+            sr_features = vgg(convert_image(sr_imgs.float(), '[-1, 1]', 'imagenet-norm'))  # (N, 512, 6, 6) at vgg54
+            with torch.no_grad():
+                hr_features = vgg(convert_image(hr_imgs, '[-1, 1]', 'imagenet-norm'))
+            content_loss = F.mse_loss(sr_features.float() * VGG_FEATURE_SCALE, hr_features.float() * VGG_FEATURE_SCALE)
+        discriminator.requires_grad_(False)  # no gradients for D from the generator's loss
+        sr_logits = discriminator(sr_imgs)  # (N,)
+        discriminator.requires_grad_(True)
+    adversarial_loss = F.binary_cross_entropy_with_logits(sr_logits.float(), torch.ones_like(sr_logits.float()))
+    perceptual_loss = content_loss + adversarial_weight * adversarial_loss
+    optimizer_g.zero_grad(set_to_none=True)
+    scaler.scale(perceptual_loss).backward()
+    scaler.step(optimizer_g)
+
+    # Discriminator: BCE on real HR images vs the (detached) SR images
+    with autocast:
+        hr_logits = discriminator_ddp(hr_imgs)  # (N,)
+        sr_logits = discriminator_ddp(sr_imgs.detach())  # (N,)
+    hr_logits, sr_logits = hr_logits.float(), sr_logits.float()
+    discriminator_loss = (F.binary_cross_entropy_with_logits(hr_logits, torch.ones_like(hr_logits))
+                          + F.binary_cross_entropy_with_logits(sr_logits, torch.zeros_like(sr_logits)))
+    optimizer_d.zero_grad(set_to_none=True)
+    scaler.scale(discriminator_loss).backward()
+    scaler.step(optimizer_d)
+    scaler.update()
+    scheduler_g.step()
+    scheduler_d.step()
+
+    return {'content_loss': content_loss.detach(), 'adversarial_loss': adversarial_loss.detach(),
+            'perceptual_loss': perceptual_loss.detach(), 'discriminator_loss': discriminator_loss.detach(),
+            'D(HR)': torch.sigmoid(hr_logits.detach()).mean(), 'D(SR)': torch.sigmoid(sr_logits.detach()).mean()}
+
+
+def build_vgg(args, run):
+    """The frozen truncated VGG19 of the content loss (None for --content-loss mse)."""
+    if args.content_loss == 'mse':
+        return None
+    weights = {'imagenet': 'imagenet', 'none': None}.get(args.vgg_weights, args.vgg_weights)
+    if weights is None:
+        warnings.warn('\n' + '!' * 100 + '\n--vgg-weights none: the content loss uses a VGG19 with RANDOM weights. '
+                      'That is for tests only; it is no perceptual loss.\n' + '!' * 100, stacklevel=2)
+    if run.world_size > 1 and not run.is_main:
+        torch.distributed.barrier()  # rank 0 downloads the weights first
+    try:
+        vgg = TruncatedVGG19(*CONTENT_LAYERS[args.content_loss], weights=weights)
+    except VGGWeightsUnavailable as e:
+        raise SystemExit(f'error: {" ".join(str(e).split())}; or train with --content-loss mse') from None
+    finally:
+        if run.world_size > 1 and run.is_main:
+            torch.distributed.barrier()
+    return vgg.to(run.device, memory_format=run.memory_format)
+
+
+def main(argv=None):
+    args = get_args(argv)
+    run = setup_run(args, kind='srgan')
+    checkpoint = run.checkpoint
+
+    # the generator: from the run being resumed, or from the SRResNet checkpoint (its architecture with it)
+    if checkpoint is not None:
+        model_config, srresnet_weights = checkpoint['model_config'], generator_state_dict(checkpoint)
+    elif args.srresnet_checkpoint.lower() == 'none':
+        model_config, srresnet_weights = dict(large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=16,
+                                              scaling_factor=args.scaling_factor), None
+        if run.is_main:
+            print('--srresnet-checkpoint none: the generator starts from random weights (the paper starts from SRResNet)')
+    else:
+        try:
+            srresnet = load_checkpoint(args.srresnet_checkpoint, allow_unsafe_pickle=args.unsafe_pickle)
+            model_config, srresnet_weights = srresnet['model_config'], generator_state_dict(srresnet)
+        except CheckpointError as e:
+            raise SystemExit(f'error: {e}' + ('; train one first with train_srresnet.py, or pass '
+                                              '--srresnet-checkpoint PATH' if 'no such' in str(e) else '')) from None
+        except KeyError:
+            raise SystemExit(f'error: {args.srresnet_checkpoint} is not a train_srresnet.py checkpoint') from None
+    if model_config['scaling_factor'] != args.scaling_factor:
+        raise SystemExit(f'error: the generator upscales x{model_config["scaling_factor"]}, not '
+                         f'--scaling-factor {args.scaling_factor}')
+    generator = Generator(**model_config)
+    if srresnet_weights is not None:
+        generator.net.load_state_dict(srresnet_weights)
+    discriminator = Discriminator()
+    if checkpoint is not None:
+        discriminator.load_state_dict(checkpoint['discriminator'])
+
+    generator, generator_ddp = prepare_model(generator, run, args)
+    discriminator, discriminator_ddp = prepare_model(discriminator, run, args)
+    vgg = build_vgg(args, run)
+
+    optimizer_g, optimizer_d = make_optimizer(generator, args, run), make_optimizer(discriminator, args, run)
+    scheduler_g, scheduler_d = (torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[args.lr_decay_at],
+                                                                     gamma=0.1)
+                                for optimizer in (optimizer_g, optimizer_d))
+    scaler = make_grad_scaler(run)
+    if checkpoint is not None:
+        optimizer_g.load_state_dict(checkpoint['optimizer_g'])
+        optimizer_d.load_state_dict(checkpoint['optimizer_d'])
+        scheduler_g.load_state_dict(checkpoint['scheduler_g'])
+        scheduler_d.load_state_dict(checkpoint['scheduler_d'])
+
+    if run.is_main:
+        print(f'SRGAN: generator {model_config}, content loss {args.content_loss}; {describe_run(run, args)}')
+
+    def checkpoint_state():
+        return {'kind': 'srgan', 'model_config': model_config, 'generator': generator.state_dict(),
+                'discriminator': discriminator.state_dict(), 'optimizer_g': optimizer_g.state_dict(),
+                'optimizer_d': optimizer_d.state_dict(), 'scheduler_g': scheduler_g.state_dict(),
+                'scheduler_d': scheduler_d.state_dict(), 'scaler': scaler.state_dict()}
+
+    def step(lr_imgs, hr_imgs):
+        return train_step(generator_ddp, discriminator, discriminator_ddp, vgg, optimizer_g, optimizer_d,
+                          scheduler_g, scheduler_d, scaler, lr_imgs, hr_imgs, run.amp_dtype, args.adversarial_weight)
+
+    train_loop(args, run, make_train_loader(args, run), step, checkpoint_state, sr_model=generator.net,
+               optimizer=optimizer_g, best_psnr=checkpoint['best_psnr'] if checkpoint else float('-inf'))
+
+
+if __name__ == '__main__':
+    main()
