@@ -1,0 +1,213 @@
+"""
+Inference speed of super_resolve.py's paths against the original tutorial's plain fp32 forward.
+
+    python benchmarks/inference.py                         # random-init SRResNet, 256x256 LR, CPU (+ GPU if any)
+    python benchmarks/inference.py --fit-steps 40          # a quickly fitted SRResNet: PSNR differences mean more
+    python benchmarks/inference.py --model weights/srresnet_x4.pt
+    python benchmarks/inference.py --memory                # + peak RSS of the CLI upscaling 1000x1000 -> 4000x4000
+
+Every path super-resolves the same LR image (Set5 baby from ../shared, else scikit-image's astronaut, resized
+so the LR is --size pixels a side); the paths run interleaved, --repeats times each after a warm-up, and the
+best time is kept (the machine may be shared). Columns: wall seconds per image, images/s, output megapixels/s,
+speed-up over the tutorial's forward; CPU seconds per image (all threads; steadier than wall time when other jobs
+share the cores, e.g. with --threads 1) and that speed-up; PSNR against the HR (Y channel, as eval.py), its
+difference from the tutorial's, and the mean absolute difference of the outputs on the 0-255 scale.
+"""
+
+import argparse
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import super_resolve  # noqa: E402
+import utils  # noqa: E402
+from models import SRResNet  # noqa: E402
+
+SHARED_IMAGE = REPO.parent / 'shared' / 'data' / 'Set5' / 'baby.png'
+
+
+def hr_image(lr_size, s):
+    """A (lr_size * s)-pixel square HR image: Set5 baby when ../shared is there, else scikit-image's astronaut."""
+    if SHARED_IMAGE.is_file():
+        img, name = utils.load_image(SHARED_IMAGE), 'Set5 baby'
+    else:
+        from skimage import data
+        img, name = Image.fromarray(data.astronaut()), 'scikit-image astronaut'
+    side = lr_size * s
+    if img.size != (side, side):
+        img, name = img.resize((side, side), Image.BICUBIC), f'{name} resized to {side}x{side}'
+    return img, name
+
+
+def quick_fit(model, hr_img, steps, s, seed=0):
+    """A few Adam steps on random 96x96 crops of the HR image, so outputs look like images (not for quality)."""
+    utils.seed_everything(seed)
+    transform = utils.ImageTransforms('train', 96, s, 'imagenet-norm', '[-1, 1]')
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    amp_dtype = utils.autocast_dtype('cpu')
+    model.train()
+    for step in range(steps):
+        lr_imgs, hr_imgs = map(torch.stack, zip(*[transform(hr_img) for _ in range(8)]))  # (8, 3, 24, 24), (8, 3, 96, 96)
+        with torch.autocast('cpu', dtype=amp_dtype, enabled=amp_dtype is not None):
+            sr_imgs = model(lr_imgs)
+        loss = torch.nn.functional.mse_loss(sr_imgs.float(), hr_imgs)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    print(f'fitted {steps} steps, last MSE {loss.item():.4f} ([-1, 1] scale)')
+    return model.eval()
+
+
+def paths_for(device, state_dict, config, tile):
+    """[(name, precision, tiled, function(lr) -> (3, H, W) in [-1, 1] on the CPU)] for one device."""
+    s, overlap = config['scaling_factor'], super_resolve.DEFAULT_TILE_OVERLAP
+    names = {None: 'fp32', torch.bfloat16: 'bf16', torch.float16: 'fp16'}
+
+    def srresnet():
+        model = SRResNet(**config).to(device).eval()
+        model.load_state_dict(state_dict)
+        return model
+
+    tutorial_model, prepared = srresnet(), super_resolve.prepare_for_inference(srresnet())
+
+    def tutorial(lr):  # the tutorial's visualize_sr: a no_grad fp32 forward of the whole image, NCHW
+        with torch.no_grad():
+            return tutorial_model(lr.to(device)[None])[0].float().cpu()
+
+    def ours(model, amp_dtype, tile):
+        return lambda lr: super_resolve.upscale(model, lr, s, tile, overlap, amp_dtype)
+
+    rows = [('tutorial forward (no_grad, NCHW)', 'fp32', 'no', tutorial)]
+    dtypes = [None, super_resolve.pick_amp_dtype(device, 'half')]
+    if device.type == 'cuda' and torch.float16 not in dtypes:
+        dtypes.append(torch.float16)
+    for amp_dtype in dtypes:
+        if amp_dtype is not None:  # autocast alone: the model as trained, only channels_last
+            rows.append(('autocast + channels_last', names[amp_dtype], 'no',
+                         ours(srresnet().to(memory_format=torch.channels_last), amp_dtype, None)))
+        rows.append(('prepare_for_inference', names[amp_dtype], 'no', ours(prepared, amp_dtype, None)))
+        rows.append(('prepare_for_inference', names[amp_dtype], 'yes', ours(prepared, amp_dtype, tile)))
+    default_dtype = super_resolve.pick_amp_dtype(device)
+    rows.append(('DEFAULT (super_resolve.py)', names[default_dtype], 'auto',
+                 ours(prepared, default_dtype, super_resolve.DEFAULT_TILE)))
+    return rows
+
+
+def run_device(device, state_dict, config, lr_img, hr_img, repeats, tile):
+    hr_y = utils.convert_image(utils.convert_image(hr_img, 'pil', '[-1, 1]'), '[-1, 1]', 'y-channel')[4:-4, 4:-4]
+    rows = paths_for(device, state_dict, config, tile)
+    wall, cpu = [[] for _ in rows], [[] for _ in rows]
+    outputs = [None] * len(rows)
+    for repeat in range(repeats + 1):  # the first round warms up (oneDNN / cuDNN pick their kernels)
+        for i, (_, _, _, function) in enumerate(rows):
+            if device.type == 'cuda':
+                torch.cuda.synchronize()
+            start, start_cpu = time.perf_counter(), time.process_time()
+            outputs[i] = function(lr_img)
+            if device.type == 'cuda':
+                torch.cuda.synchronize()
+            if repeat > 0:
+                wall[i].append(time.perf_counter() - start)
+                cpu[i].append(time.process_time() - start_cpu)
+
+    n_pixels = outputs[0].shape[1] * outputs[0].shape[2]
+    reference = outputs[0].clamp(-1, 1)
+    psnrs = [utils.calculate_psnr(utils.convert_image(out.clamp(-1, 1), '[-1, 1]', 'y-channel')[4:-4, 4:-4],
+                                  hr_y).item() for out in outputs]
+    print(f'\n{device.type.upper()}, {torch.get_num_threads()} threads' if device.type == 'cpu' else
+          f'\n{torch.cuda.get_device_name(device)}')
+    header = ('| path | precision | tiled | s/img | img/s | MP/s | speed-up | CPU s/img | CPU speed-up | PSNR (dB) '
+              '| ΔPSNR (dB) | mean abs diff (/255) |')
+    print(header)
+    print('|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
+    for (name, precision, tiled, _), w, c, out, psnr in zip(rows, wall, cpu, outputs, psnrs):
+        best, best_cpu = min(w), min(c)
+        mad = ((out.clamp(-1, 1) - reference).abs().mean() * 127.5).item()
+        print(f'| {name} | {precision} | {tiled} | {best:.3f} | {1 / best:.2f} | {n_pixels / best / 1e6:.2f} '
+              f'| {min(wall[0]) / best:.2f}x | {best_cpu:.3f} | {min(cpu[0]) / best_cpu:.2f}x | {psnr:.3f} '
+              f'| {psnr - psnrs[0]:+.4f} | {mad:.4f} |')
+
+
+def peak_rss_of_cli(model_path, lr_size=1000, extra=()):
+    """Peak RSS (GB) and wall time of `python super_resolve.py` upscaling an lr_size^2 image, in a child process."""
+    with tempfile.TemporaryDirectory() as folder:
+        img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (lr_size, lr_size, 3), dtype=np.uint8))
+        img.save(Path(folder) / 'in.png')
+        start = time.perf_counter()
+        subprocess.run([sys.executable, str(REPO / 'super_resolve.py'), str(Path(folder) / 'in.png'), '-o',
+                        str(Path(folder) / 'out.png'), '--model', str(model_path), *extra], check=True,
+                       capture_output=True)
+        elapsed = time.perf_counter() - start
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2, elapsed  # kB on Linux
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--model', default=None, help='a checkpoint (default: the shipped model if present, '
+                                                       'else a random-init SRResNet)')
+    parser.add_argument('--fit-steps', type=int, default=0,
+                        help='fit the random-init SRResNet this many Adam steps on crops of the test image first')
+    parser.add_argument('--size', type=int, default=256, help='LR side in pixels')
+    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--tile', type=int, default=160,
+                        help="LR tile of the 'tiled' rows (160: 2x2 tiles of 140 for a 256 LR, the 1.2x overlap "
+                             "overhead a 1000x1000 image has at super_resolve.py's default tile)")
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: all cores)')
+    parser.add_argument('--memory', action='store_true',
+                        help='also measure the peak RSS of the CLI upscaling 1000x1000 -> 4000x4000 on the CPU')
+    parser.add_argument('--cpu-only', action='store_true')
+    args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model_path = args.model or (super_resolve.DEFAULT_MODEL if super_resolve.DEFAULT_MODEL.is_file() else None)
+    if model_path is not None:
+        model, s = super_resolve.load_model(model_path)
+        config = utils._model_config_from_state_dict(model.state_dict())
+        what = f'checkpoint {model_path}'
+    else:
+        config = {'scaling_factor': 4}
+        model, s = SRResNet(**config), 4
+        what = 'random-init SRResNet (seed 0; no trained weights yet)'
+    hr_img, image_name = hr_image(args.size, s)
+    if args.fit_steps:
+        model = quick_fit(model, hr_img, args.fit_steps, s)
+        what = f'{what}, fitted {args.fit_steps} Adam steps (lr 1e-3, batch 8) on crops of the test image'
+    state_dict = model.state_dict()
+    lr_img = utils.convert_image(utils.downsample(hr_img, s), 'pil', 'imagenet-norm')  # (3, size, size)
+
+    print(f'model: {what}, {sum(p.numel() for p in model.parameters()):,} parameters')
+    print(f'input: {image_name}, LR {args.size}x{args.size} -> SR {args.size * s}x{args.size * s}; '
+          f"'tiled' rows: tile {args.tile}, overlap {super_resolve.DEFAULT_TILE_OVERLAP}; DEFAULT: tile "
+          f'{super_resolve.DEFAULT_TILE} (the whole image up to that size); best of {args.repeats}; '
+          f'torch {torch.__version__}')
+    devices = [torch.device('cpu')]
+    if torch.cuda.is_available() and not args.cpu_only:
+        devices.append(torch.device('cuda'))
+    for device in devices:
+        run_device(device, state_dict, config, lr_img, hr_img, args.repeats, args.tile)
+
+    if args.memory:
+        with tempfile.TemporaryDirectory() as folder:
+            path = model_path or Path(folder) / 'model.pt'
+            if model_path is None:
+                utils.save_checkpoint({'kind': 'srresnet', 'model_config': config, 'model': state_dict}, path)
+            peak_gb, elapsed = peak_rss_of_cli(path, extra=['--device', 'cpu'])
+        print(f'\nCLI, CPU, 1000x1000 -> 4000x4000 PNG, default settings: peak RSS {peak_gb:.2f} GB, '
+              f'{elapsed:.0f} s wall (model load and PNG encoding included)')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,329 @@
+"""super_resolve.py: the comparison grid, upscaling files of every kind, tiling, the OOM fallback, video."""
+
+import copy
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageCms
+
+import super_resolve
+import utils
+from models import SRResNet
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def checkpoint(tmp_path_factory):
+    """A small random SRResNet (2 residual blocks, x4) in the repo's checkpoint format."""
+    torch.manual_seed(0)
+    config = {'n_blocks': 2, 'scaling_factor': 4}
+    path = tmp_path_factory.mktemp('model') / 'srresnet.pt'
+    utils.save_checkpoint({'kind': 'srresnet', 'model_config': config, 'model': SRResNet(**config).state_dict()},
+                          path)
+    return path
+
+
+def _photo(width, height, seed=0):
+    """A smooth colour image with some texture (np.uint8 (H, W, 3))."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([128 + 100 * np.sin(x / 7.0), 128 + 100 * np.cos(y / 5.0), 128 + 60 * np.sin((x + y) / 9.0)], -1)
+    return np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# visualize_sr
+
+def test_visualize_sr_grid_with_one_model(checkpoint, tmp_path):
+    hr = Image.fromarray(_photo(70, 50))  # trimmed to 68 x 48, a multiple of the scale
+    grid = super_resolve.visualize_sr(hr, srresnet_checkpoint=checkpoint, srgan_checkpoint=None,
+                                      save_path=tmp_path / 'grid.png', device='cpu')
+    width, height = 68, 48
+    margin = (grid.width - 2 * width) / 3
+    assert grid.mode == 'RGB' and margin == int(margin) and margin >= 12
+    margin = int(margin)
+    assert grid.size == (2 * width + 3 * margin, 2 * height + 3 * margin)
+    assert Image.open(tmp_path / 'grid.png').size == grid.size
+
+    def panel(i):  # 0 Bicubic, 1 SRResNet, 2 SRGAN, 3 Original HR
+        left, top = margin + (i % 2) * (width + margin), margin + (i // 2) * (height + margin)
+        return np.asarray(grid.crop((left, top, left + width, top + height))).astype(int)
+
+    np.testing.assert_array_equal(panel(3), np.asarray(hr.crop((0, 0, width, height))))
+    bicubic = utils.downsample(hr.crop((0, 0, width, height)), 4).resize((width, height), Image.BICUBIC)
+    np.testing.assert_array_equal(panel(0), np.asarray(bicubic))
+    # the missing SRGAN: a grey panel with its message written on it; the SRResNet panel is an image
+    srgan = panel(2)
+    assert (srgan == 224).all(axis=2).mean() > 0.8 and (srgan < 160).any()
+    assert panel(1).std() > 0 and not (panel(1) == 224).all(axis=2).mean() > 0.5
+    # labels are drawn in the margins above the panels
+    labels = np.asarray(grid.crop((margin, 0, margin + width, margin))).astype(int)
+    assert (labels < 128).any()
+
+
+def test_visualize_sr_without_the_shipped_model_says_what_to_do(monkeypatch, tmp_path):
+    monkeypatch.setattr(super_resolve, 'DEFAULT_MODEL', tmp_path / 'weights' / 'srresnet_x4.pt')
+    with pytest.raises(utils.CheckpointError, match='--model PATH'):
+        super_resolve.visualize_sr(Image.fromarray(_photo(64, 64)),
+                                   srresnet_checkpoint=super_resolve.DEFAULT_MODEL, device='cpu')
+    with pytest.raises(SystemExit, match='no shipped model yet.*--model PATH'):
+        super_resolve.main([str(tmp_path / 'any.png')])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Files of every kind through the CLI
+
+def _inputs(folder):
+    folder.mkdir()
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile('sRGB')).tobytes()
+    Image.fromarray(_photo(30, 20)).save(folder / 'photo.png', icc_profile=icc)
+    rgba = np.dstack([_photo(30, 20, 1), np.zeros((20, 30), np.uint8)])
+    rgba[:, 15:, 3] = 255  # left half transparent, right half opaque
+    Image.fromarray(rgba).save(folder / 'logo.png')
+    (folder / 'scans').mkdir()
+    Image.fromarray(_photo(30, 20, 2)[..., 0]).save(folder / 'scans' / 'gray.png')
+    gray16 = (np.arange(20 * 30).reshape(20, 30) * 97 + 1000).astype(np.uint16)  # values up to ~59000
+    Image.fromarray(gray16).save(folder / 'scans' / 'gray16.png')  # Pillow writes 'I;16' as a 16-bit PNG
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    Image.fromarray(_photo(40, 24, 3)).save(folder / 'rotated.jpg', exif=exif, quality=95)
+    (folder / 'broken.png').write_bytes(b'this is not an image')
+    (folder / 'empty.jpg').write_bytes(b'')
+    good = (folder / 'photo.png').read_bytes()
+    (folder / 'truncated.png').write_bytes(good[:len(good) // 2])
+    Image.fromarray(_photo(5, 5)).save(folder / 'tiny.png')
+
+
+def test_cli_keeps_alpha_gray_16_bit_orientation_icc_and_reports_bad_files(checkpoint, tmp_path):
+    _inputs(tmp_path / 'in')
+    result = subprocess.run([sys.executable, str(REPO / 'super_resolve.py'), str(tmp_path / 'in'),
+                             '-o', str(tmp_path / 'out'), '--model', str(checkpoint)],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
+    for bad in ['broken.png', 'empty.jpg', 'truncated.png', 'tiny.png']:  # one line each, naming the file; no traceback
+        assert sum(bad in line for line in errors) == 1, result.stderr
+    assert 'Traceback' not in result.stderr
+    assert '5 written, 0 skipped (already there), 4 failed' in result.stderr
+
+    out = tmp_path / 'out'
+    photo = Image.open(out / 'photo_x4.png')
+    assert photo.mode == 'RGB' and photo.size == (120, 80)
+    assert photo.info.get('icc_profile') == Image.open(tmp_path / 'in' / 'photo.png').info['icc_profile']
+
+    logo = Image.open(out / 'logo_x4.png')
+    assert logo.mode == 'RGBA' and logo.size == (120, 80)
+    alpha = np.asarray(logo.getchannel('A'))
+    assert (alpha[:, :56] == 0).all() and (alpha[:, 64:] == 255).all()  # bicubic only blurs the edge at x = 60
+
+    gray = Image.open(out / 'scans' / 'gray_x4.png')  # the folder's layout is kept
+    assert gray.mode == 'L' and gray.size == (120, 80)
+
+    gray16 = Image.open(out / 'scans' / 'gray16_x4.png')
+    assert gray16.mode in {'I;16', 'I'} and gray16.size == (120, 80)
+    values = np.asarray(gray16)
+    assert values.max() > 255 and (values % 257 != 0).mean() > 0.9  # real 16-bit values, not 8 bits scaled
+
+    rotated = Image.open(out / 'rotated_x4.jpg')
+    assert rotated.size == (24 * 4, 40 * 4)  # EXIF orientation applied: portrait
+    assert rotated.mode == 'RGB'
+
+
+def test_existing_outputs_are_kept_unless_overwrite(checkpoint, tmp_path, capsys):
+    Image.fromarray(_photo(16, 16)).save(tmp_path / 'a.png')
+    out = tmp_path / 'a_big.png'
+    out.write_bytes(b'keep me')
+    super_resolve.main([str(tmp_path / 'a.png'), '-o', str(out), '--model', str(checkpoint)])
+    assert out.read_bytes() == b'keep me'
+    assert 'exists (pass --overwrite' in capsys.readouterr().err
+    super_resolve.main([str(tmp_path / 'a.png'), '-o', str(out), '--model', str(checkpoint), '--overwrite'])
+    assert Image.open(out).size == (64, 64)
+
+
+def test_16_bit_to_jpeg_falls_back_to_8_bit_and_alpha_is_dropped(checkpoint, tmp_path):
+    Image.fromarray((np.arange(16 * 16).reshape(16, 16) * 250).astype(np.uint16)).save(tmp_path / 'g16.png')
+    rgba = np.dstack([_photo(16, 16), np.full((16, 16), 128, np.uint8)])
+    Image.fromarray(rgba).save(tmp_path / 'rgba.png')
+    super_resolve.main([str(tmp_path / 'g16.png'), str(tmp_path / 'rgba.png'), '-o', str(tmp_path / 'out'),
+                        '--ext', 'jpg', '--suffix', '', '--model', str(checkpoint)])
+    assert Image.open(tmp_path / 'out' / 'g16.jpg').mode == 'L'
+    assert Image.open(tmp_path / 'out' / 'rgba.jpg').mode == 'RGB'
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tiling: no seams, bounded memory, out-of-memory fallback
+
+def test_tiled_output_matches_untiled():
+    """The paper's full SRResNet (16 blocks, receptive field ~39 LR pixels), fp32: 2 x 2 overlapping tiles
+    blended on the CPU canvas stay within 1/255 (mean absolute difference) of one pass over the whole image."""
+    torch.manual_seed(0)
+    model = SRResNet().eval()
+    lr_img = utils.convert_image(torch.from_numpy(_photo(64, 56)).permute(2, 0, 1) / 255.0, '[0, 1]',
+                                 'imagenet-norm')  # (3, 56, 64)
+    calls = []
+    model.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[-2:]))
+    whole = utils.super_resolve_tiled(model, lr_img, 4)
+    tiled = utils.super_resolve_tiled(model, lr_img, 4, tile=40, tile_overlap=16)
+    assert len(calls) == 1 + 4 and all(shape == (36, 40) for shape in calls[1:])  # equal tiles, evenly spread
+    assert tiled.shape == (3, 224, 256) and tiled.device.type == 'cpu' and tiled.dtype == torch.float32
+    assert tiled.min() >= -1 and tiled.max() <= 1
+    mean_abs_difference = (tiled - whole).abs().mean().item() / 2  # [-1, 1] -> [0, 1]
+    assert mean_abs_difference < 1 / 255
+    assert (tiled - whole).abs().max().item() / 2 < 8 / 255  # not even one visible seam
+
+
+class _NearestUpsampling(torch.nn.Module):
+    """A stand-in 'network' whose output pixel depends on one input pixel: tiling must change nothing."""
+
+    def __init__(self, s):
+        super().__init__()
+        self.s = s
+        self.unused = torch.nn.Parameter(torch.zeros(1))  # super_resolve_tiled reads the device from a parameter
+
+    def forward(self, x):
+        return torch.tanh(torch.nn.functional.interpolate(x, scale_factor=self.s, mode='nearest'))
+
+
+@pytest.mark.parametrize('tile, tile_overlap', [(16, 0), (16, 5), (20, 8), (64, 16)])
+def test_tiles_cover_every_pixel_once_blended(tile, tile_overlap):
+    torch.manual_seed(0)
+    lr_img = torch.randn(3, 37, 101)
+    calls = []
+    model = _NearestUpsampling(4)
+    model.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[-2:]))
+    expected = model(lr_img[None])[0]
+    calls.clear()
+    tiled = utils.super_resolve_tiled(model, lr_img, 4, tile, tile_overlap)
+    torch.testing.assert_close(tiled, expected, atol=1e-6, rtol=0)
+    assert all(max(shape) <= tile for shape in calls) and len(set(calls)) == 1
+    # the fewest tiles: n per side with n * tile - (n - 1) * overlap >= size
+    overlap = min(tile_overlap, tile // 2)
+    n_per_side = [next(n for n in range(1, 100) if n * tile - (n - 1) * overlap >= size) for size in (37, 101)]
+    assert len(calls) == n_per_side[0] * n_per_side[1]
+
+
+def test_blend_weights_of_neighbours_sum_to_one():
+    left = utils._blend_ramp(64, 0, 16, 'cpu')
+    right = utils._blend_ramp(64, 16, 0, 'cpu')
+    torch.testing.assert_close(left[-16:] + right[:16], torch.ones(16))
+    assert (left[-4:] == 0).all() and (right[:4] == 0).all()  # tile edges (zero padding) are never used
+    assert (left[:48] == 1).all()
+
+
+def test_out_of_memory_halves_the_tile(checkpoint):
+    model, s = super_resolve.load_model(checkpoint)
+
+    class SmallMemory(torch.nn.Module):  # fails like CUDA does on inputs larger than 32 x 32
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            if x.shape[-1] * x.shape[-2] > 32 * 32:
+                raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 20.00 GiB')
+            return self.model(x)
+
+    lr_img = torch.randn(3, 48, 64)
+    retries = []
+    sr = super_resolve.upscale(SmallMemory(), lr_img, s, tile=None, tile_overlap=8, on_retry=retries.append)
+    assert retries == ['out of memory; trying again with --tile 32']
+    torch.testing.assert_close(sr, utils.super_resolve_tiled(model, lr_img, s, tile=32, tile_overlap=8))
+    with pytest.raises(RuntimeError, match='something else'):  # other errors are not swallowed
+        super_resolve.upscale(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), _Raise()), lr_img, s)
+
+
+class _Raise(torch.nn.Module):
+    def forward(self, x):
+        raise RuntimeError('something else')
+
+
+def test_prepare_for_inference_is_the_same_function():
+    torch.manual_seed(0)
+    model = SRResNet(n_blocks=2)
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # statistics as after training
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.data.uniform_(0.5, 1.5)
+    model.eval()
+    lr_imgs = torch.randn(2, 3, 16, 12)
+    with torch.inference_mode():
+        expected = model(lr_imgs)
+        prepared = super_resolve.prepare_for_inference(copy.deepcopy(model))
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in prepared.modules())  # 5 folded into convs
+        assert prepared.conv_block3.conv_block[0].weight.shape == (12, 256, 5, 5)  # moved before the shuffle
+        torch.testing.assert_close(prepared(lr_imgs), expected, atol=1e-5, rtol=0)
+        sr = super_resolve.super_resolve_batch(prepared, lr_imgs, torch.bfloat16)
+    assert sr.dtype == torch.float32 and (sr - expected).abs().mean() * 127.5 < 1.0  # < 1/255 on average
+    for s in (2, 8):  # the rewrite of the tail holds at every scale
+        model = SRResNet(n_channels=16, n_blocks=1, scaling_factor=s).eval()
+        with torch.inference_mode():
+            torch.testing.assert_close(super_resolve.prepare_for_inference(copy.deepcopy(model))(lr_imgs),
+                                       model(lr_imgs), atol=1e-5, rtol=0)
+
+
+def test_precision_flags():
+    assert super_resolve.pick_amp_dtype('cpu', 'fp32') is None
+    assert super_resolve.pick_amp_dtype('cpu', 'half') == torch.bfloat16
+    assert super_resolve.pick_amp_dtype('cpu', 'auto') == utils.autocast_dtype('cpu')  # bf16 or None on CPUs
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Video
+
+def _make_video(path, n_frames=8, size=(32, 24), fps=12, sample_rate=16000):
+    """A tiny h264/mpeg4 + AAC clip written with PyAV itself."""
+    av = pytest.importorskip('av')
+    with av.open(str(path), 'w') as container:
+        video = container.add_stream('libx264' if 'libx264' in av.codecs_available else 'mpeg4', rate=fps)
+        video.width, video.height, video.pix_fmt = *size, 'yuv420p'
+        audio = container.add_stream('aac', rate=sample_rate)
+        audio.layout = 'mono'
+        for i in range(n_frames):
+            frame = av.VideoFrame.from_ndarray(_photo(*size, seed=i), format='rgb24')
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        t = np.arange(sample_rate * n_frames // fps) / sample_rate
+        samples = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]  # (1, n) mono, fltp
+        for start in range(0, samples.shape[1], 1024):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, start:start + 1024]), format='fltp',
+                                               layout='mono')
+            frame.sample_rate, frame.pts, frame.time_base = sample_rate, start, Fraction(1, sample_rate)
+            container.mux(audio.encode(frame))
+        container.mux(audio.encode(None))
+
+
+@pytest.mark.parametrize('codec', ['libx264', 'mpeg4'])
+def test_video_round_trip(checkpoint, tmp_path, monkeypatch, codec):
+    av = pytest.importorskip('av')
+    _make_video(tmp_path / 'clip.mp4')
+    if codec == 'mpeg4':  # the fallback for an FFmpeg built without x264
+        monkeypatch.setattr(av, 'codecs_available', av.codecs_available - {'libx264'})
+    super_resolve.main([str(tmp_path / 'clip.mp4'), '-o', str(tmp_path / 'clip_x4.mp4'), '--model', str(checkpoint),
+                        '--batch-size', '3'])  # 8 frames: batches of 3, 3 and 2
+    with av.open(str(tmp_path / 'clip_x4.mp4')) as container:
+        video = container.streams.video[0]
+        assert (video.width, video.height) == (128, 96) and video.codec_context.name == {'libx264': 'h264', 'mpeg4': 'mpeg4'}[codec]
+        assert video.average_rate == 12
+        assert [stream.type for stream in container.streams] == ['video', 'audio']
+        assert container.streams.audio[0].codec_context.name == 'aac'
+        n_audio_packets = sum(1 for packet in container.demux(audio=0) if packet.size)
+        container.seek(0)
+        frames = [frame.to_ndarray(format='rgb24') for frame in container.decode(video=0)]
+    assert len(frames) == 8 and frames[0].shape == (96, 128, 3)
+    with av.open(str(tmp_path / 'clip.mp4')) as container:  # audio copied packet for packet
+        assert n_audio_packets == sum(1 for packet in container.demux(audio=0) if packet.size)
+
+
+def test_not_a_video_is_one_line_error(checkpoint, tmp_path, capsys):
+    (tmp_path / 'fake.mp4').write_bytes(b'\x00' * 100)
+    with pytest.raises(SystemExit, match='1 failed'):
+        super_resolve.main([str(tmp_path / 'fake.mp4'), '-o', str(tmp_path / 'out'), '--model', str(checkpoint)])
+    assert 'fake.mp4' in capsys.readouterr().err
+    assert not (tmp_path / 'out' / 'fake_x4.mp4').exists()
