@@ -11,6 +11,7 @@ from PIL import Image
 from conftest import REPO
 from create_data_lists import create_data_lists, folder_name
 from datasets import SRDataset
+from utils import convert_image
 
 
 def write_png(path, size, seed=0):
@@ -87,7 +88,9 @@ def test_demo_lists_and_dataset(tmp_path):
     assert len(train) == 12
     lr, hr = train[6]  # camera.png is grayscale: it still comes out as 3 channels
     assert lr.shape == (3, 24, 24) and hr.shape == (3, 96, 96)
-    assert hr.min() >= -1 and hr.max() <= 1 and lr.min() < 0  # ImageNet-normalised LR goes below 0
+    assert hr.min() >= -1 and hr.max() <= 1 and torch.equal(hr[0], hr[2])  # gray: three equal channels
+    lr_01 = convert_image(lr, 'imagenet-norm', '[0, 1]')
+    assert lr_01.min() >= -1e-6 and lr_01.max() <= 1 + 1e-6 and torch.allclose(lr_01[0], lr_01[2], atol=1e-6)
     loader = torch.utils.data.DataLoader(train, batch_size=4, shuffle=True, num_workers=2)
     lr_batch, hr_batch = next(iter(loader))
     assert lr_batch.shape == (4, 3, 24, 24) and hr_batch.shape == (4, 3, 96, 96)
