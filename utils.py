@@ -614,9 +614,12 @@ def describe_run(run, args):
             f'{args.batch_size * run.world_size}')
 
 
-def _ignore_sigint(worker_id):
+def _ignore_stop_signals(worker_id):
     import signal
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle, not the workers'
+    # Ctrl-C reaches the whole process group, and schedulers (SLURM, docker stop) send SIGTERM to every process:
+    # stopping is the training process's to handle (it finishes the step, saves, then shuts the workers down)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def make_train_loader(args, run):
@@ -633,7 +636,7 @@ def make_train_loader(args, run):
                               rank=run.rank, world_size=run.world_size)
     return DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
                       pin_memory=run.device.type == 'cuda', drop_last=True, persistent_workers=args.workers > 0,
-                      worker_init_fn=_ignore_sigint)
+                      worker_init_fn=_ignore_stop_signals)
 
 
 def rng_state():
