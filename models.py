@@ -12,11 +12,13 @@ Value ranges (the habit of this repo: every tensor's range is written next to it
     TruncatedVGG19         in: (N, 3, H, W) ImageNet-normalised     out: (N, C, H/2^(i-1), W/2^(i-1)) features
 """
 
+import functools
 import math
 import urllib.error
 
 import torch
 from torch import nn
+import torch.nn.functional as F
 import torchvision
 
 # Where an offline user gets the VGG19 weights from (torchvision's URL for VGG19_Weights.IMAGENET1K_V1).
@@ -102,8 +104,57 @@ class SRResNet(nn.Module):
         residual = output
         output = self.residual_blocks(output)  # (N, 64, h, w)
         output = self.conv_block2(output) + residual  # (N, 64, h, w)
-        output = self.subpixel_convolutional_blocks(output)  # (N, 64, h * s, w * s)
-        return self.conv_block3(output)  # (N, 3, h * s, w * s), in [-1, 1]
+        *blocks, last = self.subpixel_convolutional_blocks
+        for block in blocks:
+            output = block(output)  # (N, 64, h * s / 2, w * s / 2) after the last of them
+        if not (isinstance(last.pixel_shuffle, nn.PixelShuffle) and last.prelu.num_parameters == 1
+                and len(self.conv_block3.conv_block) == 2):  # per-channel slopes, or already rewritten
+            return self.conv_block3(last(output))  # (N, 3, h * s, w * s), in [-1, 1]
+        # The same function as conv_block3(last(output)), ~1.2x faster to train: the 9x9 convolution moved before
+        # the last pixel shuffle (see conv_before_pixel_shuffle), its weight derived from the stored one on
+        # every call, so the gradient reaches conv_block3's parameters and the state_dict is the tutorial's.
+        r, (conv, tanh) = last.pixel_shuffle.upscale_factor, self.conv_block3.conv_block
+        output = last.prelu(last.conv(output))  # (N, 64 r^2, h * s / r, w * s / r)
+        weight, bias = conv_before_pixel_shuffle(conv.weight, conv.bias, r)
+        output = F.conv2d(output, weight, bias, padding=weight.shape[-1] // 2)  # (N, 3 r^2, h * s / r, w * s / r)
+        return tanh(F.pixel_shuffle(output, r))  # (N, 3, h * s, w * s), in [-1, 1]
+
+
+def conv_before_pixel_shuffle(weight, bias, r):
+    """The convolution conv' with  conv(PixelShuffle_r(y)) = PixelShuffle_r(conv'(y))  for a k x k, stride-1,
+    'same'-padded conv (weight (C_out, C_in, k, k), k odd): -> (weight' (C_out r^2, C_in r^2, k', k'), bias'),
+    to be applied with padding k' // 2. Differentiable: gradients of conv' flow back to weight and bias.
+
+    Output pixel (r i + a, r j + b) reads high-res pixels (r i + a + dy, r j + b + dx), which are pixel
+    (i + (a + dy) // r, j + (b + dx) // r) of channel (c r^2 + ((a + dy) % r) r + (b + dx) % r) of y. So conv' has
+    r^2 times the channels in and out and a kernel reaching ceil(k // 2 / r) pixels each way (9x9 at x2: 64 -> 3
+    channels become 256 -> 12, 5x5). The work is about the same, but 3 output channels at full size use the vector
+    units poorly and 12 at half size use them well. Exact up to float rounding. (SRResNet's single-slope PReLU
+    acts the same before or after the shuffle, which is what lets SRResNet use this on its tail.)"""
+    out_channels, in_channels, k, _ = weight.shape
+    index = _conv_before_pixel_shuffle_index(k, r, weight.device)  # (r^2, r^2, k'^2) into the k^2 taps + a zero
+    taps = F.pad(weight.flatten(2), (0, 1))[:, :, index]  # (C_out, C_in, r^2 (a, b), r^2 (u, v), k'^2)
+    side = math.isqrt(index.shape[-1])  # k'
+    weight = taps.transpose(1, 2).reshape(out_channels * r * r, in_channels * r * r, side, side)
+    return weight, bias.repeat_interleave(r * r)
+
+
+@functools.lru_cache(maxsize=None)
+def _conv_before_pixel_shuffle_index(k, r, device):
+    """index[a r + b, u r + v, py k' + px]: the tap (dy + k // 2) k + (dx + k // 2) of the k x k kernel that
+    conv' applies at offset (py, px) from output channel offset (a, b) to input channel offset (u, v); k^2
+    (the zero after the last tap) where none does."""
+    half = k // 2
+    reach = -(-half // r)  # ceil(half / r): low-res pixels the kernel reaches each way
+    offsets = torch.arange(-reach, reach + 1) * r  # (k',)
+    a, u = torch.arange(r).view(r, 1), torch.arange(r).view(1, r)
+    d = (offsets.view(1, 1, -1) + (u - a).unsqueeze(-1))  # (r (a), r (u), k'): dy = py r + u - a
+    valid = d.abs() <= half
+    dy = d.view(r, 1, r, 1, -1, 1)  # (a, b, u, v, py, px)
+    dx = d.view(1, r, 1, r, 1, -1)
+    inside = valid.view(r, 1, r, 1, -1, 1) & valid.view(1, r, 1, r, 1, -1)
+    index = torch.where(inside, (dy + half) * k + dx + half, k * k)
+    return index.reshape(r * r, r * r, -1).to(device)
 
 
 class Generator(nn.Module):

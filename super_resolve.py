@@ -40,7 +40,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from tqdm import tqdm
 
 import utils
-from models import ConvolutionalBlock
+from models import ConvolutionalBlock, conv_before_pixel_shuffle
 from utils import CheckpointError, ImageLoadError
 
 REPO = Path(__file__).resolve().parent
@@ -101,35 +101,20 @@ def prepare_for_inference(model):
 
 @torch.no_grad()
 def _conv_before_pixel_shuffle(model):
-    """Rewrite SRResNet's tail  conv9x9(PReLU(PixelShuffle_r(y)))  as  PixelShuffle_r(conv'(PReLU(y))).
-
-    The PReLU has one slope for all channels, so it acts the same before or after the shuffle. A k x k
-    convolution of the r-times-larger shuffled image is a convolution of y itself: output pixel (r i + a, r j + b)
-    reads high-res pixels (r i + a + dy, r j + b + dx), which are pixel (i + (a + dy) // r, j + (b + dx) // r) of
-    channel (c r^2 + ((a + dy) % r) r + (b + dx) % r) of y. So conv' has r^2 times the channels in and out and a
-    kernel reaching ceil(k // 2 / r) pixels each way (9x9 at x2: 64 -> 3 channels become 256 -> 12, 5x5). The
-    work is about the same, but 3 output channels at full size use the CPU's vector units poorly and 12 at half
-    size use them well. Exact up to float rounding."""
+    """Rewrite SRResNet's tail  conv(PReLU(PixelShuffle_r(y)))  as  PixelShuffle_r(conv'(PReLU(y))) once, with
+    models.conv_before_pixel_shuffle (SRResNet.forward derives conv' on every call, so that it trains the
+    stored 9x9 weight; here it is computed once for inference). The PReLU has one slope for all channels, so it
+    acts the same before or after the shuffle."""
     last = model.subpixel_convolutional_blocks[-1]
     conv = model.conv_block3.conv_block[0]  # (3, C, k, k), 'same' padding
     if last.prelu.num_parameters != 1 or not isinstance(last.pixel_shuffle, nn.PixelShuffle):
         return  # a per-channel PReLU does not commute with the shuffle (or this was done already)
     r = last.pixel_shuffle.upscale_factor
-    out_channels, in_channels, k, _ = conv.weight.shape
-    half = k // 2
-    reach = -(-half // r)  # ceil(half / r): low-res pixels the kernel reaches each way
-    weight = conv.weight.new_zeros(out_channels * r * r, in_channels * r * r, 2 * reach + 1, 2 * reach + 1)
-    for a in range(r):  # the output pixel's row within its r x r block
-        for b in range(r):  # ... and column
-            for dy in range(-half, half + 1):
-                py, u = divmod(a + dy, r)
-                for dx in range(-half, half + 1):
-                    px, v = divmod(b + dx, r)
-                    tap = conv.weight[:, :, dy + half, dx + half]  # (3, C)
-                    weight[a * r + b::r * r, u * r + v::r * r, py + reach, px + reach] = tap
-    folded = nn.Conv2d(in_channels * r * r, out_channels * r * r, 2 * reach + 1, padding=reach).to(weight.device)
+    weight, bias = conv_before_pixel_shuffle(conv.weight, conv.bias, r)
+    folded = nn.Conv2d(weight.shape[1], weight.shape[0], weight.shape[-1], padding=weight.shape[-1] // 2)
+    folded = folded.to(weight.device)
     folded.weight.copy_(weight)
-    folded.bias.copy_(conv.bias.repeat_interleave(r * r))
+    folded.bias.copy_(bias)
     last.pixel_shuffle = nn.Identity()  # the last sub-pixel block now ends at PReLU(conv(x)), r^2 C channels
     model.conv_block3.conv_block = nn.Sequential(folded, nn.PixelShuffle(r), *model.conv_block3.conv_block[1:])
 

@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 import super_resolve  # noqa: E402
 import utils  # noqa: E402
 from models import SRResNet  # noqa: E402
+from train_step import tutorial_srresnet_forward  # noqa: E402  (benchmarks/ is sys.path[0] when run)
 
 SHARED_IMAGE = REPO.parent / 'shared' / 'data' / 'Set5' / 'baby.png'
 
@@ -82,7 +83,7 @@ def paths_for(device, state_dict, config, tile):
 
     def tutorial(lr):  # the tutorial's visualize_sr: a no_grad fp32 forward of the whole image, NCHW
         with torch.no_grad():
-            return tutorial_model(lr.to(device)[None])[0].float().cpu()
+            return tutorial_srresnet_forward(tutorial_model, lr.to(device)[None])[0].float().cpu()
 
     def ours(model, amp_dtype, tile):
         return lambda lr: super_resolve.upscale(model, lr, s, tile, overlap, amp_dtype)

@@ -37,9 +37,18 @@ from models import Discriminator, Generator, SRResNet, TruncatedVGG19  # noqa: E
 from utils import autocast_dtype, convert_image, pick_device  # noqa: E402
 
 
+def tutorial_srresnet_forward(model, lr_imgs):
+    """SRResNet's (or the Generator's) forward as the tutorial has it: the last 9x9 convolution after the last pixel
+    shuffle. (models.SRResNet.forward computes the same function with that convolution moved before the shuffle.)"""
+    model = model.net if isinstance(model, Generator) else model
+    output = model.conv_block1(lr_imgs)
+    output = model.conv_block2(model.residual_blocks(output)) + output
+    return model.conv_block3(model.subpixel_convolutional_blocks(output))
+
+
 def plain_srresnet_step(model, optimizer, lr_imgs, hr_imgs):
     """The tutorial's train() body."""
-    sr_imgs = model(lr_imgs)
+    sr_imgs = tutorial_srresnet_forward(model, lr_imgs)
     loss = F.mse_loss(sr_imgs, hr_imgs)
     optimizer.zero_grad()
     loss.backward()
@@ -48,7 +57,7 @@ def plain_srresnet_step(model, optimizer, lr_imgs, hr_imgs):
 
 def plain_srgan_step(generator, discriminator, vgg, optimizer_g, optimizer_d, lr_imgs, hr_imgs):
     """The tutorial's SRGAN train() body (VGG features unscaled, as it had them)."""
-    sr_imgs = generator(lr_imgs)
+    sr_imgs = tutorial_srresnet_forward(generator, lr_imgs)
     sr_imgs_norm = convert_image(sr_imgs, '[-1, 1]', 'imagenet-norm')
     sr_features = vgg(sr_imgs_norm)
     hr_features = vgg(convert_image(hr_imgs, '[-1, 1]', 'imagenet-norm')).detach()

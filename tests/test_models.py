@@ -5,7 +5,7 @@ import torch
 import torchvision
 
 from models import (ConvolutionalBlock, Discriminator, Generator, ResidualBlock, SRResNet, SubPixelConvolutionalBlock,
-                    TruncatedVGG19, VGGWeightsUnavailable)
+                    TruncatedVGG19, VGGWeightsUnavailable, conv_before_pixel_shuffle)
 
 
 def n_params(model):
@@ -86,6 +86,61 @@ def test_tutorial_state_dicts_load_strictly():
     generator = Generator()
     generator.load_state_dict({f'net.{k}': v for k, v in state_dict.items()}, strict=True)
     assert torch.equal(generator.net.conv_block1.conv_block[1].weight, state_dict['conv_block1.conv_block.1.weight'])
+
+
+
+def plain_srresnet_forward(model, lr_imgs):
+    """SRResNet as the tutorial composes it: the last 9x9 convolution after the last pixel shuffle."""
+    output = model.conv_block1(lr_imgs)
+    output = model.conv_block2(model.residual_blocks(output)) + output
+    return model.conv_block3(model.subpixel_convolutional_blocks(output))
+
+
+@pytest.mark.parametrize('scale', [2, 4, 8])
+def test_srresnet_forward_is_the_plain_composition_with_the_same_gradients(scale):
+    torch.manual_seed(scale)
+    model = SRResNet(n_channels=16, n_blocks=1, scaling_factor=scale)
+    lr_imgs = torch.randn(2, 3, 7, 6)
+    target = torch.rand(2, 3, 7 * scale, 6 * scale) * 2 - 1
+    grads = []
+    for forward in (model, lambda x: plain_srresnet_forward(model, x)):
+        model.zero_grad()
+        sr_imgs = forward(lr_imgs)
+        torch.nn.functional.mse_loss(sr_imgs, target).backward()
+        grads.append((sr_imgs.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}))
+    (ours, our_grads), (plain, plain_grads) = grads
+    torch.testing.assert_close(ours, plain, atol=1e-6, rtol=0)
+    assert our_grads.keys() == plain_grads.keys()
+    for key in our_grads:  # the 9x9 weight and bias included: the derived weight trains the stored one
+        torch.testing.assert_close(our_grads[key], plain_grads[key], atol=1e-6, rtol=1e-5, msg=key)
+    assert our_grads['conv_block3.conv_block.0.weight'].abs().sum() > 0
+    # the parameters and their keys are the tutorial's: nothing derived is stored
+    assert set(model.state_dict()) == set(tutorial_srresnet_keys(n_blocks=1, n_subpixel={2: 1, 4: 2, 8: 3}[scale]))
+    assert {k: tuple(v.shape) for k, v in SRResNet(scaling_factor=scale).state_dict().items()} == \
+        tutorial_srresnet_keys(n_subpixel={2: 1, 4: 2, 8: 3}[scale])
+
+
+def test_srresnet_forward_with_per_channel_prelu_keeps_the_plain_order():
+    torch.manual_seed(0)
+    model = SRResNet(n_channels=8, n_blocks=1, scaling_factor=2)
+    model.subpixel_convolutional_blocks[-1].prelu = torch.nn.PReLU(8, init=0.0)  # does not commute with the shuffle
+    model.subpixel_convolutional_blocks[-1].prelu.weight.data.uniform_(-1, 1)
+    lr_imgs = torch.randn(1, 3, 6, 5)
+    torch.testing.assert_close(model(lr_imgs), plain_srresnet_forward(model, lr_imgs), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize('kernel_size, r', [(9, 2), (9, 3), (3, 2), (5, 4), (1, 2)])
+def test_conv_before_pixel_shuffle(kernel_size, r):
+    torch.manual_seed(0)
+    weight, bias = torch.randn(3, 5, kernel_size, kernel_size), torch.randn(3)
+    y = torch.randn(2, 5 * r * r, 6, 7, dtype=torch.float64)
+    expected = torch.nn.functional.conv2d(torch.nn.functional.pixel_shuffle(y, r), weight.double(), bias.double(),
+                                          padding=kernel_size // 2)
+    folded_weight, folded_bias = conv_before_pixel_shuffle(weight.double(), bias.double(), r)
+    assert folded_weight.shape[:2] == (3 * r * r, 5 * r * r)
+    assert folded_weight.shape[-1] == 2 * -(-(kernel_size // 2) // r) + 1  # 9x9 at x2: 5x5
+    output = torch.nn.functional.conv2d(y, folded_weight, folded_bias, padding=folded_weight.shape[-1] // 2)
+    torch.testing.assert_close(torch.nn.functional.pixel_shuffle(output, r), expected, atol=1e-10, rtol=0)
 
 
 def test_discriminator_keys_and_inputs():
