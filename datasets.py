@@ -18,7 +18,8 @@ class SRDataset(Dataset):
     `data_folder` and yields (lr_img, hr_img) tensors:
         train: lr (3, crop_size / s, crop_size / s), hr (3, crop_size, crop_size) - a random crop of each image
         test:  lr (3, H / s, W / s), hr (3, H, W) - the whole image, trimmed to a multiple of the scale
-    in the ranges lr_img_type / hr_img_type (see utils.convert_image). The tutorial trains with
+    in the ranges lr_img_type / hr_img_type (see utils.convert_image); augment: random flips / 90-degree rotations
+    of the training crops (see utils.ImageTransforms). The tutorial trains with
     lr_img_type='imagenet-norm' and hr_img_type='[-1, 1]'.
 
     cache_images: decode every image once, now, and keep it in memory as uint8 (H * W * 3 bytes each: ~150 MB for
@@ -29,7 +30,7 @@ class SRDataset(Dataset):
     makes it, which is what makes a resumed run see exactly the crops an uninterrupted one would."""
 
     def __init__(self, data_folder, split, crop_size, scaling_factor, lr_img_type, hr_img_type,
-                 test_data_name=None, blur_sigma=0.0, cache_images=False):
+                 test_data_name=None, blur_sigma=0.0, augment=False, cache_images=False):
         self.split = split.lower()
         if self.split not in {'train', 'test'}:
             raise ValueError(f"split must be 'train' or 'test', not {split!r}")
@@ -47,7 +48,7 @@ class SRDataset(Dataset):
             raise ValueError(f'{list_path} lists no images')
 
         self.transform = ImageTransforms(self.split, crop_size, scaling_factor, lr_img_type, hr_img_type,
-                                         blur_sigma=blur_sigma)
+                                         blur_sigma=blur_sigma, augment=augment)
         # (H, W, 3) uint8 arrays, decoded once
         self.cache = [np.asarray(load_image(path)) for path in self.images] if cache_images else None
 

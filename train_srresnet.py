@@ -28,12 +28,15 @@ from utils import (describe_run, make_grad_scaler, make_optimizer, make_train_lo
 def get_args(argv=None):
     parser = training_argument_parser(__doc__, output_dir='runs/srresnet', iterations=1_000_000, val_every=5000)
     # the architecture (the paper's; fewer blocks make quick experiments and tests cheaper)
+    parser.add_argument('--lr-decay-at', type=int, default=None,
+                        help='multiply the lr by 0.1 from this iteration on (default: never, as the paper); may be '
+                             'changed when resuming')
     parser.add_argument('--n-blocks', type=int, default=16, help='residual blocks')
     parser.add_argument('--n-channels', type=int, default=64, help='channels of the residual blocks')
     return parser.parse_args(argv)
 
 
-def train_step(model, optimizer, scaler, lr_imgs, hr_imgs, amp_dtype):
+def train_step(model, optimizer, scheduler, scaler, lr_imgs, hr_imgs, amp_dtype):
     """One optimizer step on the MSE between SR and HR images. lr_imgs: (N, 3, 24, 24) ImageNet-normalised,
     hr_imgs: (N, 3, 96, 96) in [-1, 1]. Returns {'loss': 0-dim tensor}."""
     with torch.autocast(lr_imgs.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -43,6 +46,7 @@ def train_step(model, optimizer, scaler, lr_imgs, hr_imgs, amp_dtype):
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
+    scheduler.step()
     return {'loss': loss.detach()}
 
 
@@ -61,8 +65,15 @@ def main(argv=None):
     model, model_ddp = prepare_model(model, run, args)
     optimizer = make_optimizer(model, args, run)
     scaler = make_grad_scaler(run)
+    # the lr of iteration t (counted from 0) is lr x lr_factor(t); computed from the flags, not stored, so a resumed
+    # run can move --lr-decay-at
+    def lr_factor(t):
+        return 0.1 if args.lr_decay_at is not None and t >= args.lr_decay_at else 1.0
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint['optimizer'])
+        for group in optimizer.param_groups:
+            group['lr'] = group['initial_lr'] = args.lr  # --lr may differ from the checkpoint's (setup_run notes it)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor, last_epoch=run.start_iteration - 1)
 
     if run.is_main:
         n_params = sum(p.numel() for p in model.parameters())
@@ -73,7 +84,8 @@ def main(argv=None):
                 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict()}
 
     train_loop(args, run, make_train_loader(args, run),
-               lambda lr_imgs, hr_imgs: train_step(model_ddp, optimizer, scaler, lr_imgs, hr_imgs, run.amp_dtype),
+               lambda lr_imgs, hr_imgs: train_step(model_ddp, optimizer, scheduler, scaler, lr_imgs, hr_imgs,
+                                                  run.amp_dtype),
                checkpoint_state, sr_model=model, optimizer=optimizer,
                best_psnr=checkpoint['best_psnr'] if checkpoint else float('-inf'))
 

@@ -183,9 +183,11 @@ class ImageTransforms:
     split 'train': a uniformly random crop_size x crop_size crop (every position, edges included);
     split 'test':  the largest top-left crop whose sides are divisible by the scale (MATLAB's modcrop);
     LR = HR downsampled by `scaling_factor` with Pillow's antialiased bicubic, after an optional Gaussian blur.
+    augment (train only): the crop is then flipped / rotated by a multiple of 90 degrees, one of the 8 with equal
+    chance (not in the paper; common for small training sets).
     """
 
-    def __init__(self, split, crop_size, scaling_factor, lr_img_type, hr_img_type, blur_sigma=0.0):
+    def __init__(self, split, crop_size, scaling_factor, lr_img_type, hr_img_type, blur_sigma=0.0, augment=False):
         split = split.lower()
         if split not in {'train', 'test'}:
             raise ValueError(f"split must be 'train' or 'test', not {split!r}")
@@ -197,6 +199,7 @@ class ImageTransforms:
         self.lr_img_type = lr_img_type
         self.hr_img_type = hr_img_type
         self.blur_sigma = blur_sigma
+        self.augment = augment
 
     def __call__(self, img, name='image'):
         """img: PIL RGB image -> (lr_img, hr_img) tensors (3, h, w), (3, h * s, w * s) in their chosen ranges."""
@@ -208,6 +211,9 @@ class ImageTransforms:
             left = random.randint(0, img.width - self.crop_size)  # inclusive: the right/bottom edges can be hit
             top = random.randint(0, img.height - self.crop_size)
             hr_img = img.crop((left, top, left + self.crop_size, top + self.crop_size))
+            if self.augment:
+                k = random.randrange(8)  # 0: as it is; else a flip, a rotation by 90/180/270, or a transposition
+                hr_img = hr_img.transpose(Image.Transpose(k - 1)) if k else hr_img
         else:
             width, height = img.width - img.width % s, img.height - img.height % s
             if width == 0 or height == 0:
@@ -501,6 +507,8 @@ def training_argument_parser(description, output_dir, iterations, val_every):
     parser.add_argument('--scaling-factor', type=int, default=4, choices=[2, 4, 8], help='upscaling factor')
     parser.add_argument('--blur-sigma', type=float, default=0.0,
                         help='Gaussian blur (sigma in HR pixels) before bicubic downsampling; 0: none, as the paper')
+    parser.add_argument('--augment', action='store_true',
+                        help='flip and rotate the training crops by multiples of 90 degrees (not in the paper)')
     parser.add_argument('--workers', type=int, default=min(4, os.cpu_count() or 1),
                         help='DataLoader worker processes (0: load in the training process)')
     parser.add_argument('--cache-images', action='store_true',
@@ -569,7 +577,8 @@ def setup_run(args, kind):
         if rank == 0:
             print(f'resuming from {path} at iteration {checkpoint["iteration"]}')
             changed = [f'--{k.replace("_", "-")} {v} (was {checkpoint["config"][k]})' for k, v in vars(args).items()
-                       if k in {'batch_size', 'crop_size', 'seed', 'lr', 'beta1', 'blur_sigma', 'no_amp'}
+                       if k in {'batch_size', 'crop_size', 'seed', 'lr', 'beta1', 'blur_sigma', 'augment',
+                                          'no_amp'}
                        and checkpoint['config'].get(k, v) != v]
             if changed:
                 print(f'note: {", ".join(changed)}: the run will not continue as it would have')
@@ -629,7 +638,8 @@ def make_train_loader(args, run):
     from datasets import SRDataset, InfiniteSampler
     try:
         dataset = SRDataset(args.data_folder, 'train', args.crop_size, args.scaling_factor, 'imagenet-norm',
-                            '[-1, 1]', blur_sigma=args.blur_sigma, cache_images=args.cache_images)
+                            '[-1, 1]', blur_sigma=args.blur_sigma, augment=args.augment,
+                            cache_images=args.cache_images)
     except (FileNotFoundError, ValueError, ImageLoadError) as e:
         raise SystemExit(f'error: {e}') from None
     sampler = InfiniteSampler(len(dataset), seed=args.seed, start=run.start_iteration * args.batch_size,

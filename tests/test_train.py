@@ -62,6 +62,7 @@ def test_defaults_are_the_papers():
     assert (args.iterations, args.batch_size, args.crop_size, args.scaling_factor) == (1_000_000, 16, 96, 4)
     assert (args.lr, args.beta1, args.n_blocks, args.blur_sigma, args.no_amp) == (1e-4, 0.9, 16, 0.0, False)
     assert (args.data_folder, args.output_dir) == ('./data', 'runs/srresnet')
+    assert args.lr_decay_at is None and args.augment is False  # constant lr, no flips: the paper's
     args = train_srgan.get_args([])
     assert (args.iterations, args.lr_decay_at, args.batch_size, args.lr) == (200_000, 100_000, 16, 1e-4)
     assert (args.content_loss, args.adversarial_weight, args.vgg_weights) == ('vgg54', 1e-3, 'imagenet')
@@ -119,6 +120,16 @@ def test_short_srgan_run_from_the_srresnet_with_lr_decay(srresnet_run, demo_data
                '--iterations', 4, '--lr-decay-at', 2, '--val-set', 'none', '--resume', 'auto')
     assert [row['lr'] for row in train_rows(output_dir)] == [1e-4, 1e-4, 1e-5, 1e-5]
     assert load_checkpoint(output_dir / 'last.pt')['scheduler_d']['last_epoch'] == 4
+
+
+def test_srresnet_lr_decay_can_be_moved_on_resume(demo_data, tmp_path):
+    args = ['--data-folder', demo_data, '--output-dir', tmp_path, *SMALL, '--n-blocks', '1', '--val-set', 'none',
+            '--augment']
+    run_script('train_srresnet.py', *args, '--iterations', 4, '--lr-decay-at', 2)
+    assert [row['lr'] for row in train_rows(tmp_path)] == pytest.approx([1e-4, 1e-4, 1e-5, 1e-5])
+    assert load_checkpoint(tmp_path / 'last.pt')['config']['augment'] is True
+    run_script('train_srresnet.py', *args, '--iterations', 7, '--lr-decay-at', 5, '--resume', 'auto')
+    assert [row['lr'] for row in train_rows(tmp_path)][4:] == pytest.approx([1e-4, 1e-5, 1e-5])
 
 
 def test_srgan_step_freezes_vgg_and_scales_its_features():

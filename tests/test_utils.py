@@ -175,6 +175,25 @@ def test_train_crops_are_uniform_over_every_position_edges_included():
     assert seen == {(x, y) for x in range(6) for y in range(3)}  # all 18 positions, including right/bottom edges
 
 
+def test_augment_gives_each_of_the_8_flips_and_rotations_and_lr_follows():
+    img = coordinate_image(96, 96)  # the crop is the whole image: what changes is its orientation alone
+    hr_array = np.asarray(img)
+    dihedral = [np.rot90(a, k) for a in (hr_array, hr_array[:, ::-1]) for k in range(4)]  # the 8 symmetries
+    transform = ImageTransforms('train', 96, 4, '[0, 255]', '[0, 255]', augment=True)
+    counts = [0] * 8
+    for _ in range(400):
+        lr, hr = transform(img)
+        hr_seen = hr.permute(1, 2, 0).numpy().astype(np.uint8)
+        matches = [i for i, d in enumerate(dihedral) if np.array_equal(hr_seen, d)]
+        assert len(matches) == 1
+        counts[matches[0]] += 1
+        expected_lr = np.asarray(Image.fromarray(hr_seen).resize((24, 24), Image.BICUBIC))
+        assert np.array_equal(lr.permute(1, 2, 0).numpy().astype(np.uint8), expected_lr)
+    assert min(counts) > 25  # each about 50 times in 400
+    lr, hr = ImageTransforms('train', 96, 4, '[0, 255]', '[0, 255]')(img)  # off by default
+    assert np.array_equal(hr.permute(1, 2, 0).numpy().astype(np.uint8), hr_array)
+
+
 def test_lr_is_the_bicubic_downsample_of_its_hr():
     rng = np.random.default_rng(0)
     img = Image.fromarray(rng.integers(0, 256, (120, 130, 3), dtype=np.uint8))
