@@ -97,6 +97,20 @@ def test_short_srresnet_run(srresnet_run, demo_data):
     assert result.returncode != 0 and '--resume auto' in last_line(result)
 
 
+def test_export_keeps_the_generator_alone(srresnet_run, tmp_path):
+    exported = tmp_path / 'srresnet_x4.pt'
+    run_script('utils.py', 'export', srresnet_run / 'best.pt', exported)
+    checkpoint = load_checkpoint(exported)
+    assert set(checkpoint) == {'kind', 'model_config', 'model', 'iteration', 'best_psnr', 'config'}
+    assert all(v.dtype in (torch.float32, torch.int64) for v in checkpoint['model'].values())
+    assert checkpoint['iteration'] == load_checkpoint(srresnet_run / 'best.pt')['iteration']
+    lr_imgs = torch.randn(1, 3, 12, 12)
+    with torch.no_grad():
+        assert torch.equal(load_generator(exported)(lr_imgs), load_generator(srresnet_run / 'best.pt')(lr_imgs))
+    result = run_script('utils.py', 'export', tmp_path / 'missing.pt', tmp_path / 'out.pt', check=False)
+    assert result.returncode != 0 and result.stderr.strip() == f'error: {tmp_path}/missing.pt: no such checkpoint file'
+
+
 def test_short_srgan_run_from_the_srresnet_with_lr_decay(srresnet_run, demo_data, tmp_path):
     output_dir = tmp_path / 'srgan'
     result = run_script('train_srgan.py', '--data-folder', demo_data, '--output-dir', output_dir, *SMALL,
