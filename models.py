@@ -143,7 +143,13 @@ def conv_before_pixel_shuffle(weight, bias, r):
 def _conv_before_pixel_shuffle_index(k, r, device):
     """index[a r + b, u r + v, py k' + px]: the tap (dy + k // 2) k + (dx + k // 2) of the k x k kernel that
     conv' applies at offset (py, px) from output channel offset (a, b) to input channel offset (u, v); k^2
-    (the zero after the last tap) where none does."""
+    (the zero after the last tap) where none does. Cached, so built as a normal tensor even when the first call
+    comes under inference_mode (an inference tensor could not be saved for a later training step's backward)."""
+    with torch.inference_mode(False):
+        return _build_conv_before_pixel_shuffle_index(k, r).to(device)
+
+
+def _build_conv_before_pixel_shuffle_index(k, r):
     half = k // 2
     reach = -(-half // r)  # ceil(half / r): low-res pixels the kernel reaches each way
     offsets = torch.arange(-reach, reach + 1) * r  # (k',)
@@ -154,7 +160,7 @@ def _conv_before_pixel_shuffle_index(k, r, device):
     dx = d.view(1, r, 1, r, 1, -1)
     inside = valid.view(r, 1, r, 1, -1, 1) & valid.view(1, r, 1, r, 1, -1)
     index = torch.where(inside, (dy + half) * k + dx + half, k * k)
-    return index.reshape(r * r, r * r, -1).to(device)
+    return index.reshape(r * r, r * r, -1)
 
 
 class Generator(nn.Module):

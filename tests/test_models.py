@@ -143,6 +143,18 @@ def test_conv_before_pixel_shuffle(kernel_size, r):
     torch.testing.assert_close(torch.nn.functional.pixel_shuffle(output, r), expected, atol=1e-10, rtol=0)
 
 
+def test_srresnet_trains_after_inference_mode():
+    """The tail's index tables are cached: a first forward under inference_mode (eval.py, validation) must not
+    leave an inference tensor behind that a later training step cannot save for backward (a CI failure once)."""
+    import models
+    models._conv_before_pixel_shuffle_index.cache_clear()
+    model = SRResNet(n_blocks=1)
+    with torch.inference_mode():
+        model.eval()(torch.randn(1, 3, 8, 8))
+    model.train()(torch.randn(2, 3, 8, 8)).square().mean().backward()
+    assert model.conv_block3.conv_block[0].weight.grad.abs().sum() > 0
+
+
 def test_discriminator_keys_and_inputs():
     d = Discriminator()
     keys = d.state_dict()
