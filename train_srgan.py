@@ -55,12 +55,15 @@ def train_step(generator, discriminator, discriminator_ddp, vgg, optimizer_g, op
                scheduler_d, scaler, lr_imgs, hr_imgs, amp_dtype, adversarial_weight):
     """One generator step, then one discriminator step. lr_imgs: (N, 3, 24, 24) ImageNet-normalised,
     hr_imgs: (N, 3, 96, 96) in [-1, 1]. vgg: a TruncatedVGG19, or None for the pixel MSE content loss.
-    `discriminator` is the bare module (used in the generator step, with its parameters frozen), and
-    `discriminator_ddp` what trains it (the same module, or its DDP wrapper)."""
-    autocast = torch.autocast(lr_imgs.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+    `discriminator` is the bare module (its forward on the SR images serves both steps), and `discriminator_ddp`
+    what trains it (the same module, or its DDP wrapper).
 
-    # Generator: perceptual loss = content loss + 1e-3 x adversarial loss
-    with autocast:
+    The tutorial ran D on the SR images twice: in the generator step, and again on the detached SR images in the
+    discriminator step. D is not updated in between and its BatchNorm normalises with batch statistics, so both give
+    the same logits; here one forward serves both (the losses and gradients are the same; D's BN running averages,
+    unused in training, get two updates per step instead of three). All forwards run first, in one autocast region,
+    so that each trainable weight is cast to amp_dtype once."""
+    with torch.autocast(lr_imgs.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         sr_imgs = generator(lr_imgs)  # (N, 3, 96, 96), in [-1, 1]
         if vgg is None:
             content_loss = F.mse_loss(sr_imgs.float(), hr_imgs)
@@ -69,24 +72,23 @@ def train_step(generator, discriminator, discriminator_ddp, vgg, optimizer_g, op
             with torch.no_grad():
                 hr_features = vgg(convert_image(hr_imgs, '[-1, 1]', 'imagenet-norm'))
             content_loss = F.mse_loss(sr_features.float() * VGG_FEATURE_SCALE, hr_features.float() * VGG_FEATURE_SCALE)
-        discriminator.requires_grad_(False)  # no gradients for D from the generator's loss
-        sr_logits = discriminator(sr_imgs)  # (N,)
-        discriminator.requires_grad_(True)
-    adversarial_loss = F.binary_cross_entropy_with_logits(sr_logits.float(), torch.ones_like(sr_logits.float()))
+        sr_logits = discriminator(sr_imgs).float()  # (N,)
+        hr_logits = discriminator_ddp(hr_imgs).float()  # (N,)
+
+    # Generator: perceptual loss = content loss + 1e-3 x adversarial loss; gradients for G's parameters only,
+    # and D's part of the graph is kept for the discriminator step
+    adversarial_loss = F.binary_cross_entropy_with_logits(sr_logits, torch.ones_like(sr_logits))
     perceptual_loss = content_loss + adversarial_weight * adversarial_loss
     optimizer_g.zero_grad(set_to_none=True)
-    scaler.scale(perceptual_loss).backward()
+    scaler.scale(perceptual_loss).backward(inputs=list(generator.parameters()), retain_graph=True)
     scaler.step(optimizer_g)
 
-    # Discriminator: BCE on real HR images vs the (detached) SR images
-    with autocast:
-        hr_logits = discriminator_ddp(hr_imgs)  # (N,)
-        sr_logits = discriminator_ddp(sr_imgs.detach())  # (N,)
-    hr_logits, sr_logits = hr_logits.float(), sr_logits.float()
+    # Discriminator: BCE on real HR images vs the SR images (gradients for D's parameters only: the SR images count
+    # as detached)
     discriminator_loss = (F.binary_cross_entropy_with_logits(hr_logits, torch.ones_like(hr_logits))
                           + F.binary_cross_entropy_with_logits(sr_logits, torch.zeros_like(sr_logits)))
     optimizer_d.zero_grad(set_to_none=True)
-    scaler.scale(discriminator_loss).backward()
+    scaler.scale(discriminator_loss).backward(inputs=list(discriminator.parameters()))
     scaler.step(optimizer_d)
     scaler.update()
     scheduler_g.step()

@@ -105,8 +105,9 @@ def make_variants(name, device, batch_size, compile_models):
                 step = (lambda m, o, lr, hr: lambda: plain_srresnet_step(m, o, lr, hr))(step_model, optimizer,
                                                                                        lr_imgs, hr_imgs)
             else:
-                step = (lambda m, o, s, lr, hr: lambda: train_srresnet.train_step(m, o, s, lr, hr, amp_dtype))(
-                    step_model, optimizer, scaler, lr_imgs, hr_imgs)
+                scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 1.0)
+                step = (lambda *a: lambda: train_srresnet.train_step(*a, amp_dtype))(
+                    step_model, optimizer, scheduler, scaler, lr_imgs, hr_imgs)
         else:
             generator = Generator().to(device, memory_format=memory_format)
             discriminator = Discriminator().to(device, memory_format=memory_format)

@@ -2,10 +2,13 @@ import urllib.error
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 
-from models import (ConvolutionalBlock, Discriminator, Generator, ResidualBlock, SRResNet, SubPixelConvolutionalBlock,
-                    TruncatedVGG19, VGGWeightsUnavailable, conv_before_pixel_shuffle)
+import train_srgan
+from models import (ConvolutionalBlock, Discriminator, Generator, PReLU, ResidualBlock, SRResNet,
+                    SubPixelConvolutionalBlock, TruncatedVGG19, VGGWeightsUnavailable, conv_before_pixel_shuffle)
+from utils import convert_image
 
 
 def n_params(model):
@@ -51,6 +54,47 @@ def test_blocks():
     torch.nn.init.zeros_(block.conv_block2.conv_block[1].weight)  # BN gamma 0: the block is the identity
     torch.nn.init.zeros_(block.conv_block2.conv_block[1].bias)
     assert torch.equal(block.eval()(x), x)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('slope', [0.25, -0.6])
+def test_single_slope_prelu_is_nn_prelu(dtype, slope):
+    """models.PReLU's own backward (the CPU path) against nn.PReLU: output, input gradient, slope gradient, in fp32
+    and under bf16 autocast, channels_last, with exact zeros in the input (where the gradient is the slope's)."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 8, 6, 5).contiguous(memory_format=torch.channels_last)
+    x[0, :, 0, :] = 0
+    results = []
+    for prelu in (torch.nn.PReLU(), PReLU()):
+        prelu.weight.data.fill_(slope)
+        inputs = x.clone().requires_grad_()
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            output = prelu(inputs)
+        assert output.dtype == dtype and output.is_contiguous(memory_format=torch.channels_last)
+        grad = torch.linspace(-1, 1, output.numel()).view(output.shape).to(dtype)
+        output.backward(grad)
+        assert prelu.weight.grad.dtype == torch.float32 and prelu.weight.grad.shape == (1,)
+        results.append((output, inputs.grad, prelu.weight.grad, output.grad_fn.name()))
+    (theirs, their_grad, their_slope_grad, _), (ours, our_grad, our_slope_grad, our_grad_fn) = results
+    assert 'SingleSlopePReLU' in our_grad_fn  # the fast path ran
+    torch.testing.assert_close(ours, theirs, atol=0, rtol=0)  # bf16 too: the same slope, rounded the same way
+    torch.testing.assert_close(our_grad, their_grad, atol=0, rtol=0)
+    rtol = 1e-5 if dtype == torch.float32 else 2 ** -7  # bf16: summed in fp32, rounded to bf16 as nn.PReLU does
+    torch.testing.assert_close(our_slope_grad, their_slope_grad, atol=0, rtol=rtol)
+    expected = (grad.double() * x.clamp(max=0).to(dtype).double()).sum()  # the slope's gradient, summed exactly
+    torch.testing.assert_close(our_slope_grad.double(), expected.view(1), atol=0, rtol=rtol)
+
+
+def test_prelu_keeps_nn_prelu_where_the_fast_path_does_not_apply():
+    per_channel = PReLU(8)
+    per_channel.weight.data.uniform_(-1, 1)
+    x = torch.randn(2, 8, 3, 3, requires_grad=True)
+    output = per_channel(x)
+    assert 'SingleSlopePReLU' not in output.grad_fn.name()
+    torch.testing.assert_close(output, F.prelu(x, per_channel.weight), atol=0, rtol=0)
+    assert set(PReLU().state_dict()) == {'weight'}  # the tutorial's key, as nn.PReLU
+    with torch.no_grad():  # inference: no graph, same values
+        assert torch.equal(PReLU()(x), torch.nn.PReLU()(x))
 
 
 def tutorial_srresnet_keys(n_blocks=16, n_subpixel=2):
@@ -153,6 +197,52 @@ def test_srresnet_trains_after_inference_mode():
         model.eval()(torch.randn(1, 3, 8, 8))
     model.train()(torch.randn(2, 3, 8, 8)).square().mean().backward()
     assert model.conv_block3.conv_block[0].weight.grad.abs().sum() > 0
+
+
+def tutorial_srgan_step(generator, discriminator, vgg, lr_imgs, hr_imgs, adversarial_weight):
+    """The tutorial's SRGAN step (fp32, VGG features scaled as the paper), D running on the SR images twice, without
+    the updates: returns the generator's gradients (and the losses); the discriminator's are left in .grad."""
+    sr_imgs = generator(lr_imgs)
+    content_loss = F.mse_loss(vgg(convert_image(sr_imgs, '[-1, 1]', 'imagenet-norm')) / 12.75,
+                              vgg(convert_image(hr_imgs, '[-1, 1]', 'imagenet-norm')).detach() / 12.75)
+    discriminator.requires_grad_(False)
+    sr_logits = discriminator(sr_imgs)
+    discriminator.requires_grad_(True)
+    adversarial_loss = F.binary_cross_entropy_with_logits(sr_logits, torch.ones_like(sr_logits))
+    (content_loss + adversarial_weight * adversarial_loss).backward()
+    generator_grads = [p.grad.clone() for p in generator.parameters()]
+    hr_logits, sr_logits = discriminator(hr_imgs), discriminator(sr_imgs.detach())
+    discriminator_loss = (F.binary_cross_entropy_with_logits(hr_logits, torch.ones_like(hr_logits))
+                          + F.binary_cross_entropy_with_logits(sr_logits, torch.zeros_like(sr_logits)))
+    discriminator_loss.backward()
+    return generator_grads, (content_loss, adversarial_loss, discriminator_loss)
+
+
+def test_srgan_step_has_the_tutorials_gradients_with_one_discriminator_forward_on_sr():
+    """train_srgan.train_step runs D on the SR images once for both steps: the same losses and gradients as the
+    tutorial's step, which runs it twice."""
+    torch.manual_seed(0)
+    generator, discriminator = Generator(n_blocks=2), Discriminator(n_blocks=4, fc_size=16)
+    vgg = TruncatedVGG19(2, 2, weights=None)
+    lr_imgs, hr_imgs = torch.randn(3, 3, 12, 12), torch.rand(3, 3, 48, 48) * 2 - 1
+    generator_ref, discriminator_ref = Generator(n_blocks=2), Discriminator(n_blocks=4, fc_size=16)
+    generator_ref.load_state_dict(generator.state_dict())
+    discriminator_ref.load_state_dict(discriminator.state_dict())
+    expected_grads, expected_losses = tutorial_srgan_step(generator_ref, discriminator_ref, vgg, lr_imgs, hr_imgs, 0.1)
+
+    d_forwards = []
+    discriminator.register_forward_hook(lambda *_: d_forwards.append(1))
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.0) for m in (generator, discriminator)]  # grads stay to compare
+    schedulers = [torch.optim.lr_scheduler.MultiStepLR(o, [10]) for o in optimizers]
+    values = train_srgan.train_step(generator, discriminator, discriminator, vgg, *optimizers, *schedulers,
+                                    torch.amp.GradScaler('cpu', enabled=False), lr_imgs, hr_imgs, None, 0.1)
+    assert len(d_forwards) == 2  # SR once (both steps), HR once
+    for key, expected in zip(('content_loss', 'adversarial_loss', 'discriminator_loss'), expected_losses):
+        torch.testing.assert_close(values[key], expected.detach(), atol=0, rtol=1e-6, msg=key)
+    for (name, p), expected in zip(generator.named_parameters(), expected_grads):
+        torch.testing.assert_close(p.grad, expected, atol=1e-8, rtol=1e-4, msg=name)
+    for (name, p), p_ref in zip(discriminator.named_parameters(), discriminator_ref.parameters()):
+        torch.testing.assert_close(p.grad, p_ref.grad, atol=1e-8, rtol=1e-4, msg=name)
 
 
 def test_discriminator_keys_and_inputs():
