@@ -70,6 +70,7 @@ class Model:
     kind: str  # 'bicubic', 'srresnet' or 'srgan'
     scaling_factor: int
     network: torch.nn.Module | None = None  # SRResNet (an SRGAN's generator network) in eval mode; None: bicubic
+    content_loss: str | None = None  # an SRGAN's, from its training config: 'mse' -> the paper's SRGAN-MSE
 
 
 def crop_to_multiple(img, scaling_factor, centered=False):
@@ -138,12 +139,14 @@ def load_models(names, args, device):
             models.append(Model(name, 'bicubic', 0))
             continue
         try:
-            kind = load_checkpoint(name, args.unsafe_pickle).get('kind', 'srresnet')
+            checkpoint = load_checkpoint(name, args.unsafe_pickle)
             network = load_generator(name, device, args.unsafe_pickle)
         except CheckpointError as e:
             raise SystemExit(f'error: {e}') from None
+        kind = checkpoint.get('kind', 'srresnet')
+        content_loss = (checkpoint.get('config') or {}).get('content_loss') if kind == 'srgan' else None
         scaling_factor = 2 ** len(network.subpixel_convolutional_blocks)
-        models.append(Model(name, kind if kind in KIND_NAMES else 'srresnet', scaling_factor, network))
+        models.append(Model(name, kind if kind in KIND_NAMES else 'srresnet', scaling_factor, network, content_loss))
     checkpoint_scales = [m.scaling_factor for m in models if m.network is not None]
     for model in models:
         if model.network is None:
@@ -245,7 +248,8 @@ def markdown_table(models, dataset_names, rows, protocol, lr_kernel):
             means.append((np.mean([r['psnr'] for r in of_set]), np.mean([r['ssim'] for r in of_set]))
                          if of_set else None)
         seconds = np.mean([r['seconds'] for r in mine])
-        label = model.label if model.kind == 'bicubic' else f'{model.label} ({KIND_NAMES[model.kind]})'
+        variant = f'-{model.content_loss.upper()}' if model.content_loss else ''  # SRGAN-MSE, SRGAN-VGG54
+        label = model.label if model.kind == 'bicubic' else f'{model.label} ({KIND_NAMES[model.kind]}{variant})'
         lines.append(f'| {label} | x{model.scaling_factor} | {" | ".join(cell(m) for m in means)} | {seconds:.3f} '
                      f'| this eval.py, --protocol {protocol}, {lr_kernel} LR |')
 

@@ -7,6 +7,7 @@ Bicubic / SRResNet / SRGAN / Original HR comparison grid.
     python super_resolve.py photo.png -o big.png --model checkpoints/srgan/checkpoint.pt
     python super_resolve.py clip.mp4 -o clip_x4.mp4              # video: same frame rate, audio copied
     python super_resolve.py photo.png --grid --srgan checkpoints/srgan/checkpoint.pt   # visualize_sr's grid
+    python super_resolve.py data/Set5_test_images.json --grid --srgan ...    # a list from create_data_lists.py
 
 From Python:
 
@@ -27,6 +28,7 @@ On a 2-core AVX-512 BF16 CPU that is 3.7x the tutorial's plain fp32 forward, out
 
 import argparse
 import glob
+import json
 import os
 import sys
 from fractions import Fraction
@@ -437,8 +439,8 @@ def visualize_sr(img, halve=False, srresnet_checkpoint=DEFAULT_MODEL, srgan_chec
 # Command line
 
 def find_inputs(patterns):
-    """Files, folders (searched recursively for images and videos) and glob patterns -> [(path, folder it was
-    found in or None)], and the patterns that matched nothing."""
+    """Files, folders (searched recursively for images and videos), glob patterns and the JSON image lists of
+    create_data_lists.py -> [(path, folder it was found in or None)], and the patterns that matched nothing."""
     extensions = utils.IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
     found, missing = [], []
     for pattern in patterns:
@@ -452,6 +454,16 @@ def find_inputs(patterns):
             if path.is_dir():
                 found += [(p, path) for p in sorted(path.rglob('*'))
                           if p.is_file() and p.suffix.lower() in extensions and not p.name.startswith('.')]
+            elif path.suffix.lower() == '.json':  # an image list written by create_data_lists.py
+                try:
+                    with open(path) as f:
+                        listed = json.load(f)
+                except (OSError, ValueError) as e:
+                    raise SystemExit(f'error: {path}: not a readable image list ({e})') from None
+                if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
+                    raise SystemExit(f'error: {path}: not an image list (create_data_lists.py writes a JSON list '
+                                     f'of paths)')
+                found += [(Path(p), None) for p in listed]
             else:
                 found.append((path, None))  # named explicitly: tried whatever its extension
     return found, missing
@@ -476,7 +488,8 @@ def parse_args(argv=None):
         description='Super-resolve images (any size; alpha, grayscale, 16-bit and ICC kept) and videos with a '
                     'trained SRResNet or SRGAN generator, or draw the Bicubic/SRResNet/SRGAN/HR grid (--grid).')
     parser.add_argument('inputs', nargs='+', metavar='INPUT',
-                        help='image or video files, folders (searched recursively) or glob patterns')
+                        help='image or video files, folders (searched recursively), glob patterns, or image '
+                             'lists (.json) written by create_data_lists.py')
     parser.add_argument('-o', '--output', default=None,
                         help=f'output folder, or one output file when there is one input (its extension picks '
                              f'the format) [default: {DEFAULT_OUTPUT_DIR}/]')

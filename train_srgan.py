@@ -6,10 +6,10 @@ discriminator, with the perceptual loss = content loss (VGG19 features) + 1e-3 x
     python train_srgan.py                       # the paper: 2e5 iterations, lr 1e-4 then 1e-5 from iteration 1e5
 
 A quick try on a laptop CPU (the VGG19 ImageNet weights are downloaded once by torchvision; offline, download
-them elsewhere and pass --vgg-weights PATH):
+them elsewhere and pass --vgg-weights PATH, or let --content-loss auto fall back to the paper's MSE variant):
 
     python train_srgan.py --srresnet-checkpoint runs/try/last.pt --iterations 200 --val-every 100 \\
-                          --output-dir runs/try-srgan
+                          --output-dir runs/try-srgan --content-loss auto
 
 On N GPUs of one machine (DDP; the effective batch is N x --batch-size):
 
@@ -20,6 +20,9 @@ The content loss compares VGG19 feature maps scaled by 1/12.75, as the paper doe
 relative to it). Ctrl-C / SIGTERM save last.pt and exit; `--resume auto` continues.
 """
 
+import contextlib
+import io
+import socket
 import warnings
 
 import torch
@@ -32,6 +35,7 @@ from utils import (CheckpointError, convert_image, describe_run, generator_state
 
 VGG_FEATURE_SCALE = 1 / 12.75  # the paper rescales the VGG feature maps by this before the MSE
 CONTENT_LAYERS = {'vgg54': (5, 4), 'vgg22': (2, 2)}  # phi(i, j): j-th conv (after ReLU) before the i-th max-pool
+VGG_DOWNLOAD_TIMEOUT = 30  # seconds without a byte before the VGG19 download gives up
 
 
 def get_args(argv=None):
@@ -42,8 +46,10 @@ def get_args(argv=None):
                         help='accept an original-tutorial --srresnet-checkpoint (pickled objects: unpickling can '
                              'run code from the file, so only for files you trust)')
     parser.add_argument('--lr-decay-at', type=int, default=100_000, help='multiply the lr by 0.1 after this iteration')
-    parser.add_argument('--content-loss', default='vgg54', choices=['vgg54', 'vgg22', 'mse'],
-                        help="MSE of VGG19 phi(5,4) or phi(2,2) features, or of the pixels ('mse')")
+    parser.add_argument('--content-loss', default='vgg54', choices=['vgg54', 'vgg22', 'mse', 'auto'],
+                        help="MSE of VGG19 phi(5,4) or phi(2,2) features, or of the pixels ('mse', the paper's "
+                             "SRGAN-MSE); 'auto': vgg54 if the ImageNet VGG19 weights can be had, else mse, saying so "
+                             "in one line (a resumed run keeps the loss it started with)")
     parser.add_argument('--vgg-weights', default='imagenet',
                         help="'imagenet' (torchvision's IMAGENET1K_V1, downloaded once), a local copy of that file, "
                              "or 'none': random weights, for tests only (an untrained VGG is no perceptual loss)")
@@ -100,22 +106,45 @@ def train_step(generator, discriminator, discriminator_ddp, vgg, optimizer_g, op
 
 
 def build_vgg(args, run):
-    """The frozen truncated VGG19 of the content loss (None for --content-loss mse)."""
+    """The frozen truncated VGG19 of the content loss (None for the pixel MSE). Resolves --content-loss auto to
+    vgg54, or to mse when the ImageNet weights cannot be had, and sets args.content_loss to the loss actually used:
+    the checkpoints' config records it (eval.py names the row SRGAN-MSE, SRGAN-VGG54, ...)."""
+    if args.content_loss == 'auto' and run.checkpoint is not None:
+        args.content_loss = run.checkpoint['config']['content_loss']  # a resumed run keeps the loss it started with
     if args.content_loss == 'mse':
         return None
+    auto = args.content_loss == 'auto'
+    content_loss = 'vgg54' if auto else args.content_loss
     weights = {'imagenet': 'imagenet', 'none': None}.get(args.vgg_weights, args.vgg_weights)
     if weights is None:
         warnings.warn('\n' + '!' * 100 + '\n--vgg-weights none: the content loss uses a VGG19 with RANDOM weights. '
                       'That is for tests only; it is no perceptual loss.\n' + '!' * 100, stacklevel=2)
     if run.world_size > 1 and not run.is_main:
         torch.distributed.barrier()  # rank 0 downloads the weights first
+    # offline behind a firewall that drops packets, a download would wait minutes to connect: give up sooner
+    default_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(VGG_DOWNLOAD_TIMEOUT)
+    torch_messages = io.StringIO()  # torchvision's 'Downloading: ...' line: replayed unless auto falls back
     try:
-        vgg = TruncatedVGG19(*CONTENT_LAYERS[args.content_loss], weights=weights)
+        with contextlib.redirect_stdout(torch_messages) if auto else contextlib.nullcontext():
+            vgg = TruncatedVGG19(*CONTENT_LAYERS[content_loss], weights=weights)
     except VGGWeightsUnavailable as e:
-        raise SystemExit(f'error: {" ".join(str(e).split())}; or train with --content-loss mse') from None
+        reason = ' '.join(str(e).split())
+        if not (auto and weights == 'imagenet'):  # a --vgg-weights PATH that fails is a mistake to fix, not to skip
+            hint = '' if auto else ', or auto (vgg54 when the weights can be had, else mse)'
+            raise SystemExit(f'error: {reason}; or train with --content-loss mse{hint}') from None
+        if run.is_main:
+            print(f"note: --content-loss auto: {reason}; training with the pixel MSE content loss instead (the "
+                  f"paper's SRGAN-MSE variant)")
+        args.content_loss = 'mse'
+        return None
     finally:
+        socket.setdefaulttimeout(default_timeout)
         if run.world_size > 1 and run.is_main:
             torch.distributed.barrier()
+    if run.is_main:
+        print(torch_messages.getvalue(), end='')
+    args.content_loss = content_loss
     return vgg.to(run.device, memory_format=run.memory_format)
 
 

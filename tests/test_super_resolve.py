@@ -146,6 +146,20 @@ def test_existing_outputs_are_kept_unless_overwrite(checkpoint, tmp_path, capsys
     assert Image.open(out).size == (64, 64)
 
 
+def test_a_data_list_from_create_data_lists_is_its_images(checkpoint, tmp_path, capsys):
+    import json
+    for name, size in (('a', (16, 12)), ('b', (20, 16))):
+        Image.fromarray(_photo(*size)).save(tmp_path / f'{name}.png')
+    (tmp_path / 'demo_test_images.json').write_text(json.dumps([str(tmp_path / 'a.png'), str(tmp_path / 'b.png')]))
+    super_resolve.main([str(tmp_path / 'demo_test_images.json'), '-o', str(tmp_path / 'out'), '--model',
+                        str(checkpoint)])
+    assert [Image.open(tmp_path / 'out' / name).size for name in ('a_x4.png', 'b_x4.png')] == [(64, 48), (80, 64)]
+    (tmp_path / 'bad.json').write_text('{"a": 1}')
+    with pytest.raises(SystemExit) as error:
+        super_resolve.main([str(tmp_path / 'bad.json'), '--model', str(checkpoint)])
+    assert str(error.value.code).startswith(f'error: {tmp_path}/bad.json: not an image list')
+
+
 def test_16_bit_to_jpeg_falls_back_to_8_bit_and_alpha_is_dropped(checkpoint, tmp_path):
     Image.fromarray((np.arange(16 * 16).reshape(16, 16) * 250).astype(np.uint16)).save(tmp_path / 'g16.png')
     rgba = np.dstack([_photo(16, 16), np.full((16, 16), 128, np.uint8)])

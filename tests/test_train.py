@@ -266,6 +266,62 @@ def test_user_errors_are_one_line(demo_data, tmp_path, monkeypatch):
         assert all(word in message for word in words), message
 
 
+def test_content_loss_auto_falls_back_to_mse_in_one_line_when_offline(demo_data, tmp_path, monkeypatch, capsys):
+    """No cached weights (an empty TORCH_HOME) and a download that fails as offline, without touching the network:
+    auto says so in one line and trains SRGAN-MSE; the default vgg54 stops with one error line instead."""
+    import urllib.error
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    downloads = []
+
+    def offline(url, dst, *args, **kwargs):
+        downloads.append(url)
+        raise urllib.error.URLError('offline (the test blocks downloads)')
+
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', offline)
+    args = ['--data-folder', str(demo_data), *SMALL, '--srresnet-checkpoint', 'none', '--val-set', 'none',
+            '--output-dir', str(tmp_path / 'srgan')]
+
+    train_srgan.main([*args, '--iterations', '1', '--content-loss', 'auto'])
+    out = capsys.readouterr()
+    vgg_lines = [line for line in (out.out + out.err).splitlines() if 'VGG19' in line or 'Downloading' in line]
+    assert len(vgg_lines) == 1 and vgg_lines[0].startswith('note: --content-loss auto: could not get the VGG19 '
+                                                           'ImageNet weights'), vgg_lines
+    assert all(words in vgg_lines[0] for words in ('--vgg-weights PATH', str(tmp_path / 'torch'), 'SRGAN-MSE'))
+    assert 'content loss mse' in out.out and len(downloads) == 1
+    assert load_checkpoint(tmp_path / 'srgan' / 'last.pt')['config']['content_loss'] == 'mse'  # what was used
+
+    # resumed, auto keeps the loss the run started with (and does not try the download again)
+    train_srgan.main([*args, '--iterations', '2', '--content-loss', 'auto', '--resume', 'auto'])
+    assert load_checkpoint(tmp_path / 'srgan' / 'last.pt')['config']['content_loss'] == 'mse'
+    assert len(downloads) == 1 and 'VGG19' not in capsys.readouterr().out
+
+    # the default (the paper's vgg54) never falls back: one error line that says what to do
+    with pytest.raises(SystemExit) as error:
+        train_srgan.main([*args, '--iterations', '1', '--output-dir', str(tmp_path / 'vgg54')])
+    message = str(error.value.code)
+    assert message.startswith('error: could not get the VGG19 ImageNet weights') and '\n' not in message
+    assert all(words in message for words in ('--vgg-weights PATH', '--content-loss mse', 'auto'))
+    assert not (tmp_path / 'vgg54' / 'last.pt').exists()
+
+
+def test_content_loss_auto_is_vgg54_when_the_weights_can_be_had(demo_data, tmp_path, monkeypatch, capsys):
+    """A 'download' that delivers a VGG19 file (random weights here): auto trains with VGG54 and records it."""
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    features = TruncatedVGG19(5, 4, weights=None).truncated_vgg19.state_dict()
+
+    def download(url, dst, *args, **kwargs):
+        print(f'Downloading: "{url}" to {dst}')  # torch.hub's own line comes before this call; replayed
+        torch.save({f'features.{k}': v for k, v in features.items()}, dst)
+
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', download)
+    train_srgan.main(['--data-folder', str(demo_data), *SMALL, '--srresnet-checkpoint', 'none', '--val-set', 'none',
+                      '--output-dir', str(tmp_path / 'srgan'), '--iterations', '1', '--content-loss', 'auto'])
+    out = capsys.readouterr().out
+    assert 'content loss vgg54' in out and 'note:' not in out and 'Downloading' in out
+    assert (tmp_path / 'torch' / 'hub' / 'checkpoints' / 'vgg19-dcbb9e9d.pth').is_file()
+    assert load_checkpoint(tmp_path / 'srgan' / 'last.pt')['config']['content_loss'] == 'vgg54'
+
+
 def test_infinite_sampler_is_a_resumable_rank_sharded_stream():
     whole = InfiniteSampler(5, seed=3)
     stream = [next(it) for it in [iter(whole)] for _ in range(23)]
