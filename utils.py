@@ -11,6 +11,7 @@ Value ranges used throughout (the habit of this repo: every tensor's range is wr
     'y-channel'     float tensor, (H, W) or (N, H, W), BT.601 luma in [16, 235] on the 0-255 scale
 """
 
+import argparse
 import dataclasses
 import json
 import math
@@ -493,10 +494,19 @@ def seed_everything(seed):
 CHECKPOINT_FILE, BEST_CHECKPOINT_FILE, LOG_FILE = 'last.pt', 'best.pt', 'log.jsonl'
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help as the reference card: the description (a module docstring) as written, and '(default: ...)' after
+    every flag that takes a value; not after on/off switches or None defaults, whose help says what they mean."""
+
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def training_argument_parser(description, output_dir, iterations, val_every):
     """The flags both training scripts share, with the paper's defaults; each script adds its own."""
-    import argparse
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     parser.add_argument('--data-folder', default='./data', help='where train_images.json and the test lists are')
     parser.add_argument('--output-dir', default=output_dir, help='checkpoints, log, samples and plots go here')
     parser.add_argument('--iterations', type=int, default=iterations, help='training iterations (optimizer steps)')

@@ -69,6 +69,28 @@ def test_defaults_are_the_papers():
     assert args.output_dir == 'runs/srgan' and train_srgan.VGG_FEATURE_SCALE == 1 / 12.75
 
 
+def help_text(script, capsys):
+    """--help of a training script, with its line wrapping undone."""
+    with pytest.raises(SystemExit) as exit_:
+        script.get_args(['--help'])
+    assert exit_.value.code == 0
+    return ' '.join(capsys.readouterr().out.split())
+
+
+def test_help_shows_the_papers_defaults(capsys):
+    text = help_text(train_srresnet, capsys)
+    assert 'training iterations (optimizer steps) (default: 1000000)' in text
+    assert 'Adam learning rate (default: 0.0001)' in text and 'residual blocks (default: 16)' in text
+    assert 'Train SRResNet (Ledig et al. 2017, section 3)' in text  # the docstring still leads
+    # switches and None defaults get no '(default: False/None)' beside the default their help already states
+    assert '(default: False)' not in text and '(default: None)' not in text
+    assert text.count('(default: never, as the paper)') == 1
+    text = help_text(train_srgan, capsys)
+    assert 'training iterations (optimizer steps) (default: 200000)' in text
+    assert 'multiply the lr by 0.1 after this iteration (default: 100000)' in text
+    assert 'weight of the adversarial loss (default: 0.001)' in text and '(default: vgg54)' in text
+
+
 def test_short_srresnet_run(srresnet_run, demo_data):
     rows = read_log(srresnet_run / 'log.jsonl')
     train = [row for row in rows if 'lr' in row]
