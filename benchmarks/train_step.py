@@ -7,7 +7,8 @@ Speed (one process, the variants interleaved repeat by repeat so that background
     python benchmarks/train_step.py                        # SRResNet and SRGAN steps, batch 16, 24 -> 96
     python benchmarks/train_step.py --models srresnet --repeats 5
 
-    plain   the tutorial's loop: fp32, NCHW, eager, torch.optim.Adam defaults, losses on the raw outputs
+    plain   the tutorial's loop: fp32, NCHW, eager, torch.nn.PReLU, torch.optim.Adam defaults, losses on the raw
+            outputs
     default train_srresnet.train_step / train_srgan.train_step as the scripts run them: autocast in
             utils.autocast_dtype's dtype (bf16 on CPUs with AVX-512 BF16/AMX and on Ampere+ GPUs), channels_last,
             fused Adam (+ --compile to add torch.compile)
@@ -27,14 +28,32 @@ import tempfile
 import time
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import train_srgan  # noqa: E402
 import train_srresnet  # noqa: E402
+import models  # noqa: E402
 from models import Discriminator, Generator, SRResNet, TruncatedVGG19  # noqa: E402
 from utils import autocast_dtype, convert_image, pick_device  # noqa: E402
+
+
+def with_torch_prelu(model):
+    """Swap every models.PReLU in `model` (in place) for the torch.nn.PReLU the tutorial used, holding the same
+    slope: models.PReLU trains faster on CPUs through LeakyReLU's kernels, which the plain baseline must not get."""
+    swapped = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, models.PReLU):
+                prelu = nn.PReLU(child.num_parameters)
+                with torch.no_grad():
+                    prelu.weight.copy_(child.weight)
+                setattr(parent, name, prelu)
+                swapped += 1
+    assert swapped > 0 and not any(isinstance(m, models.PReLU) for m in model.modules())
+    return model
 
 
 def tutorial_srresnet_forward(model, lr_imgs):
@@ -99,7 +118,8 @@ def make_variants(name, device, batch_size, compile_models):
 
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         if name == 'srresnet':
-            model = SRResNet().to(device, memory_format=memory_format)
+            model = SRResNet()
+            model = (with_torch_prelu(model) if variant == 'plain' else model).to(device, memory_format=memory_format)
             step_model, optimizer = prepare(model), adam(model)
             if variant == 'plain':
                 step = (lambda m, o, lr, hr: lambda: plain_srresnet_step(m, o, lr, hr))(step_model, optimizer,
@@ -109,7 +129,9 @@ def make_variants(name, device, batch_size, compile_models):
                 step = (lambda *a: lambda: train_srresnet.train_step(*a, amp_dtype))(
                     step_model, optimizer, scheduler, scaler, lr_imgs, hr_imgs)
         else:
-            generator = Generator().to(device, memory_format=memory_format)
+            generator = Generator()
+            generator = (with_torch_prelu(generator) if variant == 'plain' else generator).to(
+                device, memory_format=memory_format)
             discriminator = Discriminator().to(device, memory_format=memory_format)
             vgg = TruncatedVGG19(5, 4, weights=None).to(device, memory_format=memory_format)  # speed only
             optimizer_g, optimizer_d = adam(generator), adam(discriminator)
