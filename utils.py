@@ -278,6 +278,10 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message says what to do."""
 
 
+class PickledCheckpointError(CheckpointError):
+    """An original-tutorial checkpoint (pickled model objects), refused because allow_unsafe_pickle is not set."""
+
+
 def save_checkpoint(state, path):
     """Write `state` (a dict of tensors, numbers, strings, lists and dicts) to `path` atomically: a crash while
     writing leaves the previous file at `path` intact."""
@@ -295,12 +299,13 @@ def save_checkpoint(state, path):
             os.remove(tmp_path)
 
 
-def load_checkpoint(path, allow_unsafe_pickle=False, map_location='cpu'):
+def load_checkpoint(path, allow_unsafe_pickle=False, map_location='cpu', unsafe_flag='--unsafe-pickle'):
     """Read a checkpoint with torch.load(weights_only=True), which cannot run code from the file.
 
     The original tutorial saved whole pickled model objects; unpickling those can execute arbitrary code, so they
     are refused unless `allow_unsafe_pickle` is set (only for files you trust), and converted to this repo's format
-    on the fly (see convert_tutorial_checkpoint)."""
+    on the fly (see convert_tutorial_checkpoint). unsafe_flag: the caller's flag that sets allow_unsafe_pickle, named
+    in the refusal (None where there is none: the message then names `python utils.py convert` alone)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f'{path}: no such checkpoint file')
@@ -308,9 +313,10 @@ def load_checkpoint(path, allow_unsafe_pickle=False, map_location='cpu'):
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         if not allow_unsafe_pickle:
-            raise CheckpointError(
+            how = f'pass {unsafe_flag} once to convert it, or ' if unsafe_flag else ''
+            raise PickledCheckpointError(
                 f'{path} holds pickled Python objects (as the original tutorial saved them), and loading it could '
-                f'run code from the file. If you trust it, pass --unsafe-pickle once to convert it, or run '
+                f'run code from the file. If you trust it, {how}convert it once with '
                 f'`python utils.py convert {path} converted.pt`.') from None
         checkpoint = convert_tutorial_checkpoint(path, map_location)
     except Exception as e:
@@ -324,18 +330,32 @@ def convert_tutorial_checkpoint(path, map_location='cpu'):
     """Unpickle an original-tutorial checkpoint ({'epoch', 'model': SRResNet or Generator object, ...}; SRGAN ones
     also 'generator'/'discriminator') and return it in this repo's format. UNSAFE: only for files you trust."""
     import models, sys  # the pickles refer to 'models.SRResNet' etc.; make sure the name resolves to ours
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f'{path}: no such checkpoint file')
+    try:
+        torch.load(path, map_location=map_location, weights_only=True)
+        weights_only = True
+    except Exception:  # pickled objects (what we expect), or not a checkpoint at all: the next load tells
+        weights_only = False
+    if weights_only:
+        raise CheckpointError(f'{path}: already a weights-only checkpoint (this repo\'s format), not the original '
+                              f'tutorial\'s pickled models: nothing to convert, use it as it is')
     sys.modules.setdefault('models', models)
-    old = torch.load(path, map_location=map_location, weights_only=False)
-    if 'generator' in old:  # SRGAN checkpoint
-        generator = old['generator']
-        state_dict = {k.removeprefix('net.'): v for k, v in generator.state_dict().items()}
-        net = generator.net
-    elif 'model' in old:
-        net = old['model']
-        state_dict = net.state_dict()
+    try:
+        old = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f'{path}: not a PyTorch checkpoint or damaged ({str(e).splitlines()[0]})') from None
+    entry = 'generator' if isinstance(old, dict) and 'generator' in old else 'model'
+    net = old.get(entry) if isinstance(old, dict) else None
+    if not isinstance(net, torch.nn.Module):
+        raise CheckpointError(f'{path}: not an original-tutorial checkpoint (expected a dict with a pickled "model" '
+                              f'or "generator" model object)')
+    if entry == 'generator':  # SRGAN checkpoint: the Generator wraps an SRResNet as .net
+        state_dict = {k.removeprefix('net.'): v for k, v in net.state_dict().items()}
     else:
-        raise CheckpointError(f'{path}: not a tutorial checkpoint (no "model" or "generator" entry)')
-    return {'kind': 'srgan' if 'generator' in old else 'srresnet', 'model': state_dict,
+        state_dict = net.state_dict()
+    return {'kind': 'srgan' if entry == 'generator' else 'srresnet', 'model': state_dict,
             'model_config': _model_config_from_state_dict(state_dict),
             'iteration': None, 'config': {'converted_from': os.path.basename(path), 'epoch': old.get('epoch')}}
 
@@ -579,6 +599,10 @@ def setup_run(args, kind):
     if path is not None:
         try:
             checkpoint = load_checkpoint(path)
+        except PickledCheckpointError:
+            raise SystemExit(f"error: {path} is an original-tutorial checkpoint (pickled model objects), which cannot "
+                             f"be resumed: start a new run, or start train_srgan.py from it after `python utils.py "
+                             f"convert {path} converted.pt` (--srresnet-checkpoint converted.pt)") from None
         except CheckpointError as e:
             raise SystemExit(f'error: {e}') from None
         if checkpoint.get('kind') != kind or 'iteration' not in checkpoint or 'rng' not in checkpoint:
@@ -1048,7 +1072,7 @@ def evaluate_image(sr_imgs, hr_imgs, scaling_factor, protocol='paper', gray=Fals
 def export_generator(path, output_path):
     """Write the generator of a training checkpoint as a small inference checkpoint: fp32 weights, the
     architecture, and where they came from (iteration, the run's flags); no optimizer or RNG state."""
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_checkpoint(path, unsafe_flag=None)
     state_dict = {k: v.float() if v.is_floating_point() else v for k, v in generator_state_dict(checkpoint).items()}
     save_checkpoint({'kind': checkpoint.get('kind', 'srresnet'),
                      'model_config': checkpoint.get('model_config') or _model_config_from_state_dict(state_dict),

@@ -270,6 +270,8 @@ def test_tutorial_pickles_need_unsafe_pickle(demo_data, tmp_path):
 
 def test_user_errors_are_one_line(demo_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    tutorial = tmp_path / 'checkpoint_srresnet.pth.tar'
+    torch.save({'epoch': 3, 'model': SRResNet(n_blocks=1)}, tutorial)
     cases = [
         (train_srgan, ['--vgg-weights', str(tmp_path / 'missing.pth'), '--srresnet-checkpoint', 'none'],
          ['--vgg-weights PATH', '--content-loss mse']),
@@ -277,6 +279,7 @@ def test_user_errors_are_one_line(demo_data, tmp_path, monkeypatch):
         (train_srresnet, ['--val-set', 'Set14'], ['no Set14_test_images.json']),
         (train_srresnet, ['--data-folder', str(tmp_path / 'nowhere')], ['create_data_lists.py']),
         (train_srresnet, ['--resume', str(tmp_path / 'missing.pt')], ['no such checkpoint']),
+        (train_srresnet, ['--resume', str(tutorial)], ['cannot be resumed', 'python utils.py convert']),
     ]
     for script, args, words in cases:
         if '--data-folder' not in args:

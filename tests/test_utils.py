@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -6,6 +8,7 @@ import torch
 from PIL import Image
 
 import utils
+from conftest import REPO
 from models import SRResNet
 from utils import (CheckpointError, ImageLoadError, ImageTransforms, convert_image, downsample, load_checkpoint,
                    load_generator, load_image, read_image, save_checkpoint)
@@ -253,6 +256,36 @@ def test_pickled_checkpoints_are_refused_unless_allowed(tmp_path):
             bad.write_bytes(b'junk')
         with pytest.raises(CheckpointError):
             load_checkpoint(bad)
+
+
+def test_pickle_advice_names_only_flags_the_caller_has(tmp_path):
+    path = tmp_path / 'checkpoint_srresnet.pth.tar'
+    torch.save({'epoch': 3, 'model': SRResNet(n_blocks=1)}, path)
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(path, unsafe_flag=None)  # e.g. `utils.py export`, which has no --unsafe-pickle
+    assert '--unsafe-pickle' not in str(error.value) and f'python utils.py convert {path}' in str(error.value)
+
+
+def test_convert_refuses_what_is_not_a_tutorial_checkpoint_in_one_line(tmp_path):
+    repo_format = tmp_path / 'last.pt'
+    save_checkpoint({'kind': 'srresnet', 'model': SRResNet(n_blocks=1).state_dict()}, repo_format)
+    pickled_module = tmp_path / 'linear.pt'
+    torch.save(torch.nn.Linear(2, 2), pickled_module)  # pickled objects, but no tutorial checkpoint dict
+    junk = tmp_path / 'junk.pt'
+    junk.write_bytes(b'junk')
+    for path, words in [(tmp_path / 'missing.pt', 'no such checkpoint file'), (repo_format, 'already a weights-only'),
+                        (pickled_module, 'not an original-tutorial checkpoint'), (junk, 'not a PyTorch checkpoint')]:
+        with pytest.raises(CheckpointError, match=words) as error:
+            utils.convert_tutorial_checkpoint(path)
+        assert '\n' not in str(error.value)
+    # and from the command line: one `error:` line, no traceback
+    result = subprocess.run([sys.executable, 'utils.py', 'convert', str(repo_format), str(tmp_path / 'out.pt')],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 1 and result.stderr.startswith('error: ') and len(result.stderr.splitlines()) == 1
+    assert 'nothing to convert' in result.stderr and not (tmp_path / 'out.pt').exists()
+    result = subprocess.run([sys.executable, 'utils.py', 'convert', str(tmp_path / 'missing.pt'), 'out.pt'],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 1 and result.stderr.strip() == f'error: {tmp_path / "missing.pt"}: no such checkpoint file'
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
