@@ -55,8 +55,11 @@ def find_images(folder):
 def check_image(args):
     """(path, min_size) -> (path, None) when usable, else (path, reason)."""
     path, min_size = args
-    if os.path.getsize(path) == 0:
-        return path, 'empty file'
+    try:
+        if os.path.getsize(path) == 0:
+            return path, 'empty file'
+    except OSError as e:  # a broken symbolic link, a file removed meanwhile, no permission
+        return path, f'unreadable ({e.strerror or e})'
     try:
         img = read_image(path)
     except ImageLoadError as e:

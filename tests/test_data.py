@@ -36,6 +36,7 @@ def messy_folder(tmp_path):
     (root / 'notes.jpg').write_text('not an image')
     write_png(root / 'small.png', (99, 300))
     (root / 'README.txt').write_text('passed over: no image extension')
+    (root / 'gone.png').symlink_to(root / 'deleted.png')  # a broken symbolic link
     return root, sorted(good)
 
 
@@ -52,10 +53,10 @@ def test_create_data_lists_skips_bad_files_with_reasons(messy_folder, tmp_path, 
     assert json.load(open(out / 'Set5_test_images.json')) == [str(test_root / 'baby.png')]
     assert summary == {str(out / 'train_images.json'): 4, str(out / 'Set5_test_images.json'): 1}
     for name, reason in [('truncated.png', 'unreadable'), ('empty.jpg', 'empty'), ('notes.jpg', 'not an image'),
-                         ('small.png', 'smaller than --min-size 100')]:
+                         ('small.png', 'smaller than --min-size 100'), ('gone.png', 'unreadable')]:
         line = next(line for line in printed.splitlines() if name in line)
         assert line.startswith('skipped') and reason in line, line
-    assert '5 images listed, 4 skipped' in printed
+    assert '5 images listed, 5 skipped' in printed
     assert 'passed over 1 files' in printed
 
 
