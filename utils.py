@@ -465,14 +465,32 @@ def super_resolve_tiled(model, lr_img, scaling_factor, tile=None, tile_overlap=1
 # Hardware
 
 def pick_device(name='auto'):
-    """'auto' -> CUDA if available, else Apple MPS, else CPU; or a device name as torch accepts it."""
-    if name != 'auto':
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device('cuda')
-    if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available():
-        return torch.device('mps')
-    return torch.device('cpu')
+    """'auto' -> CUDA if available, else Apple MPS, else CPU; or 'cpu', 'cuda', 'cuda:N', 'mps'. A name that is not
+    one of those, or a device this machine lacks, ends the program with one `error:` line."""
+    mps_available = getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available()
+    if name == 'auto':
+        if torch.cuda.is_available():
+            return torch.device('cuda')
+        return torch.device('mps' if mps_available else 'cpu')
+    choices = 'auto, cpu, cuda, cuda:N or mps'
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise SystemExit(f'error: unknown device {name!r}; choose {choices}') from None
+    if device.type == 'cuda':
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise SystemExit(f'error: --device {name}: no CUDA GPU is available here (PyTorch '
+                             f'{torch.__version__}); use cpu or auto')
+        if device.index is not None and device.index >= count:
+            raise SystemExit(f'error: --device {name}: this machine has {count} CUDA GPU(s), cuda:0 to '
+                             f'cuda:{count - 1}')
+    elif device.type == 'mps':
+        if not mps_available:
+            raise SystemExit(f'error: --device {name}: Apple MPS is not available here; use cpu or auto')
+    elif device.type != 'cpu':
+        raise SystemExit(f'error: unsupported device {name!r}; choose {choices}')
+    return device
 
 
 def autocast_dtype(device):

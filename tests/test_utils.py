@@ -301,3 +301,24 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert load_checkpoint(path)['iteration'] == 1
     assert os.listdir(tmp_path) == ['last.pt']  # no temporary file left behind
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Hardware
+
+def test_pick_device_names_the_choices_in_one_line(monkeypatch):
+    assert utils.pick_device('cpu') == torch.device('cpu')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    monkeypatch.setattr(torch.backends.mps, 'is_available', lambda: False)
+    assert utils.pick_device('auto') == torch.device('cpu')
+    for name, words in [('foo', 'choose auto, cpu, cuda, cuda:N or mps'), ('cuda', 'no CUDA GPU'),
+                        ('cuda:1', 'no CUDA GPU'), ('mps', 'MPS is not available'), ('xla', 'choose auto, cpu')]:
+        with pytest.raises(SystemExit) as error:
+            utils.pick_device(name)
+        message = str(error.value.code)
+        assert message.startswith('error: ') and words in message and '\n' not in message, message
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    assert utils.pick_device('cuda:1') == torch.device('cuda', 1)
+    with pytest.raises(SystemExit, match='2 CUDA GPU'):
+        utils.pick_device('cuda:2')
