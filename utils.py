@@ -107,6 +107,8 @@ def read_image(path):
         if alpha.min() == 255:
             alpha = None  # fully opaque: no alpha to carry
         return LoadedImage(np.asarray(color), alpha, gray, icc_profile)
+    if img.mode in {'CMYK', 'LAB'}:
+        icc_profile = None  # it describes CMYK/Lab values: attached to the RGB we return, it would be wrong
     return LoadedImage(np.asarray(img.convert('RGB')), None, gray, icc_profile)
 
 

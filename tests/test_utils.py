@@ -92,6 +92,20 @@ def test_loader_modes(tmp_path):
     assert np.asarray(load_image(save(cmyk, tmp_path / 'cmyk.jpg', quality=100))).reshape(-1, 3)[1].min() > 245
 
 
+def test_loader_keeps_an_rgb_icc_profile_but_drops_a_cmyk_or_lab_one(tmp_path):
+    from PIL import ImageCms
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile('sRGB')).tobytes()
+    rgb = Image.new('RGB', (4, 4), (200, 100, 50))
+    assert read_image(save(rgb, tmp_path / 'rgb.png', icc_profile=profile)).icc_profile == profile
+    for img, name in [(Image.new('CMYK', (4, 4), (10, 20, 30, 40)), 'cmyk.jpg'),
+                      (Image.new('CMYK', (4, 4), (10, 20, 30, 40)), 'cmyk.tif'),
+                      (Image.new('LAB', (4, 4), (50, 120, 130)), 'lab.tif')]:
+        path = save(img, tmp_path / name, icc_profile=profile)
+        assert Image.open(path).info.get('icc_profile') == profile  # the file has one ...
+        loaded = read_image(path)
+        assert loaded.icc_profile is None and loaded.rgb.shape == (4, 4, 3)  # ... that does not fit RGB values
+
+
 def test_loader_composites_transparency_over_white(tmp_path):
     rgba = Image.new('RGBA', (3, 1))
     rgba.putdata([(255, 0, 0, 255), (255, 0, 0, 0), (0, 0, 0, 128)])  # opaque red, transparent, half-black
