@@ -30,7 +30,9 @@ import argparse
 import glob
 import json
 import os
+import struct
 import sys
+import zlib
 from fractions import Fraction
 from pathlib import Path
 
@@ -57,7 +59,7 @@ DEFAULT_TILE_OVERLAP = 24
 MIN_TILE = 16  # halving the tile after out-of-memory stops here
 MIN_INPUT_SIZE = 8  # smaller inputs are mostly padding for the 9x9 kernels: a thumbnail given by mistake
 VIDEO_EXTENSIONS = ('.mp4', '.mkv', '.mov', '.avi', '.webm', '.m4v')
-FORMATS_16_BIT = ('.png', '.tif', '.tiff')  # where Pillow writes 16-bit (grayscale) images
+FORMATS_16_BIT = ('.png', '.tif', '.tiff')  # 16-bit outputs: grayscale through Pillow, colour through PyAV
 FORMATS_WITHOUT_ALPHA = ('.jpg', '.jpeg')
 
 
@@ -171,18 +173,63 @@ def super_resolve_batch(model, lr_imgs, amp_dtype=None):
 # ----------------------------------------------------------------------------------------------------------------
 # Images: keep what the user gave (alpha, grayscale, 16 bits, ICC profile)
 
+def _is_16_bit_colour(path):
+    """True for a PNG or TIFF with 16 bits per colour channel, which Pillow would decode to 8 bits."""
+    try:
+        with open(path, 'rb') as f:
+            header = f.read(26)
+        if header[:8] == b'\x89PNG\r\n\x1a\n' and header[12:16] == b'IHDR':
+            return header[24] == 16 and header[25] in (2, 6)  # bit depth 16, colour type RGB or RGBA
+        if header[:4] in (b'II*\x00', b'MM\x00*'):
+            with Image.open(path) as img:  # reads the header only
+                bits, samples = img.tag_v2.get(258, ()), img.tag_v2.get(277, 1)  # BitsPerSample, SamplesPerPixel
+            return samples in (3, 4) and all(b == 16 for b in bits)
+    except (OSError, SyntaxError, ValueError):
+        pass  # unreadable: utils.read_image says why
+    return False
+
+
+# EXIF orientation -> the numpy operation on (H, W, C) that Pillow's ImageOps.exif_transpose would do
+_ORIENTATIONS = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+                 5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+                 7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1], 8: lambda a: np.rot90(a, 1)}
+
+
+def read_image(path):
+    """utils.read_image, except that 16-bit colour PNG and TIFF files, which Pillow 13 decodes to 8 bits, are
+    decoded at full precision with PyAV (FFmpeg): rgb and alpha uint16."""
+    if not _is_16_bit_colour(path):
+        return utils.read_image(path)
+    import av  # only 16-bit colour images and videos need it
+
+    try:
+        with Image.open(path) as img:  # metadata only; Pillow would lose the low bytes of the pixels
+            icc_profile = img.info.get('icc_profile')
+            orientation = img.getexif().get(0x0112, 1)
+        with av.open(os.fspath(path), format='image2', options={'pattern_type': 'none'}) as source:
+            frame = next(source.decode(video=0))
+            has_alpha = len(frame.format.components) == 4  # rgba64be, gbrap16le, ...
+            pixels = frame.to_ndarray(format='rgba64le' if has_alpha else 'rgb48le')  # (H, W, 4 or 3) uint16
+    except (av.FFmpegError, OSError, StopIteration) as e:
+        raise ImageLoadError(f'{path}: unreadable 16-bit image ({e or "no frame"})') from None
+    pixels = np.ascontiguousarray(_ORIENTATIONS.get(orientation, lambda a: a)(pixels))
+    alpha = pixels[..., 3] if has_alpha and pixels[..., 3].min() < 65535 else None  # fully opaque: no alpha
+    return utils.LoadedImage(np.ascontiguousarray(pixels[..., :3]), alpha, False, icc_profile)
+
+
 @torch.inference_mode()
 def super_resolve_image(model, loaded, scaling_factor, tile=DEFAULT_TILE, tile_overlap=DEFAULT_TILE_OVERLAP,
                         amp_dtype=None, bits=None, keep_alpha=True, on_retry=None):
     """utils.LoadedImage -> PIL image s times larger, of the input's kind: 'RGB' / 'RGBA', 'L' / 'LA' for
-    grayscale, 'I;16' for 16-bit grayscale. bits: 8 or 16 (None: the input's)."""
+    grayscale, 'I;16' for 16-bit grayscale; for 16-bit colour, which Pillow cannot hold, a (H, W, 3 or 4) uint16
+    array (save_image writes it with PyAV). bits: 8 or 16 (None: the input's)."""
     height, width = loaded.rgb.shape[:2]
     if min(height, width) < MIN_INPUT_SIZE:
         raise InputError(f'{width}x{height} is too small to super-resolve (at least {MIN_INPUT_SIZE} pixels a side)')
     in_max = 65535.0 if loaded.bits == 16 else 255.0
     bits = bits or loaded.bits
-    if loaded.alpha is not None and keep_alpha:
-        bits = 8  # Pillow has no 16-bit LA / RGBA mode
+    if loaded.alpha is not None and keep_alpha and loaded.gray:
+        bits = 8  # Pillow has no 16-bit LA mode
     out_max = 65535.0 if bits == 16 else 255.0
 
     lr_img = torch.from_numpy(loaded.rgb.astype(np.float32)).permute(2, 0, 1).div_(in_max)  # (3, h, w), [0, 1]
@@ -198,14 +245,18 @@ def super_resolve_image(model, loaded, scaling_factor, tile=DEFAULT_TILE, tile_o
         channels = sr_img.round_().permute(1, 2, 0).numpy()  # (H, W, 3)
     del sr_img
     dtype = np.uint16 if bits == 16 else np.uint8
-    sr = Image.fromarray(channels.astype(dtype))  # 'I;16', 'L' or 'RGB'
-    del channels
-
+    channels = channels.astype(dtype)
+    alpha = None
     if loaded.alpha is not None and keep_alpha:
         alpha = Image.fromarray(loaded.alpha.astype(np.float32) * (out_max / in_max))  # mode 'F'
-        alpha = np.asarray(alpha.resize(sr.size, Image.BICUBIC))  # transparency needs no network: bicubic
-        alpha = Image.fromarray(np.clip(np.round(alpha), 0, out_max).astype(dtype))
-        sr = Image.merge('LA' if sr.mode == 'L' else 'RGBA', (*sr.split(), alpha))
+        alpha = np.asarray(alpha.resize(channels.shape[1::-1], Image.BICUBIC))  # no network for transparency
+        alpha = np.clip(np.round(alpha), 0, out_max).astype(dtype)  # (H, W)
+    if bits == 16 and not loaded.gray:
+        return channels if alpha is None else np.dstack([channels, alpha])  # (H, W, 3 or 4) uint16
+    sr = Image.fromarray(channels)  # 'I;16', 'L' or 'RGB'
+    del channels
+    if alpha is not None:
+        sr = Image.merge('LA' if sr.mode == 'L' else 'RGBA', (*sr.split(), Image.fromarray(alpha)))
     return sr
 
 
@@ -218,8 +269,33 @@ def output_format(path):
     return fmt
 
 
+def _save_16_bit_colour(pixels, path, icc_profile=None):
+    """(H, W, 3 or 4) uint16 -> a 48/64-bit PNG or TIFF, written by PyAV's FFmpeg (Pillow 13 cannot)."""
+    import av
+
+    alpha = pixels.shape[2] == 4
+    codec = 'png' if path.suffix.lower() == '.png' else 'tiff'
+    pix_fmt = ('rgba64' if alpha else 'rgb48') + ('be' if codec == 'png' else 'le')  # what each encoder takes
+    try:
+        with av.open(os.fspath(path), 'w', format='image2', options={'update': '1'}) as target:  # name as given
+            stream = target.add_stream(codec, rate=1)
+            stream.width, stream.height, stream.pix_fmt = pixels.shape[1], pixels.shape[0], pix_fmt
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels),
+                                               format='rgba64le' if alpha else 'rgb48le')
+            target.mux(stream.encode(frame))
+            target.mux(stream.encode(None))
+    except av.FFmpegError as e:
+        raise OSError(str(e)) from None  # save_image turns it into the one-line InputError
+    if icc_profile and codec == 'png':  # FFmpeg writes no profile: add an iCCP chunk right after IHDR
+        data = path.read_bytes()
+        body = b'iCCP' + b'ICC profile\x00\x00' + zlib.compress(icc_profile)  # name, compression 0 (zlib)
+        chunk = struct.pack('>I', len(body) - 4) + body + struct.pack('>I', zlib.crc32(body))
+        path.write_bytes(data[:33] + chunk + data[33:])  # 8 signature + 25 IHDR
+
+
 def save_image(img, path, icc_profile=None):
-    """Write atomically (a stopped run leaves no half-written output), format from the extension."""
+    """Write atomically (a stopped run leaves no half-written output), format from the extension.
+    img: a PIL image, or a (H, W, 3 or 4) uint16 array for a 16-bit colour .png / .tif."""
     path = Path(path)
     fmt = output_format(path)
     options = {'icc_profile': icc_profile} if icc_profile else {}
@@ -228,7 +304,10 @@ def save_image(img, path, icc_profile=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = path.with_name(f'.{path.stem}.partial{path.suffix}')
     try:
-        img.save(tmp_path, format=fmt, **options)
+        if isinstance(img, np.ndarray):
+            _save_16_bit_colour(img, tmp_path, icc_profile)
+        else:
+            img.save(tmp_path, format=fmt, **options)
         os.replace(tmp_path, path)
     except (OSError, ValueError, KeyError) as e:  # e.g. a mode the format cannot hold, a full disk
         raise InputError(f'{path}: could not write ({e})') from None
@@ -239,7 +318,7 @@ def save_image(img, path, icc_profile=None):
 def super_resolve_file(model, in_path, out_path, scaling_factor, tile, tile_overlap, amp_dtype, note=print):
     """Read, super-resolve and write one image file, keeping its alpha, grayscale, bit depth and ICC profile."""
     output_format(out_path)  # fail before the work, not after
-    loaded = utils.read_image(in_path)
+    loaded = read_image(in_path)
     ext = Path(out_path).suffix.lower()
     bits = loaded.bits if ext in FORMATS_16_BIT else 8
     if loaded.bits == 16 and bits == 8:

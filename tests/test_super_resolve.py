@@ -341,3 +341,50 @@ def test_not_a_video_is_one_line_error(checkpoint, tmp_path, capsys):
         super_resolve.main([str(tmp_path / 'fake.mp4'), '-o', str(tmp_path / 'out'), '--model', str(checkpoint)])
     assert 'fake.mp4' in capsys.readouterr().err
     assert not (tmp_path / 'out' / 'fake_x4.mp4').exists()
+
+
+def _write_png_16(path, pixels):
+    """(H, W, 3 or 4) uint16 -> a 48/64-bit PNG, written by hand (Pillow 13 cannot write one)."""
+    import struct
+    import zlib
+
+    height, width, channels = pixels.shape
+    rows = pixels.astype('>u2').reshape(height, -1).view(np.uint8)  # big-endian samples, row by row
+    raw = b''.join(b'\x00' + row.tobytes() for row in rows)  # filter type 0 on every row
+
+    def chunk(kind, data):
+        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+
+    ihdr = struct.pack('>IIBBBBB', width, height, 16, 2 if channels == 3 else 6, 0, 0, 0)
+    path.write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr) + chunk(b'IDAT', zlib.compress(raw))
+                     + chunk(b'IEND', b''))
+
+
+def test_16_bit_colour_png_gives_16_bit_output(checkpoint, tmp_path, monkeypatch):
+    # a smooth gradient: neighbouring pixels differ in the low byte only, which an 8-bit path would lose
+    y, x = np.mgrid[0:16, 0:24]
+    rgb = np.stack([1000 + 37 * x + 5 * y, 30000 + 11 * y, 60000 - 13 * x], axis=2).astype(np.uint16)
+    rgba = np.dstack([rgb, (65535 - 101 * x).astype(np.uint16)])
+    _write_png_16(tmp_path / 'rgb48.png', rgb)
+    _write_png_16(tmp_path / 'rgba64.png', rgba)
+
+    def nearest(model, lr_img, s, *args, **kwargs):  # an ideal network: no change but the size, in float32
+        return utils.convert_image(lr_img, 'imagenet-norm', '[-1, 1]').repeat_interleave(s, 1).repeat_interleave(s, 2)
+
+    monkeypatch.setattr(super_resolve, 'upscale', nearest)
+    super_resolve.main([str(tmp_path / 'rgb48.png'), str(tmp_path / 'rgba64.png'), '-o', str(tmp_path / 'out'),
+                        '--model', str(checkpoint)])
+    super_resolve.main([str(tmp_path / 'rgb48.png'), '-o', str(tmp_path / 'out' / 'rgb48.tif'),
+                        '--model', str(checkpoint)])
+
+    header = (tmp_path / 'out' / 'rgb48_x4.png').read_bytes()[:26]
+    assert header[24] == 16 and header[25] == 2  # PNG bit depth 16, colour type RGB
+    for name in ['rgb48_x4.png', 'rgb48.tif']:
+        out = super_resolve.read_image(tmp_path / 'out' / name)
+        assert out.bits == 16 and out.rgb.shape == (64, 96, 3) and out.alpha is None
+        assert np.abs(out.rgb[::4, ::4].astype(int) - rgb).max() <= 1, name  # not 8 bits scaled (error up to 128)
+    out = super_resolve.read_image(tmp_path / 'out' / 'rgba64_x4.png')
+    assert out.bits == 16 and out.alpha is not None
+    assert np.abs(out.rgb[::4, ::4].astype(int) - rgb).max() <= 1
+    assert np.abs(out.alpha[::4, ::4].astype(int) - rgba[..., 3]).max() <= 200  # bicubic, on a 101-step ramp
+    assert (out.alpha % 257 != 0).mean() > 0.9  # 16-bit alpha, not 8 bits scaled
