@@ -340,8 +340,8 @@ def super_resolve_file(model, in_path, out_path, scaling_factor, tile, tile_over
 @torch.inference_mode()
 def super_resolve_video(model, in_path, out_path, scaling_factor, tile=DEFAULT_TILE,
                         tile_overlap=DEFAULT_TILE_OVERLAP, amp_dtype=None, batch_size=4, note=print, progress=True):
-    """Frame by frame: h264 (libx264) when PyAV's FFmpeg has it, else MPEG-4 Part 2; the audio stream is copied
-    packet by packet, not re-encoded. Returns the number of frames written."""
+    """Frame by frame: h264 (libx264) when PyAV's FFmpeg has it, else MPEG-4 Part 2; VP9 for .webm; the audio
+    stream is copied packet by packet, not re-encoded (dropped with a note where the container cannot hold it). Returns the number of frames written."""
     import av  # only videos need it
 
     out_path = Path(out_path)
@@ -356,12 +356,24 @@ def super_resolve_video(model, in_path, out_path, scaling_factor, tile=DEFAULT_T
             audio_in = source.streams.audio[0] if source.streams.audio else None
             frame_rate = video_in.average_rate or video_in.guessed_rate or 25
             with av.open(os.fspath(tmp_path), 'w') as target:
-                codec = 'libx264' if 'libx264' in av.codecs_available else 'mpeg4'
-                video_out = target.add_stream(codec, rate=frame_rate)
+                if out_path.suffix.lower() == '.webm':  # WebM holds only VP8/VP9/AV1
+                    if 'libvpx-vp9' not in av.codecs_available:
+                        raise InputError(f'{out_path}: this FFmpeg has no VP9 encoder (libvpx-vp9) for .webm; '
+                                         f'use .mp4 or .mkv')
+                    codec = 'libvpx-vp9'
+                else:
+                    codec = 'libx264' if 'libx264' in av.codecs_available else 'mpeg4'
+                try:
+                    video_out = target.add_stream(codec, rate=frame_rate)
+                except ValueError as e:  # a container that cannot hold the codec
+                    raise InputError(f'{out_path}: {out_path.suffix} cannot hold {codec} video ({e}); '
+                                     f'use .mp4 or .mkv') from None
                 video_out.width, video_out.height = video_in.width * scaling_factor, video_in.height * scaling_factor
                 video_out.pix_fmt = 'yuv420p'
-                # near-transparent quality: x264's constant rate factor 18; MPEG-4 at quantiser 2 (ffmpeg -q:v 2)
-                video_out.options = ({'crf': '18'} if codec == 'libx264' else
+                # near-transparent quality: constant rate factor 18 for x264 and VP9 (b=0: quality alone decides);
+                # MPEG-4 at quantiser 2 (ffmpeg -q:v 2)
+                video_out.options = ({'crf': '18'} if codec == 'libx264' else {'crf': '18', 'b': '0'}
+                                     if codec == 'libvpx-vp9' else
                                      {'flags': 'qscale', 'global_quality': str(2 * 118)})  # 118: FF_QP2LAMBDA
                 audio_out = None
                 if audio_in is not None:

@@ -388,3 +388,38 @@ def test_16_bit_colour_png_gives_16_bit_output(checkpoint, tmp_path, monkeypatch
     assert np.abs(out.rgb[::4, ::4].astype(int) - rgb).max() <= 1
     assert np.abs(out.alpha[::4, ::4].astype(int) - rgba[..., 3]).max() <= 200  # bicubic, on a 101-step ramp
     assert (out.alpha % 257 != 0).mean() > 0.9  # 16-bit alpha, not 8 bits scaled
+
+
+def test_webm_is_vp9_and_without_vp9_one_line_error(checkpoint, tmp_path, monkeypatch, capsys):
+    av = pytest.importorskip('av')
+    if 'libvpx-vp9' not in av.codecs_available:
+        pytest.skip("this PyAV's FFmpeg has no libvpx-vp9")
+    with av.open(str(tmp_path / 'clip.webm'), 'w') as container:  # a webm input too
+        video = container.add_stream('libvpx-vp9', rate=12)
+        video.width, video.height, video.pix_fmt = 32, 24, 'yuv420p'
+        for i in range(4):
+            frame = av.VideoFrame.from_ndarray(_photo(32, 24, seed=i), format='rgb24')
+            frame.pts, frame.time_base = i, Fraction(1, 12)
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+    _make_video(tmp_path / 'clip.mp4')  # h264/mpeg4 + AAC: the AAC cannot go into webm
+    super_resolve.main([str(tmp_path / 'clip.webm'), str(tmp_path / 'clip.mp4'), '-o', str(tmp_path / 'out'),
+                        '--ext', '.png', '--model', str(checkpoint)])
+    super_resolve.main([str(tmp_path / 'clip.mp4'), '-o', str(tmp_path / 'out' / 'from_mp4.webm'),
+                        '--model', str(checkpoint)])
+    assert 'audio dropped' in capsys.readouterr().err
+    for name, n_frames in [('clip_x4.webm', 4), ('from_mp4.webm', 8)]:
+        with av.open(str(tmp_path / 'out' / name)) as container:
+            video = container.streams.video[0]
+            assert video.codec_context.name == 'vp9' and (video.width, video.height) == (128, 96)
+            assert len(list(container.decode(video=0))) == n_frames
+
+    # without VP9: one error line for the webm, the other input still written, non-zero exit
+    monkeypatch.setattr(av, 'codecs_available', av.codecs_available - {'libvpx-vp9'})
+    with pytest.raises(SystemExit) as error:
+        super_resolve.main([str(tmp_path / 'clip.webm'), str(tmp_path / 'clip.mp4'), '-o', str(tmp_path / 'novp9'),
+                            '--model', str(checkpoint)])
+    assert '1 written, 0 skipped (already there), 1 failed' in str(error.value.code)
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
+    assert errors[0].startswith(f'error: {tmp_path}/novp9/clip_x4.webm: this FFmpeg has no VP9 encoder')
+    assert (tmp_path / 'novp9' / 'clip_x4.mp4').is_file() and not (tmp_path / 'novp9' / 'clip_x4.webm').exists()
