@@ -642,6 +642,10 @@ def main(argv=None):
         srgan = None
         if args.grid and args.srgan is not None:
             srgan = load_model(args.srgan, device, args.unsafe_pickle)
+            if srgan[1] != scaling_factor:  # the grid's panels must share one LR image
+                raise CheckpointError(f'--srgan {args.srgan} upscales x{srgan[1]} but --model '
+                                      f'{args.model or DEFAULT_MODEL} upscales x{scaling_factor}; pass two '
+                                      f'checkpoints of the same scale')
     except CheckpointError as e:
         raise SystemExit(f'error: {e}')
     suffix = args.suffix if args.suffix is not None else ('_grid' if args.grid else f'_x{scaling_factor}')

@@ -423,3 +423,16 @@ def test_webm_is_vp9_and_without_vp9_one_line_error(checkpoint, tmp_path, monkey
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
     assert errors[0].startswith(f'error: {tmp_path}/novp9/clip_x4.webm: this FFmpeg has no VP9 encoder')
     assert (tmp_path / 'novp9' / 'clip_x4.mp4').is_file() and not (tmp_path / 'novp9' / 'clip_x4.webm').exists()
+
+
+def test_grid_with_checkpoints_of_different_scales_is_one_line_error(checkpoint, tmp_path):
+    config = {'n_blocks': 2, 'scaling_factor': 2}
+    x2 = tmp_path / 'x2.pt'
+    utils.save_checkpoint({'kind': 'srresnet', 'model_config': config, 'model': SRResNet(**config).state_dict()}, x2)
+    Image.fromarray(_photo(64, 64)).save(tmp_path / 'a.png')
+    with pytest.raises(SystemExit) as error:  # before any file is tried, not a CheckpointError traceback in the loop
+        super_resolve.main([str(tmp_path / 'a.png'), '--grid', '--model', str(checkpoint), '--srgan', str(x2),
+                            '-o', str(tmp_path / 'out')])
+    message = str(error.value.code)
+    assert message.startswith(f'error: --srgan {x2} upscales x2 but --model {checkpoint} upscales x4')
+    assert '\n' not in message and not (tmp_path / 'out').exists()
