@@ -31,6 +31,7 @@ import dataclasses
 import json
 import os
 import re
+import sys
 import time
 
 import numpy as np
@@ -40,9 +41,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from create_data_lists import DEMO_TEST_IMAGES, find_images, folder_name
+from super_resolve import upscale  # the one tiling path, with the out-of-memory retry at a smaller tile
 from utils import (EVAL_PROTOCOLS, CheckpointError, ImageLoadError, autocast_dtype, convert_image, downsample,
-                   evaluate_image, imresize, load_checkpoint, load_generator, load_image, pick_device, read_image,
-                   super_resolve_tiled)
+                   evaluate_image, imresize, load_checkpoint, load_generator, load_image, pick_device, read_image)
 
 # Checkpoints evaluated when none are named: the shipped weights and the training scripts' best checkpoints.
 DEFAULT_CHECKPOINTS = ('weights/srresnet_x4.pt', 'weights/srgan_x4.pt', 'runs/srresnet/best.pt', 'runs/srgan/best.pt')
@@ -199,7 +200,7 @@ def evaluate(models, test_sets, protocol='paper', lr_kernel='matlab', tile=512, 
     rows = []
     for model in models:  # warm up (allocations, kernel choice), so that the first image is timed fairly
         if model.network is not None:
-            super_resolve_tiled(model.network, torch.zeros(3, 16, 16), model.scaling_factor, amp_dtype=amp_dtype)
+            upscale(model.network, torch.zeros(3, 16, 16), model.scaling_factor, None, amp_dtype=amp_dtype)
     for dataset_name, paths in test_sets:
         for s in sorted({m.scaling_factor for m in models}):  # one pass over the images per scale
             models_s = [m for m in models if m.scaling_factor == s]
@@ -217,8 +218,11 @@ def evaluate(models, test_sets, protocol='paper', lr_kernel='matlab', tile=512, 
                         sr_img = bicubic_upscale(lr_img, s, lr_kernel)  # (3, H, W) in [-1, 1]
                     else:
                         lr_input = convert_image(lr_img.float() / 255.0, '[0, 1]', 'imagenet-norm')
-                        sr_img = super_resolve_tiled(model.network, lr_input, s, tile, tile_overlap, amp_dtype)
-                    seconds = time.perf_counter() - start  # super_resolve_tiled returns on the CPU: GPU work done
+                        # on out-of-memory the tile is halved for the rest of this image (a note says so)
+                        sr_img = upscale(model.network, lr_input, s, tile, tile_overlap, amp_dtype,
+                                         on_retry=lambda message: tqdm.write(f'note: {item["path"]}: {message}',
+                                                                            file=sys.stderr))
+                    seconds = time.perf_counter() - start  # upscale returns on the CPU: GPU work done
                     psnr, ssim = evaluate_image(sr_img, hr_img, s, protocol, gray=item['gray'])
                     image_name = os.path.splitext(os.path.basename(item['path']))[0]
                     rows.append({'model': model.label, 'kind': model.kind, 'scale': s, 'protocol': protocol,
@@ -227,8 +231,13 @@ def evaluate(models, test_sets, protocol='paper', lr_kernel='matlab', tile=512, 
                     if save_dir is not None:
                         folder = os.path.join(save_dir, re.sub(r'[^\w.-]+', '_', model.label).strip('_'),
                                               dataset_name)
-                        os.makedirs(folder, exist_ok=True)
-                        convert_image(sr_img.float(), '[-1, 1]', 'pil').save(os.path.join(folder, image_name + '.png'))
+                        try:
+                            os.makedirs(folder, exist_ok=True)
+                            convert_image(sr_img.float(), '[-1, 1]', 'pil').save(
+                                os.path.join(folder, image_name + '.png'))
+                        except OSError as e:
+                            raise SystemExit(f'error: --save-dir {save_dir}: cannot write {folder} ({e}); pass a '
+                                             f'folder you can write to') from None
     return rows
 
 
@@ -266,11 +275,33 @@ def markdown_table(models, dataset_names, rows, protocol, lr_kernel):
 
 
 def write_csv(rows, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, 'w', newline='') as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    except OSError as e:
+        raise SystemExit(f'error: --csv {path}: cannot write it ({e}); pass a file name you can write to') from None
+
+
+def check_outputs(csv_path, save_dir):
+    """Refuse an output that cannot be written before the evaluation, not after it (one line, no traceback)."""
+    if csv_path is not None:
+        if os.path.isdir(csv_path):
+            raise SystemExit(f'error: --csv {csv_path} is a folder; name a file, e.g. '
+                             f'{os.path.join(csv_path, "results.csv")}')
+        folder = os.path.dirname(os.path.abspath(csv_path))
+        if os.path.exists(folder) and not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+            raise SystemExit(f'error: --csv {csv_path}: {folder} is not a folder you can write to')
+    if save_dir is not None:
+        try:
+            os.makedirs(save_dir, exist_ok=True)
+        except OSError as e:
+            raise SystemExit(f'error: --save-dir {save_dir}: cannot create it ({e}); pass a folder you can write '
+                             f'to') from None
+        if not os.access(save_dir, os.W_OK):
+            raise SystemExit(f'error: --save-dir {save_dir}: not writable; pass a folder you can write to')
 
 
 def main():
@@ -310,6 +341,7 @@ def main():
     if args.tile < 0 or args.tile_overlap < 0 or args.workers < 0:
         raise SystemExit('error: --tile, --tile-overlap and --workers must be 0 or more')
     lr_kernel = args.lr_kernel or ('matlab' if args.protocol == 'paper' else 'pillow')
+    check_outputs(args.csv, args.save_dir)
 
     device = pick_device(args.device)
     amp_dtype = autocast_dtype(device) if args.amp else None
