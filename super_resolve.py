@@ -29,6 +29,7 @@ On a 2-core AVX-512 BF16 CPU that is 3.7x the tutorial's plain fp32 forward, out
 import argparse
 import glob
 import json
+import math
 import os
 import struct
 import sys
@@ -140,11 +141,26 @@ def _is_out_of_memory(error):
         text in str(error) for text in ("can't allocate memory", 'out of memory'))
 
 
+def _n_tiles(size, tile, tile_overlap):
+    """How many tiles utils.super_resolve_tiled spreads over one side of `size` LR pixels."""
+    tile_overlap = min(tile_overlap, tile // 2)
+    return 1 if size <= tile else math.ceil((size - tile_overlap) / (tile - tile_overlap))
+
+
 def upscale(model, lr_img, scaling_factor, tile=DEFAULT_TILE, tile_overlap=DEFAULT_TILE_OVERLAP, amp_dtype=None,
-            on_retry=None):
+            on_retry=None, progress=None):
     """utils.super_resolve_tiled, halving the tile after an out-of-memory error until MIN_TILE.
-    lr_img: (3, h, w) ImageNet-normalised -> (3, h * s, w * s) in [-1, 1], float32, on the CPU."""
+    lr_img: (3, h, w) ImageNet-normalised -> (3, h * s, w * s) in [-1, 1], float32, on the CPU.
+    progress: a name to show a bar of tiles under (for one large image), or None."""
     while True:
+        n_tiles = 1 if tile is None else _n_tiles(lr_img.shape[1], tile, tile_overlap) * _n_tiles(
+            lr_img.shape[2], tile, tile_overlap)
+        bar = tqdm(total=n_tiles, unit='tile', desc=progress, leave=False, disable=progress is None or n_tiles < 2)
+
+        def count_tile(*_):  # a forward hook: the model runs once per tile (returning None keeps its output)
+            bar.update()
+
+        counting = model.register_forward_hook(count_tile)
         try:
             return utils.super_resolve_tiled(model, lr_img, scaling_factor, tile, tile_overlap, amp_dtype)
         except RuntimeError as e:  # torch.OutOfMemoryError is one
@@ -156,6 +172,9 @@ def upscale(model, lr_img, scaling_factor, tile=DEFAULT_TILE, tile_overlap=DEFAU
                 torch.cuda.empty_cache()
             if on_retry is not None:
                 on_retry(f'out of memory; trying again with --tile {tile}')
+        finally:
+            counting.remove()
+            bar.close()
 
 
 @torch.inference_mode()
@@ -219,10 +238,10 @@ def read_image(path):
 
 @torch.inference_mode()
 def super_resolve_image(model, loaded, scaling_factor, tile=DEFAULT_TILE, tile_overlap=DEFAULT_TILE_OVERLAP,
-                        amp_dtype=None, bits=None, keep_alpha=True, on_retry=None):
+                        amp_dtype=None, bits=None, keep_alpha=True, on_retry=None, progress=None):
     """utils.LoadedImage -> PIL image s times larger, of the input's kind: 'RGB' / 'RGBA', 'L' / 'LA' for
     grayscale, 'I;16' for 16-bit grayscale; for 16-bit colour, which Pillow cannot hold, a (H, W, 3 or 4) uint16
-    array (save_image writes it with PyAV). bits: 8 or 16 (None: the input's)."""
+    array (save_image writes it with PyAV). bits: 8 or 16 (None: the input's). progress: see upscale."""
     height, width = loaded.rgb.shape[:2]
     if min(height, width) < MIN_INPUT_SIZE:
         raise InputError(f'{width}x{height} is too small to super-resolve (at least {MIN_INPUT_SIZE} pixels a side)')
@@ -234,7 +253,7 @@ def super_resolve_image(model, loaded, scaling_factor, tile=DEFAULT_TILE, tile_o
 
     lr_img = torch.from_numpy(loaded.rgb.astype(np.float32)).permute(2, 0, 1).div_(in_max)  # (3, h, w), [0, 1]
     lr_img = utils.convert_image(lr_img, '[0, 1]', 'imagenet-norm')  # (3, h, w)
-    sr_img = upscale(model, lr_img, scaling_factor, tile, tile_overlap, amp_dtype, on_retry)  # (3, H, W), [-1, 1]
+    sr_img = upscale(model, lr_img, scaling_factor, tile, tile_overlap, amp_dtype, on_retry, progress)  # (3, H, W)
     del lr_img
     # to [0, out_max] in place: at 4000x4000 each full-size float copy is 192 MB
     sr_img = sr_img.add_(1.0).mul_(out_max / 2.0).clamp_(0.0, out_max)
@@ -315,8 +334,10 @@ def save_image(img, path, icc_profile=None):
         tmp_path.unlink(missing_ok=True)
 
 
-def super_resolve_file(model, in_path, out_path, scaling_factor, tile, tile_overlap, amp_dtype, note=print):
-    """Read, super-resolve and write one image file, keeping its alpha, grayscale, bit depth and ICC profile."""
+def super_resolve_file(model, in_path, out_path, scaling_factor, tile, tile_overlap, amp_dtype, note=print,
+                       progress=False):
+    """Read, super-resolve and write one image file, keeping its alpha, grayscale, bit depth and ICC profile.
+    progress: show a bar of tiles (when there are several)."""
     output_format(out_path)  # fail before the work, not after
     loaded = read_image(in_path)
     ext = Path(out_path).suffix.lower()
@@ -328,7 +349,8 @@ def super_resolve_file(model, in_path, out_path, scaling_factor, tile, tile_over
         note(f'note: {out_path}: {ext} has no transparency; alpha dropped (use .png to keep it)')
     try:
         sr = super_resolve_image(model, loaded, scaling_factor, tile, tile_overlap, amp_dtype, bits, keep_alpha,
-                                 on_retry=lambda message: note(f'note: {in_path}: {message}'))
+                                 on_retry=lambda message: note(f'note: {in_path}: {message}'),
+                                 progress=Path(in_path).name if progress else None)
     except InputError as e:
         raise InputError(f'{in_path}: {e}') from None
     save_image(sr, out_path, loaded.icc_profile)
@@ -341,7 +363,8 @@ def super_resolve_file(model, in_path, out_path, scaling_factor, tile, tile_over
 def super_resolve_video(model, in_path, out_path, scaling_factor, tile=DEFAULT_TILE,
                         tile_overlap=DEFAULT_TILE_OVERLAP, amp_dtype=None, batch_size=4, note=print, progress=True):
     """Frame by frame: h264 (libx264) when PyAV's FFmpeg has it, else MPEG-4 Part 2; VP9 for .webm; the audio
-    stream is copied packet by packet, not re-encoded (dropped with a note where the container cannot hold it). Returns the number of frames written."""
+    stream is copied packet by packet, not re-encoded (dropped with a note where the container cannot hold it).
+    Returns the number of frames written."""
     import av  # only videos need it
 
     out_path = Path(out_path)
@@ -673,7 +696,9 @@ def main(argv=None):
                 super_resolve_video(model, in_path, out_path, scaling_factor, tile, args.tile_overlap, amp_dtype,
                                     args.batch_size, note)
             else:
-                super_resolve_file(model, in_path, out_path, scaling_factor, tile, args.tile_overlap, amp_dtype, note)
+                # one image: the file bar is off, so a large one shows its tiles instead
+                super_resolve_file(model, in_path, out_path, scaling_factor, tile, args.tile_overlap, amp_dtype, note,
+                                   progress=len(inputs) < 2)
         except (ImageLoadError, InputError) as e:
             note(f'error: {e}')
             failed.append(str(e))

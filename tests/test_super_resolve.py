@@ -436,3 +436,28 @@ def test_grid_with_checkpoints_of_different_scales_is_one_line_error(checkpoint,
     message = str(error.value.code)
     assert message.startswith(f'error: --srgan {x2} upscales x2 but --model {checkpoint} upscales x4')
     assert '\n' not in message and not (tmp_path / 'out').exists()
+
+
+def test_one_large_image_shows_a_bar_of_tiles(checkpoint, tmp_path, capsys):
+    Image.fromarray(_photo(48, 40)).save(tmp_path / 'big.png')
+    Image.fromarray(_photo(48, 40, seed=1)).save(tmp_path / 'other.png')
+    # --tile 16, overlap 4: ceil((48 - 4) / 12) = 4 columns x ceil((40 - 4) / 12) = 3 rows
+    super_resolve.main([str(tmp_path / 'big.png'), '-o', str(tmp_path / 'big_x4.png'), '--model', str(checkpoint),
+                        '--tile', '16', '--tile-overlap', '4'])
+    err = capsys.readouterr().err
+    assert 'big.png:   0%|          | 0/12 ' in err and 'tile/s' in err
+    super_resolve.main([str(tmp_path / 'big.png'), str(tmp_path / 'other.png'), '-o', str(tmp_path / 'out'),
+                        '--model', str(checkpoint), '--tile', '16', '--tile-overlap', '4'])
+    err = capsys.readouterr().err
+    assert 'tile' not in err.replace('--tile', '') and '2/2' in err  # several files: the file bar alone
+
+
+@pytest.mark.parametrize('size, tile, tile_overlap', [((48, 40), 16, 4), ((100, 37), 24, 8), ((20, 20), 16, 16),
+                                                       ((17, 64), 16, 0)])
+def test_the_bar_counts_the_tiles_super_resolve_tiled_runs(size, tile, tile_overlap):
+    calls = []
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.Upsample(scale_factor=2))
+    model.register_forward_hook(lambda *_: calls.append(1))
+    utils.super_resolve_tiled(model, torch.randn(3, *size), 2, tile, tile_overlap)
+    expected = super_resolve._n_tiles(size[0], tile, tile_overlap) * super_resolve._n_tiles(size[1], tile, tile_overlap)
+    assert len(calls) == expected > 1
