@@ -892,6 +892,15 @@ def plot_loss_curves(log_path, png_path):
     return True
 
 
+def _worker_error_message(error):
+    """The one-line message of an exception raised in the dataset: a DataLoader worker's error comes back as
+    'Caught ValueError in DataLoader worker process 0.\\nOriginal Traceback ...\\nValueError: <message>'."""
+    text = str(error).strip()
+    if 'Original Traceback' in text:
+        return text.splitlines()[-1].split(': ', 1)[-1]  # '<exception type>: <message>' -> '<message>'
+    return text
+
+
 def train_loop(args, run, loader, train_step, checkpoint_state, sr_model, optimizer, best_psnr=float('-inf')):
     """Run train_step(lr_imgs, hr_imgs) -> {name: 0-dim tensor} from run.start_iteration to args.iterations.
 
@@ -927,7 +936,10 @@ def train_loop(args, run, loader, train_step, checkpoint_state, sr_model, optimi
     try:
         while iteration < args.iterations:
             start = time.perf_counter()
-            lr_imgs, hr_imgs = next(batches)
+            try:
+                lr_imgs, hr_imgs = next(batches)
+            except ValueError as e:  # ImageLoadError too: a training image that cannot be used, named in the message
+                raise SystemExit(f'error: {_worker_error_message(e)}') from None
             lr_imgs = lr_imgs.to(run.device, non_blocking=True).contiguous(memory_format=run.memory_format)
             hr_imgs = hr_imgs.to(run.device, non_blocking=True).contiguous(memory_format=run.memory_format)
             data_time += time.perf_counter() - start
@@ -981,6 +993,11 @@ def train_loop(args, run, loader, train_step, checkpoint_state, sr_model, optimi
                           f'{iteration}; continue with --resume auto')
                 break
     finally:
+        # the workers ignore SIGTERM (see _ignore_stop_signals), so one left running when an error ends the program
+        # would hang it at exit, where multiprocessing terminates and joins them: shut them down here
+        shutdown_workers = getattr(batches, '_shutdown_workers', None)  # DataLoader's own (its __del__ calls it)
+        if shutdown_workers is not None:
+            shutdown_workers()
         stop.restore()
         bar.close()
         if log is not None:

@@ -291,6 +291,21 @@ def test_user_errors_are_one_line(demo_data, tmp_path, monkeypatch):
         assert all(word in message for word in words), message
 
 
+def test_a_training_image_smaller_than_the_crop_is_one_error_line_naming_it(tmp_path):
+    from PIL import Image
+    small = tmp_path / 'small.png'
+    Image.new('RGB', (40, 40), (120, 60, 30)).save(small)
+    (tmp_path / 'train_images.json').write_text(json.dumps([str(small)]))
+    args = ['--data-folder', tmp_path, '--output-dir', tmp_path / 'out', '--batch-size', '2', '--crop-size', '48',
+            '--n-blocks', '1', '--iterations', 1, '--val-set', 'none']
+    for workers in (0, 1):  # raised in this process, and in a DataLoader worker (which wraps it in its traceback)
+        result = run_script('train_srresnet.py', *args, '--workers', workers, check=False)
+        assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr
+        assert last_line(result) == (f'error: {small}: 40x40 is smaller than the 48x48 training crop; rebuild the '
+                                     f'data lists with a larger --min-size')
+        assert not (tmp_path / 'out' / 'last.pt').exists()
+
+
 def test_content_loss_auto_falls_back_to_mse_in_one_line_when_offline(demo_data, tmp_path, monkeypatch, capsys):
     """No cached weights (an empty TORCH_HOME) and a download that fails as offline, without touching the network:
     auto says so in one line and trains SRGAN-MSE; the default vgg54 stops with one error line instead."""
