@@ -2,6 +2,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -15,3 +16,16 @@ def shared_data():
     if not (SHARED_DATA / 'Set5').is_dir():
         pytest.skip('../shared/data is not present')
     return SHARED_DATA
+
+
+class SmallMemory(torch.nn.Module):
+    """`model` on a device that runs out of memory as CUDA does on inputs of more than `max_pixels` pixels."""
+
+    def __init__(self, model, max_pixels):
+        super().__init__()
+        self.model, self.max_pixels = model, max_pixels
+
+    def forward(self, x):
+        if x.shape[-1] * x.shape[-2] > self.max_pixels:
+            raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 20.00 GiB')
+        return self.model(x)

@@ -16,6 +16,7 @@ from PIL import Image
 import eval as eval_py
 import utils
 from models import SRResNet
+from conftest import SmallMemory
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -316,19 +317,9 @@ def test_a_fresh_checkout_evaluates_the_demo_set(tmp_path, monkeypatch, capsys):
 def test_eval_goes_through_super_resolve_upscale_and_retries_out_of_memory(tiny_checkpoint, tmp_path, capsys):
     network = utils.load_generator(tiny_checkpoint)
 
-    class SmallMemory(torch.nn.Module):  # fails like CUDA does on LR inputs larger than 24 x 24
-        def __init__(self):
-            super().__init__()
-            self.network = network
-
-        def forward(self, x):
-            if x.shape[-1] * x.shape[-2] > 24 * 24:
-                raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 20.00 GiB')
-            return self.network(x)
-
     Image.fromarray(_photo(128, 160).permute(1, 2, 0).numpy()).save(tmp_path / 'a.png')  # LR 32 x 40
     test_sets = [('t', [str(tmp_path / 'a.png')])]
-    rows = eval_py.evaluate([eval_py.Model('small', 'srresnet', 4, SmallMemory())], test_sets, tile=None,
+    rows = eval_py.evaluate([eval_py.Model('small', 'srresnet', 4, SmallMemory(network, 24 * 24))], test_sets, tile=None,
                             tile_overlap=4, progress=False)
     assert 'out of memory; trying again with --tile 20' in capsys.readouterr().err
     expected = eval_py.evaluate([eval_py.Model('tiled', 'srresnet', 4, network)], test_sets, tile=20,

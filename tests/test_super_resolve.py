@@ -14,6 +14,7 @@ from PIL import Image, ImageCms
 import super_resolve
 import utils
 from models import SRResNet
+from conftest import SmallMemory
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -233,19 +234,9 @@ def test_blend_weights_of_neighbours_sum_to_one():
 def test_out_of_memory_halves_the_tile(checkpoint):
     model, s = super_resolve.load_model(checkpoint)
 
-    class SmallMemory(torch.nn.Module):  # fails like CUDA does on inputs larger than 32 x 32
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, x):
-            if x.shape[-1] * x.shape[-2] > 32 * 32:
-                raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 20.00 GiB')
-            return self.model(x)
-
     lr_img = torch.randn(3, 48, 64)
     retries = []
-    sr = super_resolve.upscale(SmallMemory(), lr_img, s, tile=None, tile_overlap=8, on_retry=retries.append)
+    sr = super_resolve.upscale(SmallMemory(model, 32 * 32), lr_img, s, tile=None, tile_overlap=8, on_retry=retries.append)
     assert retries == ['out of memory; trying again with --tile 32']
     torch.testing.assert_close(sr, utils.super_resolve_tiled(model, lr_img, s, tile=32, tile_overlap=8))
     with pytest.raises(RuntimeError, match='something else'):  # other errors are not swallowed
