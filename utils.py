@@ -657,6 +657,14 @@ def prepare_model(model, run, args):
     return model, wrapped
 
 
+def freeze_batchnorm(model):
+    """Put every BatchNorm layer of a training model in eval mode: it normalises with its running statistics and
+    no longer updates them (its weight and bias still train)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
 def make_optimizer(model, args, run):
     """Adam with the run's lr and beta1 (fused kernels where PyTorch has them)."""
     return torch.optim.Adam(model.parameters(), lr=args.lr, betas=(args.beta1, 0.999),

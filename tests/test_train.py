@@ -168,6 +168,23 @@ def test_srresnet_lr_decay_can_be_moved_on_resume(demo_data, tmp_path):
     assert [row['lr'] for row in train_rows(tmp_path)][4:] == pytest.approx([1e-4, 1e-5, 1e-5])
 
 
+def test_srresnet_freeze_bn_at_keeps_the_running_statistics_and_trains_the_rest(demo_data, tmp_path):
+    args = ['--data-folder', demo_data, *SMALL, '--n-blocks', '1', '--val-set', 'none', '--checkpoint-every', 1]
+    states = {}
+    for name, iterations, extra in (('free', 3, []), ('frozen', 2, ['--freeze-bn-at', 2]),
+                                    ('frozen', 4, ['--freeze-bn-at', 2, '--resume', 'auto'])):
+        run_script('train_srresnet.py', *args, '--output-dir', tmp_path / name, '--iterations', iterations, *extra)
+        states[name, iterations] = load_checkpoint(tmp_path / name / 'last.pt')['model']
+    bn = [k for k in states['free', 3] if k.endswith(('running_mean', 'running_var'))]
+    weights = [k for k in states['free', 3] if k.endswith('.weight')]
+    assert len(bn) == 2 * 3 and weights  # 2 BN layers in the block + the one after the blocks
+    # without the flag a third iteration moves every BN statistic; with it, iterations 3 and 4 move none of them
+    assert all(not torch.equal(states['free', 3][k], states['frozen', 2][k]) for k in bn)
+    assert all(torch.equal(states['frozen', 4][k], states['frozen', 2][k]) for k in bn)
+    assert all(not torch.equal(states['frozen', 4][k], states['frozen', 2][k]) for k in weights)
+    assert load_checkpoint(tmp_path / 'frozen' / 'last.pt')['config']['freeze_bn_at'] == 2
+
+
 def test_srgan_step_freezes_vgg_and_scales_its_features():
     torch.manual_seed(0)
     generator, discriminator = Generator(n_blocks=1), Discriminator(n_blocks=2, fc_size=16)
