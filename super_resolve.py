@@ -29,7 +29,6 @@ On a 2-core AVX-512 BF16 CPU that is 3.7x the tutorial's plain fp32 forward, out
 import argparse
 import glob
 import json
-import math
 import os
 import struct
 import sys
@@ -141,28 +140,24 @@ def _is_out_of_memory(error):
         text in str(error) for text in ("can't allocate memory", 'out of memory'))
 
 
-def _n_tiles(size, tile, tile_overlap):
-    """How many tiles utils.super_resolve_tiled spreads over one side of `size` LR pixels."""
-    tile_overlap = min(tile_overlap, tile // 2)
-    return 1 if size <= tile else math.ceil((size - tile_overlap) / (tile - tile_overlap))
-
-
 def upscale(model, lr_img, scaling_factor, tile=DEFAULT_TILE, tile_overlap=DEFAULT_TILE_OVERLAP, amp_dtype=None,
             on_retry=None, progress=None):
     """utils.super_resolve_tiled, halving the tile after an out-of-memory error until MIN_TILE.
     lr_img: (3, h, w) ImageNet-normalised -> (3, h * s, w * s) in [-1, 1], float32, on the CPU.
     progress: a name to show a bar of tiles under (for one large image), or None."""
     while True:
-        n_tiles = 1 if tile is None else _n_tiles(lr_img.shape[1], tile, tile_overlap) * _n_tiles(
-            lr_img.shape[2], tile, tile_overlap)
-        bar = tqdm(total=n_tiles, unit='tile', desc=progress, leave=False, disable=progress is None or n_tiles < 2)
+        bar = None
 
-        def count_tile(*_):  # a forward hook: the model runs once per tile (returning None keeps its output)
-            bar.update()
+        def on_tile(done, total):  # a bar from the first report on, and only for an image cut into tiles
+            nonlocal bar
+            if bar is None and progress is not None and total > 1:
+                bar = tqdm(total=total, unit='tile', desc=progress, leave=False)
+            if bar is not None:
+                bar.update(done - bar.n)
 
-        counting = model.register_forward_hook(count_tile)
         try:
-            return utils.super_resolve_tiled(model, lr_img, scaling_factor, tile, tile_overlap, amp_dtype)
+            return utils.super_resolve_tiled(model, lr_img, scaling_factor, tile, tile_overlap, amp_dtype,
+                                             on_tile)
         except RuntimeError as e:  # torch.OutOfMemoryError is one
             current = tile or max(lr_img.shape[1:])  # None: the whole image was one tile
             if not _is_out_of_memory(e) or current // 2 < MIN_TILE:
@@ -173,8 +168,8 @@ def upscale(model, lr_img, scaling_factor, tile=DEFAULT_TILE, tile_overlap=DEFAU
             if on_retry is not None:
                 on_retry(f'out of memory; trying again with --tile {tile}')
         finally:
-            counting.remove()
-            bar.close()
+            if bar is not None:
+                bar.close()
 
 
 @torch.inference_mode()

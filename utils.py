@@ -415,12 +415,13 @@ def _blend_ramp(length, overlap_left, overlap_right, device):
 
 
 @torch.inference_mode()
-def super_resolve_tiled(model, lr_img, scaling_factor, tile=None, tile_overlap=16, amp_dtype=None):
+def super_resolve_tiled(model, lr_img, scaling_factor, tile=None, tile_overlap=16, amp_dtype=None, on_tile=None):
     """Super-resolve one image tile by tile and blend the tiles, so memory is bounded by the tile size.
 
     model: SRResNet-like, takes ImageNet-normalised LR, returns [-1, 1]; lr_img: (3, h, w) ImageNet-normalised,
     on the CPU or the model's device. tile: LR tile side (None: the whole image at once); tile_overlap: LR pixels
-    shared by neighbouring tiles, where the outputs are cross-faded (see _blend_ramp).
+    shared by neighbouring tiles, where the outputs are cross-faded (see _blend_ramp). on_tile(done, total): called
+    with the tiles done and the tiles in all, before the first tile and after each one (for a progress bar).
     Returns the SR image (3, h * s, w * s) in [-1, 1], float32, on the CPU: the full-size canvas never lives on
     the accelerator."""
     device = next(model.parameters()).device
@@ -434,8 +435,15 @@ def super_resolve_tiled(model, lr_img, scaling_factor, tile=None, tile_overlap=1
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             return model(x)[0].float().cpu()
 
+    def report(done, total):
+        if on_tile is not None:
+            on_tile(done, total)
+
     if tile is None or (h <= tile and w <= tile):
-        return forward(lr_img)
+        report(0, 1)
+        sr = forward(lr_img)
+        report(1, 1)
+        return sr
 
     tile_overlap = min(tile_overlap, tile // 2)
 
@@ -451,15 +459,17 @@ def super_resolve_tiled(model, lr_img, scaling_factor, tile=None, tile_overlap=1
     (tops, th), (lefts, tw) = spread(h), spread(w)
     sr = torch.zeros(3, h * s, w * s)  # the canvas (CPU)
     weight = torch.zeros(1, h * s, w * s)
-    for top in tops:
-        for left in lefts:
-            out = forward(lr_img[:, top:top + th, left:left + tw])  # (3, th * s, tw * s)
-            # cross-fade only where a neighbour overlaps; image borders keep full weight
-            wy = _blend_ramp(th * s, (tile_overlap * s if top > 0 else 0), (tile_overlap * s if top + th < h else 0), 'cpu')
-            wx = _blend_ramp(tw * s, (tile_overlap * s if left > 0 else 0), (tile_overlap * s if left + tw < w else 0), 'cpu')
-            mask = wy[:, None] * wx[None, :]  # (th * s, tw * s)
-            sr[:, top * s:(top + th) * s, left * s:(left + tw) * s] += out * mask
-            weight[:, top * s:(top + th) * s, left * s:(left + tw) * s] += mask
+    tiles = [(top, left) for top in tops for left in lefts]
+    report(0, len(tiles))
+    for done, (top, left) in enumerate(tiles, 1):
+        out = forward(lr_img[:, top:top + th, left:left + tw])  # (3, th * s, tw * s)
+        # cross-fade only where a neighbour overlaps; image borders keep full weight
+        wy = _blend_ramp(th * s, (tile_overlap * s if top > 0 else 0), (tile_overlap * s if top + th < h else 0), 'cpu')
+        wx = _blend_ramp(tw * s, (tile_overlap * s if left > 0 else 0), (tile_overlap * s if left + tw < w else 0), 'cpu')
+        mask = wy[:, None] * wx[None, :]  # (th * s, tw * s)
+        sr[:, top * s:(top + th) * s, left * s:(left + tw) * s] += out * mask
+        weight[:, top * s:(top + th) * s, left * s:(left + tw) * s] += mask
+        report(done, len(tiles))
     return sr.div_(weight)  # in place: no second full-size canvas
 
 

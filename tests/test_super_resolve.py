@@ -445,10 +445,12 @@ def test_one_large_image_shows_a_bar_of_tiles(checkpoint, tmp_path, capsys):
 
 @pytest.mark.parametrize('size, tile, tile_overlap', [((48, 40), 16, 4), ((100, 37), 24, 8), ((20, 20), 16, 16),
                                                        ((17, 64), 16, 0)])
-def test_the_bar_counts_the_tiles_super_resolve_tiled_runs(size, tile, tile_overlap):
-    calls = []
+def test_on_tile_reports_every_tile_super_resolve_tiled_runs(size, tile, tile_overlap):
+    calls, reports = [], []
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.Upsample(scale_factor=2))
-    model.register_forward_hook(lambda *_: calls.append(1))
-    utils.super_resolve_tiled(model, torch.randn(3, *size), 2, tile, tile_overlap)
-    expected = super_resolve._n_tiles(size[0], tile, tile_overlap) * super_resolve._n_tiles(size[1], tile, tile_overlap)
-    assert len(calls) == expected > 1
+    model.register_forward_hook(lambda *_: calls.append(len(reports)))  # how many reports before each forward
+    utils.super_resolve_tiled(model, torch.randn(3, *size), 2, tile, tile_overlap,
+                              on_tile=lambda done, total: reports.append((done, total)))
+    n = len(calls)
+    assert n > 1 and reports == [(i, n) for i in range(n + 1)]
+    assert calls == list(range(1, n + 1))  # (0, n) comes before the first tile, (i, n) right after tile i
