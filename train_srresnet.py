@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from models import SRResNet
-from utils import (describe_run, freeze_batchnorm, make_grad_scaler, make_optimizer, make_train_loader, prepare_model, setup_run,
-                   train_loop, training_argument_parser)
+from utils import (describe_run, freeze_batchnorm, make_grad_scaler, make_optimizer, make_train_loader, prepare_model,
+                   setup_run, train_loop, training_argument_parser)
 
 
 def get_args(argv=None):
