@@ -17,12 +17,14 @@ Stop any time with Ctrl-C (or SIGTERM): the step in progress finishes, last.pt i
 loss_curves.png, and tensorboard/ when TensorBoard is installed.
 """
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
 from models import SRResNet
 from utils import (describe_run, freeze_batchnorm, make_grad_scaler, make_optimizer, make_train_loader, prepare_model,
-                   setup_run, train_loop, training_argument_parser)
+                   setup_run, train_loop, training_argument_parser, update_ema)
 
 
 def get_args(argv=None):
@@ -35,9 +37,16 @@ def get_args(argv=None):
                         help='from this iteration on, BatchNorm uses and keeps its running statistics (as in eval '
                              'mode) while the weights train on; default: never, as the paper; may be changed when '
                              'resuming')
+    parser.add_argument('--ema-decay', type=float, default=0.0,
+                        help='also keep an exponential moving average of the weights and BatchNorm statistics with '
+                             'this decay per iteration (e.g. 0.999); validation, best.pt, eval.py, super_resolve.py '
+                             'and train_srgan.py then use the average; 0: none, as the paper')
     parser.add_argument('--n-blocks', type=int, default=16, help='residual blocks')
     parser.add_argument('--n-channels', type=int, default=64, help='channels of the residual blocks')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not 0 <= args.ema_decay < 1:
+        raise SystemExit(f'error: --ema-decay must be at least 0 and below 1 (e.g. 0.999), got {args.ema_decay}')
+    return args
 
 
 def train_step(model, optimizer, scheduler, scaler, lr_imgs, hr_imgs, amp_dtype, freeze_bn=False):
@@ -90,18 +99,36 @@ def main(argv=None):
     def frozen(t):  # iteration t, counted from 0 (the scheduler's last_epoch when step t starts)
         return args.freeze_bn_at is not None and t >= args.freeze_bn_at
 
+    # Why an average of the weights: at a constant lr each step moves the weights by a noisy gradient, and the
+    # model's quality from one checkpoint to the next jitters with it; the average over the last ~1/(1 - decay)
+    # iterations keeps what the steps share. Its BatchNorm statistics are averaged alike, over as many batches
+    # (BatchNorm's own momentum of 0.1 averages the last ~10). Not in the paper: off by default.
+    ema = None
+    if args.ema_decay:
+        ema = copy.deepcopy(model).requires_grad_(False)  # starts at the current weights (new, or resumed without one)
+        if checkpoint is not None and 'ema' in checkpoint:
+            ema.load_state_dict(checkpoint['ema'])
+
+    def step(lr_imgs, hr_imgs):
+        values = train_step(model_ddp, optimizer, scheduler, scaler, lr_imgs, hr_imgs, run.amp_dtype,
+                            freeze_bn=frozen(scheduler.last_epoch))
+        if ema is not None:
+            update_ema(ema, model, args.ema_decay)
+        return values
+
     if run.is_main:
         n_params = sum(p.numel() for p in model.parameters())
         print(f'SRResNet {model_config}: {n_params / 1e6:.2f}M parameters; {describe_run(run, args)}')
 
     def checkpoint_state():
-        return {'kind': 'srresnet', 'model_config': model_config, 'model': model.state_dict(),
-                'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict()}
+        state = {'kind': 'srresnet', 'model_config': model_config, 'model': model.state_dict(),
+                 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict()}
+        if ema is not None:
+            state['ema'] = ema.state_dict()
+        return state
 
-    train_loop(args, run, make_train_loader(args, run),
-               lambda lr_imgs, hr_imgs: train_step(model_ddp, optimizer, scheduler, scaler, lr_imgs, hr_imgs,
-                                                  run.amp_dtype, freeze_bn=frozen(scheduler.last_epoch)),
-               checkpoint_state, sr_model=model, optimizer=optimizer,
+    train_loop(args, run, make_train_loader(args, run), step, checkpoint_state,
+               sr_model=model if ema is None else ema, optimizer=optimizer,
                best_psnr=checkpoint['best_psnr'] if checkpoint else float('-inf'))
 
 

@@ -373,8 +373,9 @@ def _model_config_from_state_dict(state_dict):
 
 def generator_state_dict(checkpoint):
     """The SRResNet-layout state_dict (no 'net.' prefix) of the generator in any of this repo's checkpoints:
-    train_srresnet.py's ({'model': ...}) or train_srgan.py's ({'generator': ...})."""
-    for key in ('model', 'generator'):
+    train_srresnet.py's ({'model': ...}, or {'ema': ...} when it kept an average, which is what it validated) or
+    train_srgan.py's ({'generator': ...})."""
+    for key in ('ema', 'model', 'generator'):
         if key in checkpoint:
             return {k.removeprefix('net.'): v for k, v in checkpoint[key].items()}
     raise CheckpointError('checkpoint holds no generator weights (no "model" or "generator" entry); '
@@ -673,6 +674,18 @@ def freeze_batchnorm(model):
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.eval()
+
+
+@torch.no_grad()
+def update_ema(ema_model, model, decay):
+    """One step of an exponential moving average: ema <- decay * ema + (1 - decay) * model, for the weights and
+    the floating-point buffers (BatchNorm's running statistics); integer buffers (BatchNorm's batch count) are
+    copied."""
+    for averaged, current in zip(ema_model.state_dict().values(), model.state_dict().values()):
+        if averaged.is_floating_point():
+            averaged.lerp_(current, 1 - decay)
+        else:
+            averaged.copy_(current)
 
 
 def make_optimizer(model, args, run):

@@ -206,6 +206,31 @@ def test_srgan_step_freezes_vgg_and_scales_its_features():
     assert any(not torch.equal(a, b) for a, b in zip(before, generator.parameters()))
 
 
+def test_srresnet_ema_decay_averages_the_weights_and_is_what_the_checkpoint_serves(demo_data, tmp_path):
+    args = ['--data-folder', demo_data, '--output-dir', tmp_path, *SMALL, '--n-blocks', '1', '--val-set', 'demo',
+            '--ema-decay', 0.75]
+    run_script('train_srresnet.py', *args, '--iterations', 1)
+    first = load_checkpoint(tmp_path / 'last.pt')
+    run_script('train_srresnet.py', *args, '--iterations', 2, '--resume', 'auto')
+    second = load_checkpoint(tmp_path / 'last.pt')
+    floats = [k for k, v in second['model'].items() if v.is_floating_point()]
+    assert any(k.endswith('running_var') for k in floats) and 'conv_block2.conv_block.1.num_batches_tracked' in second['ema']
+    for k, v in second['ema'].items():  # resumed average = 0.75 x the previous one + 0.25 x the new weights
+        expected = 0.75 * first['ema'][k] + 0.25 * second['model'][k] if k in floats else second['model'][k]
+        assert torch.allclose(v, expected, rtol=1e-5, atol=1e-7), k
+    assert not torch.equal(second['ema']['conv_block1.conv_block.0.weight'],
+                           second['model']['conv_block1.conv_block.0.weight'])
+    # what validation measured, eval.py / super_resolve.py load and export keeps is the average
+    ema_model = SRResNet(**second['model_config'])
+    ema_model.load_state_dict(second['ema'])
+    lr_imgs = torch.randn(1, 3, 12, 12)
+    with torch.no_grad():
+        assert torch.equal(load_generator(tmp_path / 'last.pt')(lr_imgs), ema_model.eval()(lr_imgs))
+    result = run_script('train_srresnet.py', *args, '--iterations', 3, '--resume', 'auto', '--ema-decay', 1,
+                        check=False)
+    assert result.returncode != 0 and '--ema-decay must be' in last_line(result)
+
+
 def test_sigkill_then_resume_logs_the_same_losses(demo_data, tmp_path):
     args = ['--data-folder', demo_data, *SMALL, '--workers', '1', '--n-blocks', '2', '--iterations', 10,
             '--checkpoint-every', 3, '--val-set', 'none', '--seed', 7]
