@@ -17,14 +17,12 @@ Stop any time with Ctrl-C (or SIGTERM): the step in progress finishes, last.pt i
 loss_curves.png, and tensorboard/ when TensorBoard is installed.
 """
 
-import copy
-
 import torch
 import torch.nn.functional as F
 
 from models import SRResNet
-from utils import (describe_run, freeze_batchnorm, make_grad_scaler, make_optimizer, make_train_loader, prepare_model,
-                   setup_run, train_loop, training_argument_parser, update_ema)
+from utils import (describe_run, freeze_batchnorm, make_ema, make_grad_scaler, make_optimizer, make_train_loader,
+                   prepare_model, setup_run, train_loop, training_argument_parser, update_ema)
 
 
 def get_args(argv=None):
@@ -37,16 +35,9 @@ def get_args(argv=None):
                         help='from this iteration on, BatchNorm uses and keeps its running statistics (as in eval '
                              'mode) while the weights train on; default: never, as the paper; may be changed when '
                              'resuming')
-    parser.add_argument('--ema-decay', type=float, default=0.0,
-                        help='also keep an exponential moving average of the weights and BatchNorm statistics with '
-                             'this decay per iteration (e.g. 0.999); validation, best.pt, eval.py, super_resolve.py '
-                             'and train_srgan.py then use the average; 0: none, as the paper')
     parser.add_argument('--n-blocks', type=int, default=16, help='residual blocks')
     parser.add_argument('--n-channels', type=int, default=64, help='channels of the residual blocks')
-    args = parser.parse_args(argv)
-    if not 0 <= args.ema_decay < 1:
-        raise SystemExit(f'error: --ema-decay must be at least 0 and below 1 (e.g. 0.999), got {args.ema_decay}')
-    return args
+    return parser.parse_args(argv)
 
 
 def train_step(model, optimizer, scheduler, scaler, lr_imgs, hr_imgs, amp_dtype, freeze_bn=False):
@@ -99,15 +90,7 @@ def main(argv=None):
     def frozen(t):  # iteration t, counted from 0 (the scheduler's last_epoch when step t starts)
         return args.freeze_bn_at is not None and t >= args.freeze_bn_at
 
-    # Why an average of the weights: at a constant lr each step moves the weights by a noisy gradient, and the
-    # model's quality from one checkpoint to the next jitters with it; the average over the last ~1/(1 - decay)
-    # iterations keeps what the steps share. Its BatchNorm statistics are averaged alike, over as many batches
-    # (BatchNorm's own momentum of 0.1 averages the last ~10). Not in the paper: off by default.
-    ema = None
-    if args.ema_decay:
-        ema = copy.deepcopy(model).requires_grad_(False)  # starts at the current weights (new, or resumed without one)
-        if checkpoint is not None and 'ema' in checkpoint:
-            ema.load_state_dict(checkpoint['ema'])
+    ema = make_ema(model, args, run)  # None without --ema-decay
 
     def step(lr_imgs, hr_imgs):
         values = train_step(model_ddp, optimizer, scheduler, scaler, lr_imgs, hr_imgs, run.amp_dtype,

@@ -12,6 +12,7 @@ Value ranges used throughout (the habit of this repo: every tensor's range is wr
 """
 
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -371,11 +372,12 @@ def _model_config_from_state_dict(state_dict):
             'n_channels': first.shape[0], 'n_blocks': n_blocks, 'scaling_factor': 2 ** n_subpixel}
 
 
-def generator_state_dict(checkpoint):
+def generator_state_dict(checkpoint, average=True):
     """The SRResNet-layout state_dict (no 'net.' prefix) of the generator in any of this repo's checkpoints:
-    train_srresnet.py's ({'model': ...}, or {'ema': ...} when it kept an average, which is what it validated) or
-    train_srgan.py's ({'generator': ...})."""
-    for key in ('ema', 'model', 'generator'):
+    train_srresnet.py's ({'model': ...}) or train_srgan.py's ({'generator': ...}). average: when the run kept a
+    moving average ({'ema': ...}, --ema-decay), that, which is what its validation measured; False: the trained
+    weights themselves (to resume training)."""
+    for key in ('ema', 'model', 'generator')[0 if average else 1:]:
         if key in checkpoint:
             return {k.removeprefix('net.'): v for k, v in checkpoint[key].items()}
     raise CheckpointError('checkpoint holds no generator weights (no "model" or "generator" entry); '
@@ -574,6 +576,10 @@ def training_argument_parser(description, output_dir, iterations, val_every):
                         help='DataLoader worker processes (0: load in the training process)')
     parser.add_argument('--cache-images', action='store_true',
                         help='decode every training image once into RAM (uint8): for small sets such as 291')
+    parser.add_argument('--ema-decay', type=float, default=0.0,
+                        help='also keep an exponential moving average of the (generator) weights and BatchNorm '
+                             'statistics with this decay per iteration (e.g. 0.999); validation, best.pt, eval.py, '
+                             'super_resolve.py and train_srgan.py then use the average; 0: none, as the paper')
     parser.add_argument('--checkpoint-every', type=int, default=1000, help=f'write {CHECKPOINT_FILE} this often')
     parser.add_argument('--val-every', type=int, default=val_every,
                         help=f'validate (PSNR/SSIM, sample sheet, {BEST_CHECKPOINT_FILE}) this often')
@@ -600,6 +606,8 @@ def setup_run(args, kind):
     for name in ('iterations', 'batch_size', 'checkpoint_every', 'val_every', 'log_every'):
         if getattr(args, name) < 1:
             raise SystemExit(f'error: --{name.replace("_", "-")} must be at least 1')
+    if not 0 <= args.ema_decay < 1:
+        raise SystemExit(f'error: --ema-decay must be at least 0 and below 1 (e.g. 0.999), got {args.ema_decay}')
     if args.crop_size % args.scaling_factor:
         raise SystemExit(f'error: --crop-size {args.crop_size} must be divisible by --scaling-factor '
                          f'{args.scaling_factor}')
@@ -674,6 +682,22 @@ def freeze_batchnorm(model):
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.eval()
+
+
+def make_ema(model, args, run):
+    """The moving average of `model` that --ema-decay asks for (None without it): the resumed checkpoint's 'ema',
+    else a copy of the model's current weights (a new run, or one resumed without an average).
+
+    Why an average of the weights: at a constant lr each step moves the weights by a noisy gradient, and the model's
+    quality from one checkpoint to the next jitters with it; the average over the last ~1/(1 - decay) iterations
+    keeps what the steps share. Its BatchNorm statistics are averaged alike, over as many batches (BatchNorm's own
+    momentum of 0.1 averages the last ~10). Not in the paper: off by default."""
+    if not args.ema_decay:
+        return None
+    ema = copy.deepcopy(model).requires_grad_(False)
+    if run.checkpoint is not None and 'ema' in run.checkpoint:
+        ema.load_state_dict(run.checkpoint['ema'])
+    return ema
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ import train_srresnet
 from create_data_lists import create_demo_lists
 from datasets import InfiniteSampler, SRDataset
 from models import Discriminator, Generator, SRResNet, TruncatedVGG19
-from utils import load_checkpoint, load_generator, read_log, rng_state, save_checkpoint, set_rng_state
+from utils import generator_state_dict, load_checkpoint, load_generator, read_log, rng_state, save_checkpoint, set_rng_state
 
 SMALL = ['--batch-size', '2', '--crop-size', '48', '--workers', '0', '--log-every', '1']
 
@@ -63,10 +63,11 @@ def test_defaults_are_the_papers():
     assert (args.lr, args.beta1, args.n_blocks, args.blur_sigma, args.no_amp) == (1e-4, 0.9, 16, 0.0, False)
     assert (args.data_folder, args.output_dir) == ('./data', 'runs/srresnet')
     assert args.lr_decay_at is None and args.augment is False  # constant lr, no flips: the paper's
+    assert args.freeze_bn_at is None and args.ema_decay == 0  # no frozen BatchNorm, no weight average: the paper's
     args = train_srgan.get_args([])
     assert (args.iterations, args.lr_decay_at, args.batch_size, args.lr) == (200_000, 100_000, 16, 1e-4)
     assert (args.content_loss, args.adversarial_weight, args.vgg_weights) == ('vgg54', 1e-3, 'imagenet')
-    assert args.output_dir == 'runs/srgan' and train_srgan.VGG_FEATURE_SCALE == 1 / 12.75
+    assert args.output_dir == 'runs/srgan' and train_srgan.VGG_FEATURE_SCALE == 1 / 12.75 and args.ema_decay == 0
 
 
 def help_text(script, capsys):
@@ -150,12 +151,22 @@ def test_short_srgan_run_from_the_srresnet_with_lr_decay(srresnet_run, demo_data
     assert set(checkpoint['discriminator']) == set(Discriminator().state_dict())
     assert load_generator(output_dir / 'best.pt').training is False
 
-    # resumed (the generator comes from the run now, not from --srresnet-checkpoint): the schedule carries on
+    # resumed (the generator comes from the run now, not from --srresnet-checkpoint): the schedule carries on;
+    # with --ema-decay the average starts from the resumed generator and is what the checkpoint serves
     run_script('train_srgan.py', '--data-folder', demo_data, '--output-dir', output_dir, *SMALL,
                '--srresnet-checkpoint', 'nowhere.pt', '--vgg-weights', 'none', '--content-loss', 'vgg22',
-               '--iterations', 4, '--lr-decay-at', 2, '--val-set', 'none', '--resume', 'auto')
+               '--iterations', 4, '--lr-decay-at', 2, '--val-set', 'none', '--resume', 'auto', '--ema-decay', 0.5)
     assert [row['lr'] for row in train_rows(output_dir)] == [1e-4, 1e-4, 1e-5, 1e-5]
-    assert load_checkpoint(output_dir / 'last.pt')['scheduler_d']['last_epoch'] == 4
+    resumed = load_checkpoint(output_dir / 'last.pt')
+    assert resumed['scheduler_d']['last_epoch'] == 4
+    at_3, at_4 = generator_state_dict(checkpoint, average=False), generator_state_dict(resumed, average=False)
+    name = 'conv_block3.conv_block.0.weight'
+    assert at_4.keys() == resumed['ema'].keys() and not torch.equal(at_4[name], at_3[name])
+    for k, v in resumed['ema'].items():
+        expected = 0.5 * at_3[k] + 0.5 * at_4[k] if v.is_floating_point() else at_4[k]
+        assert torch.allclose(v, expected, rtol=1e-5, atol=1e-7), k
+    served = generator_state_dict(resumed)
+    assert all(torch.equal(served[k], v) for k, v in resumed['ema'].items()) and not torch.equal(served[name], at_4[name])
 
 
 def test_srresnet_lr_decay_can_be_moved_on_resume(demo_data, tmp_path):
