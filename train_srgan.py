@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from models import Discriminator, Generator, TruncatedVGG19, VGGWeightsUnavailable
-from utils import (CheckpointError, convert_image, describe_run, generator_state_dict, load_checkpoint, make_ema,
+from utils import (CheckpointError, convert_image, describe_run, generator_state_dict, load_checkpoint,
                    make_grad_scaler, make_optimizer, make_train_loader, prepare_model, setup_run, train_loop,
-                   training_argument_parser, update_ema)
+                   training_argument_parser)
 
 VGG_FEATURE_SCALE = 1 / 12.75  # the paper rescales the VGG feature maps by this before the MSE
 CONTENT_LAYERS = {'vgg54': (5, 4), 'vgg22': (2, 2)}  # phi(i, j): j-th conv (after ReLU) before the i-th max-pool
@@ -183,7 +183,6 @@ def main(argv=None):
     generator, generator_ddp = prepare_model(generator, run, args)
     discriminator, discriminator_ddp = prepare_model(discriminator, run, args)
     vgg = build_vgg(args, run)
-    ema = make_ema(generator.net, args, run)  # None without --ema-decay
 
     optimizer_g, optimizer_d = make_optimizer(generator, args, run), make_optimizer(discriminator, args, run)
     scheduler_g, scheduler_d = (torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[args.lr_decay_at],
@@ -200,24 +199,16 @@ def main(argv=None):
         print(f'SRGAN: generator {model_config}, content loss {args.content_loss}; {describe_run(run, args)}')
 
     def checkpoint_state():
-        state = {'kind': 'srgan', 'model_config': model_config, 'generator': generator.state_dict(),
-                 'discriminator': discriminator.state_dict(), 'optimizer_g': optimizer_g.state_dict(),
-                 'optimizer_d': optimizer_d.state_dict(), 'scheduler_g': scheduler_g.state_dict(),
-                 'scheduler_d': scheduler_d.state_dict(), 'scaler': scaler.state_dict()}
-        if ema is not None:
-            state['ema'] = ema.state_dict()  # SRResNet layout, as generator.net
-        return state
+        return {'kind': 'srgan', 'model_config': model_config, 'generator': generator.state_dict(),
+                'discriminator': discriminator.state_dict(), 'optimizer_g': optimizer_g.state_dict(),
+                'optimizer_d': optimizer_d.state_dict(), 'scheduler_g': scheduler_g.state_dict(),
+                'scheduler_d': scheduler_d.state_dict(), 'scaler': scaler.state_dict()}
 
     def step(lr_imgs, hr_imgs):
-        values = train_step(generator_ddp, discriminator, discriminator_ddp, vgg, optimizer_g, optimizer_d,
-                            scheduler_g, scheduler_d, scaler, lr_imgs, hr_imgs, run.amp_dtype,
-                            args.adversarial_weight)
-        if ema is not None:
-            update_ema(ema, generator.net, args.ema_decay)
-        return values
+        return train_step(generator_ddp, discriminator, discriminator_ddp, vgg, optimizer_g, optimizer_d,
+                          scheduler_g, scheduler_d, scaler, lr_imgs, hr_imgs, run.amp_dtype, args.adversarial_weight)
 
-    train_loop(args, run, make_train_loader(args, run), step, checkpoint_state,
-               sr_model=generator.net if ema is None else ema,
+    train_loop(args, run, make_train_loader(args, run), step, checkpoint_state, sr_model=generator.net,
                optimizer=optimizer_g, best_psnr=checkpoint['best_psnr'] if checkpoint else float('-inf'))
 
 

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from models import SRResNet
-from utils import (describe_run, freeze_batchnorm, make_ema, make_grad_scaler, make_optimizer, make_train_loader,
-                   prepare_model, setup_run, train_loop, training_argument_parser, update_ema)
+from utils import (describe_run, freeze_batchnorm, make_grad_scaler, make_optimizer, make_train_loader, prepare_model,
+                   setup_run, train_loop, training_argument_parser)
 
 
 def get_args(argv=None):
@@ -90,28 +90,18 @@ def main(argv=None):
     def frozen(t):  # iteration t, counted from 0 (the scheduler's last_epoch when step t starts)
         return args.freeze_bn_at is not None and t >= args.freeze_bn_at
 
-    ema = make_ema(model, args, run)  # None without --ema-decay
-
-    def step(lr_imgs, hr_imgs):
-        values = train_step(model_ddp, optimizer, scheduler, scaler, lr_imgs, hr_imgs, run.amp_dtype,
-                            freeze_bn=frozen(scheduler.last_epoch))
-        if ema is not None:
-            update_ema(ema, model, args.ema_decay)
-        return values
-
     if run.is_main:
         n_params = sum(p.numel() for p in model.parameters())
         print(f'SRResNet {model_config}: {n_params / 1e6:.2f}M parameters; {describe_run(run, args)}')
 
     def checkpoint_state():
-        state = {'kind': 'srresnet', 'model_config': model_config, 'model': model.state_dict(),
-                 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict()}
-        if ema is not None:
-            state['ema'] = ema.state_dict()
-        return state
+        return {'kind': 'srresnet', 'model_config': model_config, 'model': model.state_dict(),
+                'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict()}
 
-    train_loop(args, run, make_train_loader(args, run), step, checkpoint_state,
-               sr_model=model if ema is None else ema, optimizer=optimizer,
+    train_loop(args, run, make_train_loader(args, run),
+               lambda lr_imgs, hr_imgs: train_step(model_ddp, optimizer, scheduler, scaler, lr_imgs, hr_imgs,
+                                                  run.amp_dtype, freeze_bn=frozen(scheduler.last_epoch)),
+               checkpoint_state, sr_model=model, optimizer=optimizer,
                best_psnr=checkpoint['best_psnr'] if checkpoint else float('-inf'))
 
 

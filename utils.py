@@ -963,7 +963,8 @@ def train_loop(args, run, loader, train_step, checkpoint_state, sr_model, optimi
     validates `sr_model` every --val-every iterations (best.pt by PSNR), writes last.pt every --checkpoint-every
     iterations, at the end and on SIGINT/SIGTERM, and stops with an error on a non-finite value before anything is
     saved. checkpoint_state() returns the script's state (models, optimizers, ...); the loop adds iteration, RNG
-    states, best PSNR and the run's config. Under DDP only rank 0 logs, validates and saves."""
+    states, best PSNR and the run's config. With --ema-decay it also keeps the moving average of `sr_model`
+    (make_ema), validates that instead and saves it as 'ema'. Under DDP only rank 0 logs, validates and saves."""
     from tqdm import tqdm
     from datasets import SRDataset
 
@@ -973,9 +974,12 @@ def train_loop(args, run, loader, train_step, checkpoint_state, sr_model, optimi
         val_dataset = SRDataset(args.data_folder, 'test', args.crop_size, args.scaling_factor, 'imagenet-norm',
                                 '[-1, 1]', test_data_name=val_set, blur_sigma=args.blur_sigma)
     log = TrainingLog(args.output_dir, run.start_iteration) if run.is_main else None
+    ema = make_ema(sr_model, args, run) if run.is_main else None  # None without --ema-decay; only rank 0 uses it
 
     def save(path, iteration):
         state = checkpoint_state()
+        if ema is not None:
+            state['ema'] = ema.state_dict()  # SRResNet layout, as sr_model
         state.update(iteration=iteration, rng=rng_state(), best_psnr=best_psnr, config=vars(args),
                      samples_seen=iteration * args.batch_size * run.world_size)
         save_checkpoint(state, path)
@@ -1001,6 +1005,8 @@ def train_loop(args, run, loader, train_step, checkpoint_state, sr_model, optimi
             lr = optimizer.param_groups[0]['lr']  # the lr of this step (schedulers step inside train_step)
 
             values = train_step(lr_imgs, hr_imgs)
+            if ema is not None:
+                update_ema(ema, sr_model, args.ema_decay)
             iteration += 1
             count += 1
             for name, value in values.items():
@@ -1033,7 +1039,8 @@ def train_loop(args, run, loader, train_step, checkpoint_state, sr_model, optimi
 
             if validating and run.is_main:
                 sheet = os.path.join(args.output_dir, 'samples', f'iter_{iteration:07d}.png')
-                psnr, ssim = validate(sr_model, val_dataset, args.scaling_factor, run.amp_dtype, sheet)
+                psnr, ssim = validate(sr_model if ema is None else ema, val_dataset, args.scaling_factor,
+                                      run.amp_dtype, sheet)
                 log.write({'iteration': iteration, f'val_psnr_{val_set}': psnr, f'val_ssim_{val_set}': ssim})
                 bar.write(f'iteration {iteration}: {val_set} PSNR {psnr:.2f} dB, SSIM {ssim:.4f}')
                 if psnr > best_psnr:

@@ -19,7 +19,8 @@ import train_srresnet
 from create_data_lists import create_demo_lists
 from datasets import InfiniteSampler, SRDataset
 from models import Discriminator, Generator, SRResNet, TruncatedVGG19
-from utils import generator_state_dict, load_checkpoint, load_generator, read_log, rng_state, save_checkpoint, set_rng_state
+from utils import (generator_state_dict, load_checkpoint, load_generator, read_log, rng_state, save_checkpoint,
+                   set_rng_state)
 
 SMALL = ['--batch-size', '2', '--crop-size', '48', '--workers', '0', '--log-every', '1']
 
@@ -166,7 +167,8 @@ def test_short_srgan_run_from_the_srresnet_with_lr_decay(srresnet_run, demo_data
         expected = 0.5 * at_3[k] + 0.5 * at_4[k] if v.is_floating_point() else at_4[k]
         assert torch.allclose(v, expected, rtol=1e-5, atol=1e-7), k
     served = generator_state_dict(resumed)
-    assert all(torch.equal(served[k], v) for k, v in resumed['ema'].items()) and not torch.equal(served[name], at_4[name])
+    assert all(torch.equal(served[k], v) for k, v in resumed['ema'].items())
+    assert not torch.equal(served[name], at_4[name])
 
 
 def test_srresnet_lr_decay_can_be_moved_on_resume(demo_data, tmp_path):
@@ -225,7 +227,8 @@ def test_srresnet_ema_decay_averages_the_weights_and_is_what_the_checkpoint_serv
     run_script('train_srresnet.py', *args, '--iterations', 2, '--resume', 'auto')
     second = load_checkpoint(tmp_path / 'last.pt')
     floats = [k for k, v in second['model'].items() if v.is_floating_point()]
-    assert any(k.endswith('running_var') for k in floats) and 'conv_block2.conv_block.1.num_batches_tracked' in second['ema']
+    assert any(k.endswith('running_var') for k in floats)
+    assert 'conv_block2.conv_block.1.num_batches_tracked' in second['ema']
     for k, v in second['ema'].items():  # resumed average = 0.75 x the previous one + 0.25 x the new weights
         expected = 0.75 * first['ema'][k] + 0.25 * second['model'][k] if k in floats else second['model'][k]
         assert torch.allclose(v, expected, rtol=1e-5, atol=1e-7), k
