@@ -16,40 +16,12 @@ A test set is named after its folder (.../Set5/ -> Set5_test_images.json).
 import argparse
 import json
 import os
-import re
 from multiprocessing import Pool
 
 from tqdm import tqdm
 
-from utils import IMAGE_EXTENSIONS, ImageLoadError, read_image
-
-# The embedded default: natural photos that scikit-image's wheel ships, so the pipeline runs with no download.
-DEMO_TRAIN_IMAGES = ['coffee.png', 'rocket.jpg', 'motorcycle_left.png', 'hubble_deep_field.jpg', 'ihc.png',
-                     'retina.jpg', 'camera.png', 'coins.png', 'moon.png', 'grass.png', 'gravel.png', 'brick.png']
-DEMO_TEST_IMAGES = ['astronaut.png', 'chelsea.png']
-
-
-def folder_name(folder):
-    """'/data/Set5/' or 'C:\\data\\Set5\\' -> 'Set5'."""
-    parts = [p for p in re.split(r'[\\/]+', folder) if p]
-    if not parts:
-        raise ValueError(f'cannot name a test set after the folder {folder!r}')
-    return parts[-1]
-
-
-def find_images(folder):
-    """All files under `folder` with an image extension, sorted; and how many other files were passed over."""
-    if not os.path.isdir(folder):
-        raise SystemExit(f'error: {folder} is not a folder')
-    images, others = [], 0
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        for name in sorted(files):
-            if name.lower().endswith(IMAGE_EXTENSIONS):
-                images.append(os.path.abspath(os.path.join(root, name)))
-            else:
-                others += 1
-    return images, others
+from datasets import DEMO_TEST_IMAGES, DEMO_TRAIN_IMAGES, TEST_LIST_SUFFIX, demo_images, find_images, folder_name
+from utils import ImageLoadError, atomic_path, read_image
 
 
 def check_image(args):
@@ -106,9 +78,9 @@ class _NoPool:
 
 
 def write_list(paths, output_folder, file_name):
-    os.makedirs(output_folder, exist_ok=True)
+    """Write a JSON list of image paths atomically: a full disk leaves no truncated list behind."""
     path = os.path.join(output_folder, file_name)
-    with open(path, 'w') as f:
+    with atomic_path(path) as tmp_path, open(tmp_path, 'w') as f:
         json.dump(paths, f, indent=1)
     return path
 
@@ -129,7 +101,7 @@ def create_data_lists(train_folders, test_folders, min_size, output_folder, work
         kept, skipped = make_list([folder], 1, workers, name)  # test images are kept at any size
         if not kept:
             raise SystemExit(f'error: no usable test images in {folder}')
-        summary[write_list(kept, output_folder, f'{name}_test_images.json')] = len(kept)
+        summary[write_list(kept, output_folder, f'{name}{TEST_LIST_SUFFIX}')] = len(kept)
         n_skipped += len(skipped)
     for path, count in summary.items():
         print(f'{path}: {count} images')
@@ -139,15 +111,13 @@ def create_data_lists(train_folders, test_folders, min_size, output_folder, work
 
 def create_demo_lists(output_folder):
     """The embedded default: scikit-image's bundled photos (train: 12 images, test set 'demo': 2)."""
-    import skimage.data
-    folder = os.path.dirname(skimage.data.__file__)
-    train = [os.path.join(folder, name) for name in DEMO_TRAIN_IMAGES]
-    test = [os.path.join(folder, name) for name in DEMO_TEST_IMAGES]
+    train, test = demo_images(DEMO_TRAIN_IMAGES), demo_images(DEMO_TEST_IMAGES)
     for path in train + test:
         read_image(path)  # fail loudly if a scikit-image release dropped one
-    print(f'demo data: {len(train)} training and {len(test)} test photos shipped with scikit-image ({folder})')
+    print(f'demo data: {len(train)} training and {len(test)} test photos shipped with scikit-image '
+          f'({os.path.dirname(train[0])})')
     write_list(train, output_folder, 'train_images.json')
-    write_list(test, output_folder, 'demo_test_images.json')
+    write_list(test, output_folder, f'demo{TEST_LIST_SUFFIX}')
     print(f'wrote {output_folder}/train_images.json and {output_folder}/demo_test_images.json; for real data see '
           f'`python create_data_lists.py --help`')
 

@@ -1,16 +1,26 @@
-"""SRDataset: (LR, HR) pairs from the JSON image lists written by create_data_lists.py, and InfiniteSampler: the
-endless, resumable, rank-sharded stream of training samples that the training scripts draw from."""
+"""
+The data: SRDataset, (LR, HR) pairs from the JSON image lists that create_data_lists.py writes; InfiniteSampler,
+the endless, resumable, rank-sharded stream of training samples that the trainers draw from; and where images and
+lists are found (image folders, the test lists of a data folder, the demo photos shipped with scikit-image).
+"""
 
 import json
 import os
 import random
+import re
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from utils import ImageTransforms, load_image
+from utils import IMAGE_EXTENSIONS, ImageTransforms, load_image
+
+# The embedded default: natural photos that scikit-image's wheel ships, so the pipeline runs with no download.
+DEMO_TRAIN_IMAGES = ['coffee.png', 'rocket.jpg', 'motorcycle_left.png', 'hubble_deep_field.jpg', 'ihc.png',
+                     'retina.jpg', 'camera.png', 'coins.png', 'moon.png', 'grass.png', 'gravel.png', 'brick.png']
+DEMO_TEST_IMAGES = ['astronaut.png', 'chelsea.png']
+TEST_LIST_SUFFIX = '_test_images.json'  # Set5 -> Set5_test_images.json
 
 
 class SRDataset(Dataset):
@@ -37,7 +47,7 @@ class SRDataset(Dataset):
         if self.split == 'test' and test_data_name is None:
             raise ValueError("split 'test' needs test_data_name (e.g. 'Set5')")
 
-        list_name = 'train_images.json' if self.split == 'train' else f'{test_data_name}_test_images.json'
+        list_name = 'train_images.json' if self.split == 'train' else f'{test_data_name}{TEST_LIST_SUFFIX}'
         list_path = os.path.join(data_folder, list_name)
         if not os.path.isfile(list_path):
             raise FileNotFoundError(f'{list_path} not found; write the data lists first with '
@@ -107,3 +117,42 @@ class InfiniteSampler(Sampler):
 
     def __len__(self):  # what DataLoader asks of samplers; the stream itself never ends
         return 2 ** 62
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Where the images are
+
+def find_images(folder):
+    """All files under `folder` with an image extension, sorted; and how many other files were passed over."""
+    if not os.path.isdir(folder):
+        raise SystemExit(f'error: {folder} is not a folder')
+    images, others = [], 0
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                images.append(os.path.abspath(os.path.join(root, name)))
+            else:
+                others += 1
+    return images, others
+
+
+def folder_name(folder):
+    """'/data/Set5/' or 'C:\\data\\Set5\\' -> 'Set5': a test set is named after its folder."""
+    parts = [p for p in re.split(r'[\\/]+', folder) if p]
+    if not parts:
+        raise ValueError(f'cannot name a test set after the folder {folder!r}')
+    return parts[-1]
+
+
+def test_set_names(data_folder):
+    """The test sets listed in `data_folder` (Set5 for Set5_test_images.json), sorted."""
+    names = os.listdir(data_folder) if os.path.isdir(data_folder) else []
+    return sorted(name.removesuffix(TEST_LIST_SUFFIX) for name in names if name.endswith(TEST_LIST_SUFFIX))
+
+
+def demo_images(names):
+    """Paths of the demo photos that scikit-image ships (DEMO_TRAIN_IMAGES, DEMO_TEST_IMAGES)."""
+    import skimage.data  # ~0.3 s to import: only when the demo set is asked for
+    folder = os.path.dirname(skimage.data.__file__)
+    return [os.path.join(folder, name) for name in names]

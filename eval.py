@@ -40,10 +40,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from create_data_lists import DEMO_TEST_IMAGES, find_images, folder_name
-from super_resolve import upscale  # the one tiling path, with the out-of-memory retry at a smaller tile
-from utils import (EVAL_PROTOCOLS, CheckpointError, ImageLoadError, autocast_dtype, convert_image, downsample,
-                   evaluate_image, imresize, load_checkpoint, load_generator, load_image, pick_device, read_image)
+from checkpoints import CheckpointError, load_checkpoint
+from datasets import DEMO_TEST_IMAGES, TEST_LIST_SUFFIX, demo_images, find_images, folder_name, test_set_names
+from inference import DEFAULT_TILE, DEFAULT_TILE_OVERLAP, Upscaler, load_generator
+from metrics import EVAL_PROTOCOLS, evaluate_image, imresize
+from utils import ImageLoadError, autocast_dtype, convert_image, crop_to_multiple, downsample, pick_device, read_image, to_rgb8
 
 # Checkpoints evaluated when none are named: the shipped weights and the training scripts' best checkpoints.
 DEFAULT_CHECKPOINTS = ('weights/srresnet_x4.pt', 'weights/srgan_x4.pt', 'runs/srresnet/best.pt', 'runs/srgan/best.pt')
@@ -70,16 +71,8 @@ class Model:
     label: str  # as named on the command line
     kind: str  # 'bicubic', 'srresnet' or 'srgan'
     scaling_factor: int
-    network: torch.nn.Module | None = None  # SRResNet (an SRGAN's generator network) in eval mode; None: bicubic
+    upscaler: Upscaler | None = None  # the generator (an SRGAN's network) ready for inference; None: bicubic
     content_loss: str | None = None  # an SRGAN's, from its training config: 'mse' -> the paper's SRGAN-MSE
-
-
-def crop_to_multiple(img, scaling_factor, centered=False):
-    """PIL image -> the largest crop whose sides are multiples of the scale: top-left (MATLAB's modcrop, as
-    utils.ImageTransforms and the literature) or centred (the tutorial's test crop)."""
-    width, height = img.width - img.width % scaling_factor, img.height - img.height % scaling_factor
-    left, top = ((img.width - width) // 2, (img.height - height) // 2) if centered else (0, 0)
-    return img.crop((left, top, left + width, top + height))
 
 
 def to_uint8_tensor(img):
@@ -103,7 +96,7 @@ def bicubic_upscale(lr_img, scaling_factor, lr_kernel):
                                                Image.BICUBIC)).double()
     else:
         sr_img = imresize(lr_img.double(), scaling_factor).clamp(0, 255).round()
-    return sr_img / 127.5 - 1.0
+    return convert_image(sr_img, '[0, 255]', '[-1, 1]')
 
 
 class TestImages(Dataset):
@@ -120,19 +113,19 @@ class TestImages(Dataset):
     def __getitem__(self, i):
         path, s = self.paths[i], self.scaling_factor
         try:
-            gray = read_image(path).gray  # (decoding twice: load_image is the one loader, read_image knows the mode)
-            img = load_image(path)  # PIL RGB, 8 bits per channel
+            loaded = read_image(path)
         except ImageLoadError as e:
             return {'path': path, 'error': str(e)}
+        img = to_rgb8(loaded)  # PIL RGB, 8 bits per channel
         hr_img = crop_to_multiple(img, s, centered=self.protocol == 'tutorial')
         border = s if self.protocol == 'paper' else 4
         if min(hr_img.width, hr_img.height) < 2 * border + 11:  # the SSIM window must fit inside the border
             return {'path': path, 'error': f'{path}: {img.width}x{img.height} is too small to measure at x{s}'}
         return {'path': path, 'lr_img': make_lr(hr_img, s, self.lr_kernel), 'hr_img': to_uint8_tensor(hr_img),
-                'gray': gray}
+                'gray': loaded.gray}
 
 
-def load_models(names, args, device):
+def load_models(names, args, device, amp_dtype):
     """Command-line names -> Models; bicubic runs at --scale, else at the first checkpoint's scale, else x4."""
     models = []
     for name in names:
@@ -140,17 +133,18 @@ def load_models(names, args, device):
             models.append(Model(name, 'bicubic', 0))
             continue
         try:
-            checkpoint = load_checkpoint(name, args.unsafe_pickle)
-            network = load_generator(name, device, args.unsafe_pickle)
+            checkpoint = load_checkpoint(name, args.unsafe_pickle)  # read once: the weights and what they are
+            network = load_generator(name, device, checkpoint=checkpoint)
         except CheckpointError as e:
             raise SystemExit(f'error: {e}') from None
         kind = checkpoint.get('kind', 'srresnet')
         content_loss = (checkpoint.get('config') or {}).get('content_loss') if kind == 'srgan' else None
-        scaling_factor = 2 ** len(network.subpixel_convolutional_blocks)
-        models.append(Model(name, kind if kind in KIND_NAMES else 'srresnet', scaling_factor, network, content_loss))
-    checkpoint_scales = [m.scaling_factor for m in models if m.network is not None]
+        upscaler = Upscaler.for_model(network, args.tile or None, args.tile_overlap, amp_dtype)
+        models.append(Model(name, kind if kind in KIND_NAMES else 'srresnet', upscaler.scaling_factor, upscaler,
+                            content_loss))
+    checkpoint_scales = [m.scaling_factor for m in models if m.upscaler is not None]
     for model in models:
-        if model.network is None:
+        if model.upscaler is None:
             model.scaling_factor = args.scale or (checkpoint_scales[0] if checkpoint_scales else 4)
     return models
 
@@ -166,19 +160,15 @@ def test_sets_to_run(args):
     """--test-sets / --test-folders -> [(name, [image paths])]."""
     names = args.test_sets
     if names is None and not args.test_folders:  # every list in the data folder, the standard sets first
-        listed = sorted(f.removesuffix('_test_images.json') for f in
-                        (os.listdir(args.data_folder) if os.path.isdir(args.data_folder) else [])
-                        if f.endswith('_test_images.json'))
+        listed = test_set_names(args.data_folder)
         names = [n for n in STANDARD_TEST_SETS if n in listed] + [n for n in listed if n not in STANDARD_TEST_SETS]
         if not names:  # a fresh checkout: the demo photos that scikit-image ships
-            import skimage.data
             print(f'test sets: no lists in {args.data_folder}, so the demo set (scikit-image\'s '
                   f'{", ".join(DEMO_TEST_IMAGES)}); for Set5, Set14, BSD100 see `python create_data_lists.py --help`')
-            folder = os.path.dirname(skimage.data.__file__)
-            return [('demo', [os.path.join(folder, name) for name in DEMO_TEST_IMAGES])]
+            return [('demo', demo_images(DEMO_TEST_IMAGES))]
     sets = []
     for name in names or []:
-        list_path = os.path.join(args.data_folder, f'{name}_test_images.json')
+        list_path = os.path.join(args.data_folder, f'{name}{TEST_LIST_SUFFIX}')
         if not os.path.isfile(list_path):
             raise SystemExit(f'error: {list_path} not found; write it with `python create_data_lists.py '
                              f'--test-folders path/to/{name}`, or pass --test-folders path/to/{name} here')
@@ -193,52 +183,57 @@ def test_sets_to_run(args):
     return sets
 
 
-def evaluate(models, test_sets, protocol='paper', lr_kernel='matlab', tile=512, tile_overlap=32, amp_dtype=None,
-             workers=0, save_dir=None, progress=True):
+def evaluate(models, test_sets, protocol='paper', lr_kernel='matlab', workers=0, save_dir=None):
     """Run every model over every test set. Returns one row per (model, image): dicts with model, kind, scale,
     protocol, lr_kernel, dataset, image, psnr, ssim, seconds (inference time of that image)."""
     rows = []
     for model in models:  # warm up (allocations, kernel choice), so that the first image is timed fairly
-        if model.network is not None:
-            upscale(model.network, torch.zeros(3, 16, 16), model.scaling_factor, None, amp_dtype=amp_dtype)
+        if model.upscaler is not None:
+            model.upscaler.upscale(torch.zeros(3, 16, 16))
     for dataset_name, paths in test_sets:
         for s in sorted({m.scaling_factor for m in models}):  # one pass over the images per scale
-            models_s = [m for m in models if m.scaling_factor == s]
             dataset = TestImages(paths, s, lr_kernel, protocol)
             loader = DataLoader(dataset, batch_size=None, num_workers=workers)  # one image at a time, any size
             for item in tqdm(loader, total=len(dataset), desc=f'{dataset_name} x{s}', unit='img', leave=False,
-                             disable=not progress):
+                             disable=None):
                 if 'error' in item:
                     raise SystemExit(f'error: {item["error"]}; remove it from the test set')
-                lr_img, hr_img = item['lr_img'], item['hr_img']  # (3, h, w), (3, h * s, w * s) uint8
-                hr_img = hr_img.double() / 127.5 - 1.0  # in [-1, 1]
-                for model in models_s:
-                    start = time.perf_counter()
-                    if model.network is None:
-                        sr_img = bicubic_upscale(lr_img, s, lr_kernel)  # (3, H, W) in [-1, 1]
-                    else:
-                        lr_input = convert_image(lr_img.float() / 255.0, '[0, 1]', 'imagenet-norm')
-                        # on out-of-memory the tile is halved for the rest of this image (a note says so)
-                        sr_img = upscale(model.network, lr_input, s, tile, tile_overlap, amp_dtype,
-                                         on_retry=lambda message: tqdm.write(f'note: {item["path"]}: {message}',
-                                                                            file=sys.stderr))
-                    seconds = time.perf_counter() - start  # upscale returns on the CPU: GPU work done
-                    psnr, ssim = evaluate_image(sr_img, hr_img, s, protocol, gray=item['gray'])
-                    image_name = os.path.splitext(os.path.basename(item['path']))[0]
-                    rows.append({'model': model.label, 'kind': model.kind, 'scale': s, 'protocol': protocol,
-                                 'lr_kernel': lr_kernel, 'dataset': dataset_name, 'image': image_name,
-                                 'psnr': psnr.item(), 'ssim': ssim.item(), 'seconds': seconds})
+                for model in [m for m in models if m.scaling_factor == s]:
+                    row, sr_img = evaluate_item(model, item, s, protocol, lr_kernel)
+                    rows.append({**row, 'dataset': dataset_name})
                     if save_dir is not None:
-                        folder = os.path.join(save_dir, re.sub(r'[^\w.-]+', '_', model.label).strip('_'),
-                                              dataset_name)
-                        try:
-                            os.makedirs(folder, exist_ok=True)
-                            convert_image(sr_img.float(), '[-1, 1]', 'pil').save(
-                                os.path.join(folder, image_name + '.png'))
-                        except OSError as e:
-                            raise SystemExit(f'error: --save-dir {save_dir}: cannot write {folder} ({e}); pass a '
-                                             f'folder you can write to') from None
+                        save_sr(sr_img, save_dir, model.label, dataset_name, row['image'])
     return rows
+
+
+def evaluate_item(model, item, s, protocol, lr_kernel):
+    """One model on one test image (a TestImages item) -> (row without the dataset, SR image in [-1, 1])."""
+    lr_img, hr_img = item['lr_img'], item['hr_img']  # (3, h, w), (3, h * s, w * s) uint8
+    start = time.perf_counter()
+    if model.upscaler is None:
+        sr_img = bicubic_upscale(lr_img, s, lr_kernel)  # (3, H, W) in [-1, 1]
+    else:
+        lr_input = convert_image(lr_img.float(), '[0, 255]', 'imagenet-norm')
+        # on out-of-memory the tile is halved for the rest of this image (a note says so)
+        sr_img = model.upscaler.upscale(lr_input, on_retry=lambda message: tqdm.write(
+            f'note: {item["path"]}: {message}', file=sys.stderr))
+    seconds = time.perf_counter() - start  # upscale returns on the CPU: GPU work done
+    psnr, ssim = evaluate_image(sr_img, convert_image(hr_img.double(), '[0, 255]', '[-1, 1]'), s, protocol,
+                                gray=item['gray'])
+    image_name = os.path.splitext(os.path.basename(item['path']))[0]
+    return {'model': model.label, 'kind': model.kind, 'scale': s, 'protocol': protocol, 'lr_kernel': lr_kernel,
+            'image': image_name, 'psnr': psnr.item(), 'ssim': ssim.item(), 'seconds': seconds}, sr_img
+
+
+def save_sr(sr_img, save_dir, label, dataset_name, image_name):
+    """Save an SR image ([-1, 1]) as save_dir/<model>/<test set>/<image>.png."""
+    folder = os.path.join(save_dir, re.sub(r'[^\w.-]+', '_', label).strip('_'), dataset_name)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        convert_image(sr_img.float(), '[-1, 1]', 'pil').save(os.path.join(folder, image_name + '.png'))
+    except OSError as e:
+        raise SystemExit(f'error: --save-dir {save_dir}: cannot write {folder} ({e}); pass a folder you can write '
+                         f'to') from None
 
 
 def markdown_table(models, dataset_names, rows, protocol, lr_kernel):
@@ -324,9 +319,10 @@ def main():
     parser.add_argument('--scale', type=int, choices=[2, 3, 4, 8], default=None,
                         help="bicubic's upscaling factor [default: the first checkpoint's, else 4]; checkpoints "
                              'always run at their own scale')
-    parser.add_argument('--tile', type=int, default=512,
-                        help='LR tile side for inference in bounded memory; 0: whole images')
-    parser.add_argument('--tile-overlap', type=int, default=32, help='LR pixels shared by neighbouring tiles')
+    parser.add_argument('--tile', type=int, default=DEFAULT_TILE,
+                        help=f'LR tile side for inference in bounded memory; 0: whole images [default: {DEFAULT_TILE}]')
+    parser.add_argument('--tile-overlap', type=int, default=DEFAULT_TILE_OVERLAP,
+                        help=f'LR pixels shared by neighbouring tiles [default: {DEFAULT_TILE_OVERLAP}]')
     parser.add_argument('--device', default='auto', help="'auto' (CUDA, then MPS, then CPU), 'cpu', 'cuda:1', ...")
     parser.add_argument('--amp', action='store_true',
                         help='autocast (bf16 where supported, else fp16): faster, numbers may move ~0.01 dB')
@@ -348,10 +344,9 @@ def main():
     if args.amp and amp_dtype is None:
         print(f'note: --amp: no fast autocast dtype on {device}, running in fp32')
     test_sets = test_sets_to_run(args)
-    models = load_models(args.models or default_models(), args, device)
+    models = load_models(args.models or default_models(), args, device, amp_dtype)
 
-    rows = evaluate(models, test_sets, args.protocol, lr_kernel, args.tile or None, args.tile_overlap, amp_dtype,
-                    args.workers, args.save_dir)
+    rows = evaluate(models, test_sets, args.protocol, lr_kernel, args.workers, args.save_dir)
 
     print(f'\nProtocol {args.protocol}: {EVAL_PROTOCOLS[args.protocol]}.')
     precision = f'autocast {str(amp_dtype).split(".")[-1]}' if amp_dtype else 'fp32'

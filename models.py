@@ -1,7 +1,8 @@
 """
 The networks of Ledig et al., "Photo-Realistic Single Image Super-Resolution Using a Generative Adversarial
 Network" (CVPR 2017): SRResNet, the SRGAN Generator and Discriminator, and the truncated VGG19 used for the
-perceptual (content) loss.
+perceptual (content) loss. This file is the paper, layer by layer; the speed rewrites that compute the same
+functions faster live in speedups.py.
 
 Class names, constructor parameters and state_dict keys are those of the original tutorial
 (sgrvinod/a-PyTorch-Tutorial-to-Super-Resolution), so weights trained with it load with strict=True.
@@ -12,52 +13,17 @@ Value ranges (the habit of this repo: every tensor's range is written next to it
     TruncatedVGG19         in: (N, 3, H, W) ImageNet-normalised     out: (N, C, H/2^(i-1), W/2^(i-1)) features
 """
 
-import functools
 import math
 import urllib.error
 
 import torch
 from torch import nn
-import torch.nn.functional as F
-import torchvision
 
-# Where an offline user gets the VGG19 weights from (torchvision's URL for VGG19_Weights.IMAGENET1K_V1).
-VGG19_WEIGHTS_URL = torchvision.models.VGG19_Weights.IMAGENET1K_V1.url
+from checkpoints import generator_state_dict, load_checkpoint
 
-
-class PReLU(nn.PReLU):
-    """nn.PReLU (same parameter, same function) that trains faster on CPUs with one slope for all channels, as
-    SRResNet has it: PyTorch's PReLU backward is slow there (~20x a LeakyReLU's in bf16 and channels_last; it was
-    ~15% of an SRResNet training step), so this computes the same thing with LeakyReLU's kernels."""
-
-    def forward(self, x):
-        if self.num_parameters == 1 and x.device.type == 'cpu' and not torch.compiler.is_compiling():
-            if torch.is_autocast_enabled('cpu'):  # as F.prelu under autocast: computed in the autocast dtype
-                x = x.to(torch.get_autocast_dtype('cpu'))
-            return _SingleSlopePReLU.apply(x, self.weight)
-        return super().forward(x)  # per-channel slopes, GPUs (reading the slope would sync), torch.compile
-
-
-class _SingleSlopePReLU(torch.autograd.Function):
-    """y = x if x > 0 else a x, with one slope a (weight, shape (1,)):  dy/dx = 1 if x > 0 else a, and
-    dL/da = sum(dL/dy * min(x, 0)). The slope is read as a number for LeakyReLU's kernels (free on a CPU)."""
-
-    @staticmethod
-    def forward(ctx, x, weight):
-        ctx.slope, ctx.weight_dtype = weight.to(x.dtype).item(), weight.dtype  # the slope rounded as F.prelu does
-        ctx.save_for_backward(x)
-        return F.leaky_relu(x, ctx.slope)  # x's dtype and memory format, autocast or not
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        grad_x = grad_weight = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.aten.leaky_relu_backward(grad, x, ctx.slope, False)
-        if ctx.needs_input_grad[1]:  # summed in x's dtype, as PyTorch's PReLU does under autocast
-            grad_weight = x.clamp(max=0).mul_(grad).sum().to(ctx.weight_dtype).reshape(1)  # one temporary, not two
-        return grad_x, grad_weight
+# Where an offline user gets the VGG19 weights from: torchvision's URL for VGG19_Weights.IMAGENET1K_V1 (a test
+# checks it against torchvision's; written out so that importing this module does not import torchvision.models).
+VGG19_WEIGHTS_URL = 'https://download.pytorch.org/models/vgg19-dcbb9e9d.pth'
 
 
 class ConvolutionalBlock(nn.Module):
@@ -75,7 +41,7 @@ class ConvolutionalBlock(nn.Module):
         if batch_norm:
             layers.append(nn.BatchNorm2d(out_channels))
         if activation == 'prelu':
-            layers.append(PReLU())  # one learned slope for all channels, as in the paper
+            layers.append(nn.PReLU())  # one learned slope for all channels, as in the paper
         elif activation == 'leakyrelu':
             layers.append(nn.LeakyReLU(0.2))
         elif activation == 'tanh':
@@ -94,7 +60,7 @@ class SubPixelConvolutionalBlock(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(n_channels, n_channels * scaling_factor ** 2, kernel_size, padding=kernel_size // 2)
         self.pixel_shuffle = nn.PixelShuffle(upscale_factor=scaling_factor)
-        self.prelu = PReLU()
+        self.prelu = nn.PReLU()
 
     def forward(self, x):  # (N, n_channels, h, w) -> (N, n_channels, h * s, w * s)
         x = self.conv(x)  # (N, n_channels * s^2, h, w)
@@ -132,70 +98,21 @@ class SRResNet(nn.Module):
             for _ in range(int(math.log2(scaling_factor)))])
         self.conv_block3 = ConvolutionalBlock(n_channels, 3, large_kernel_size, batch_norm=False, activation='tanh')
 
+    @property
+    def scaling_factor(self):
+        return 2 ** len(self.subpixel_convolutional_blocks)  # one x2 sub-pixel block per doubling
+
     def forward(self, lr_imgs):
         """lr_imgs: (N, 3, h, w), ImageNet-normalised -> sr_imgs: (N, 3, h * s, w * s) in [-1, 1].
         (The tutorial feeds ImageNet-normalised LR images; we keep that so its checkpoints work unchanged.)"""
         output = self.conv_block1(lr_imgs)  # (N, 64, h, w)
-        residual = output
+        residual = output  # (N, 64, h, w)
         output = self.residual_blocks(output)  # (N, 64, h, w)
-        output = self.conv_block2(output) + residual  # (N, 64, h, w)
-        *blocks, last = self.subpixel_convolutional_blocks
-        for block in blocks:
-            output = block(output)  # (N, 64, h * s / 2, w * s / 2) after the last of them
-        if not (isinstance(last.pixel_shuffle, nn.PixelShuffle) and last.prelu.num_parameters == 1
-                and len(self.conv_block3.conv_block) == 2):  # per-channel slopes, or already rewritten
-            return self.conv_block3(last(output))  # (N, 3, h * s, w * s), in [-1, 1]
-        # The same function as conv_block3(last(output)), ~1.2x faster to train: the 9x9 convolution moved before
-        # the last pixel shuffle (see conv_before_pixel_shuffle), its weight derived from the stored one on
-        # every call, so the gradient reaches conv_block3's parameters and the state_dict is the tutorial's.
-        r, (conv, tanh) = last.pixel_shuffle.upscale_factor, self.conv_block3.conv_block
-        output = last.prelu(last.conv(output))  # (N, 64 r^2, h * s / r, w * s / r)
-        weight, bias = conv_before_pixel_shuffle(conv.weight, conv.bias, r)
-        output = F.conv2d(output, weight, bias, padding=weight.shape[-1] // 2)  # (N, 3 r^2, h * s / r, w * s / r)
-        return tanh(F.pixel_shuffle(output, r))  # (N, 3, h * s, w * s), in [-1, 1]
-
-
-def conv_before_pixel_shuffle(weight, bias, r):
-    """The convolution conv' with  conv(PixelShuffle_r(y)) = PixelShuffle_r(conv'(y))  for a k x k, stride-1,
-    'same'-padded conv (weight (C_out, C_in, k, k), k odd): -> (weight' (C_out r^2, C_in r^2, k', k'), bias'),
-    to be applied with padding k' // 2. Differentiable: gradients of conv' flow back to weight and bias.
-
-    Output pixel (r i + a, r j + b) reads high-res pixels (r i + a + dy, r j + b + dx), which are pixel
-    (i + (a + dy) // r, j + (b + dx) // r) of channel (c r^2 + ((a + dy) % r) r + (b + dx) % r) of y. So conv' has
-    r^2 times the channels in and out and a kernel reaching ceil(k // 2 / r) pixels each way (9x9 at x2: 64 -> 3
-    channels become 256 -> 12, 5x5). The work is about the same, but 3 output channels at full size use the vector
-    units poorly and 12 at half size use them well. Exact up to float rounding. (SRResNet's single-slope PReLU
-    acts the same before or after the shuffle, which is what lets SRResNet use this on its tail.)"""
-    out_channels, in_channels, k, _ = weight.shape
-    index = _conv_before_pixel_shuffle_index(k, r, weight.device)  # (r^2, r^2, k'^2) into the k^2 taps + a zero
-    taps = F.pad(weight.flatten(2), (0, 1))[:, :, index]  # (C_out, C_in, r^2 (a, b), r^2 (u, v), k'^2)
-    side = math.isqrt(index.shape[-1])  # k'
-    weight = taps.transpose(1, 2).reshape(out_channels * r * r, in_channels * r * r, side, side)
-    return weight, bias.repeat_interleave(r * r)
-
-
-@functools.lru_cache(maxsize=None)
-def _conv_before_pixel_shuffle_index(k, r, device):
-    """index[a r + b, u r + v, py k' + px]: the tap (dy + k // 2) k + (dx + k // 2) of the k x k kernel that
-    conv' applies at offset (py, px) from output channel offset (a, b) to input channel offset (u, v); k^2
-    (the zero after the last tap) where none does. Cached, so built as a normal tensor even when the first call
-    comes under inference_mode (an inference tensor could not be saved for a later training step's backward)."""
-    with torch.inference_mode(False):
-        return _build_conv_before_pixel_shuffle_index(k, r).to(device)
-
-
-def _build_conv_before_pixel_shuffle_index(k, r):
-    half = k // 2
-    reach = -(-half // r)  # ceil(half / r): low-res pixels the kernel reaches each way
-    offsets = torch.arange(-reach, reach + 1) * r  # (k',)
-    a, u = torch.arange(r).view(r, 1), torch.arange(r).view(1, r)
-    d = (offsets.view(1, 1, -1) + (u - a).unsqueeze(-1))  # (r (a), r (u), k'): dy = py r + u - a
-    valid = d.abs() <= half
-    dy = d.view(r, 1, r, 1, -1, 1)  # (a, b, u, v, py, px)
-    dx = d.view(1, r, 1, r, 1, -1)
-    inside = valid.view(r, 1, r, 1, -1, 1) & valid.view(1, r, 1, r, 1, -1)
-    index = torch.where(inside, (dy + half) * k + dx + half, k * k)
-    return index.reshape(r * r, r * r, -1)
+        output = self.conv_block2(output)  # (N, 64, h, w)
+        output = output + residual  # (N, 64, h, w)
+        output = self.subpixel_convolutional_blocks(output)  # (N, 64, h * s, w * s)
+        sr_imgs = self.conv_block3(output)  # (N, 3, h * s, w * s), in [-1, 1]
+        return sr_imgs
 
 
 class Generator(nn.Module):
@@ -211,7 +128,6 @@ class Generator(nn.Module):
         if isinstance(srresnet_checkpoint, dict):
             state_dict = srresnet_checkpoint
         else:
-            from utils import load_checkpoint, generator_state_dict  # utils imports this module
             state_dict = generator_state_dict(load_checkpoint(srresnet_checkpoint))
         self.net.load_state_dict(state_dict)
 
@@ -253,11 +169,17 @@ class VGGWeightsUnavailable(RuntimeError):
     """The ImageNet VGG19 weights could not be obtained (offline, or a bad local file)."""
 
 
+def _vgg19_features_layout():
+    """torchvision's vgg19().features (imported here: only the VGG loss needs torchvision.models, ~1 s to import)."""
+    import torchvision
+    return torchvision.models.vgg19().features
+
+
 def _vgg_layer_index(i, j):
     """Index in vgg19.features of the activation after the j-th convolution before the i-th max-pool."""
     maxpool_counter, conv_counter, valid = 0, 0, []
     with torch.device('meta'):
-        features = torchvision.models.vgg19().features
+        features = _vgg19_features_layout()
     for index, layer in enumerate(features):
         if isinstance(layer, nn.Conv2d):
             conv_counter += 1
@@ -285,7 +207,7 @@ class TruncatedVGG19(nn.Module):
         super().__init__()
         truncate_at = _vgg_layer_index(i, j)
         with torch.device('meta'):  # the layout only: skips initialising the 120M-parameter classifier
-            layers = torchvision.models.vgg19().features[:truncate_at + 1]
+            layers = _vgg19_features_layout()[:truncate_at + 1]
         self.truncated_vgg19 = layers.to_empty(device='cpu')
         if weights is None:
             for layer in self.truncated_vgg19:
@@ -314,6 +236,7 @@ def _load_vgg19_features(weights):
     how_to = (f'download {VGG19_WEIGHTS_URL} on a machine with internet and pass its path '
               f'(--vgg-weights PATH), or put it in {torch.hub.get_dir()}/checkpoints/')
     if weights == 'imagenet':
+        import torchvision  # only the VGG loss needs torchvision.models (~1 s to import)
         try:
             state_dict = torchvision.models.VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
         except (urllib.error.URLError, OSError, RuntimeError) as e:

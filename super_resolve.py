@@ -15,15 +15,13 @@ From Python:
     grid = visualize_sr('photo.png', srgan_checkpoint='checkpoints/srgan/checkpoint.pt', save_path='grid.png')
 
 Images of any size: the LR image goes through the network in overlapping tiles (--tile, --tile-overlap) that are
-cross-faded on a CPU canvas (utils.super_resolve_tiled, the routine eval.py uses too), so memory is bounded by
-the tile, not the image; on out-of-memory the tile is halved and the image tried again.
+cross-faded on a CPU canvas (inference.Upscaler, which eval.py uses too), so memory is bounded by the tile, not
+the image; on out-of-memory the tile is halved and the image tried again.
 What you give is kept: transparency (upscaled with bicubic and re-attached), grayscale, 16-bit depth (PNG and
 TIFF outputs), the ICC colour profile; EXIF orientation is applied. The output format follows the extension.
-Speed: the model is prepared once (prepare_for_inference: BatchNorm folded, the last convolution moved before the
-last pixel shuffle, channels_last) and run under inference_mode with bf16 autocast where the hardware runs bf16
-natively (CPUs with AVX-512 BF16 or AMX, Ampere and newer GPUs), else fp32; --fp32 and --half override that.
-On a 2-core AVX-512 BF16 CPU that is 3.7x the tutorial's plain fp32 forward, outputs 0.1/255 from it on average
-(benchmarks/inference.py).
+Speed: the model is rewritten once for inference (speedups.for_inference) and run under inference_mode with
+bf16 autocast where the hardware runs bf16 natively (CPUs with AVX-512 BF16 or AMX, Ampere and newer GPUs),
+else fp32; --fp32 and --half override that.
 """
 
 import argparse
@@ -39,24 +37,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 from tqdm import tqdm
 
-import utils
-from models import ConvolutionalBlock, conv_before_pixel_shuffle
-from utils import CheckpointError, ImageLoadError
+import inference
+from checkpoints import CheckpointError
+from inference import DEFAULT_TILE, DEFAULT_TILE_OVERLAP
+from utils import (IMAGE_EXTENSIONS, ImageLoadError, atomic_path, convert_image, crop_to_multiple, downsample,
+                   load_image, pick_device, read_image)
 
 REPO = Path(__file__).resolve().parent
 DEFAULT_MODEL = REPO / 'weights' / 'srresnet_x4.pt'  # the SRResNet shipped with the repo
 DEFAULT_OUTPUT_DIR = 'results'
-# LR tile side: 1000x1000 -> 4000x4000 stays under 2 GB peak RSS on a CPU (measured: see README), and images up
-# to 256x256 go through in one piece.
-DEFAULT_TILE = 256
-# LR pixels shared by neighbouring tiles; the seam error falls fast with it (tile 64 on a fitted SRResNet: mean
-# abs difference from the untiled output 0.03/255 at overlap 16, 0.005/255 at 24) while the cost grows slowly.
-DEFAULT_TILE_OVERLAP = 24
-MIN_TILE = 16  # halving the tile after out-of-memory stops here
 MIN_INPUT_SIZE = 8  # smaller inputs are mostly padding for the 9x9 kernels: a thumbnail given by mistake
 VIDEO_EXTENSIONS = ('.mp4', '.mkv', '.mov', '.avi', '.webm', '.m4v')
 FORMATS_16_BIT = ('.png', '.tif', '.tiff')  # 16-bit outputs: grayscale through Pillow, colour through PyAV
@@ -67,176 +58,45 @@ class InputError(ValueError):
     """An input that cannot be super-resolved or an output that cannot be written; the message names the file."""
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Models and precision
-
-def load_model(path=None, device='cpu', allow_unsafe_pickle=False):
-    """A checkpoint from train_srresnet.py or train_srgan.py -> (SRResNet ready for inference, see
-    prepare_for_inference, scaling factor). path None: the shipped model."""
-    if path is None:
+def load_upscaler(path=None, device='cpu', precision='auto', tile=DEFAULT_TILE, tile_overlap=DEFAULT_TILE_OVERLAP,
+                  allow_unsafe_pickle=False):
+    """A checkpoint from train_srresnet.py or train_srgan.py (None: the shipped model) -> inference.Upscaler.
+    precision: 'auto', 'fp32' or 'half' (see inference.pick_amp_dtype)."""
+    if path is None or Path(path) == DEFAULT_MODEL:
         path = DEFAULT_MODEL
         if not path.is_file():
             raise CheckpointError(f'no shipped model yet ({path} is missing); pass --model PATH, '
                                   f'a checkpoint written by train_srresnet.py or train_srgan.py')
-    model = utils.load_generator(path, device, allow_unsafe_pickle)
-    scaling_factor = 2 ** len(model.subpixel_convolutional_blocks)  # one x2 sub-pixel block per doubling
-    return prepare_for_inference(model), scaling_factor
+    return inference.load_upscaler(path, device, precision, tile, tile_overlap, allow_unsafe_pickle)
 
 
-def prepare_for_inference(model):
-    """SRResNet -> the same function, faster (in place; only for inference):
-    - every BatchNorm folded into the convolution before it: in eval mode BN is a fixed per-channel affine map,
-      so conv + BN is one conv (33 fewer passes over the feature maps);
-    - the last 9x9 convolution moved before the last pixel shuffle (see _conv_before_pixel_shuffle): ~3x faster
-      for that layer, which took a third of the time;
-    - NHWC memory layout (channels_last), what oneDNN and cuDNN convolutions prefer.
-    Weights stay fp32: autocast casts them per tile, which costs nothing measurable."""
-    model.eval()
-    for block in model.modules():
-        layers = block.conv_block if isinstance(block, ConvolutionalBlock) else []  # conv [, BN] [, activation]
-        if len(layers) > 1 and isinstance(layers[1], nn.BatchNorm2d):
-            layers[0] = fuse_conv_bn_eval(layers[0], layers[1])
-            layers[1] = nn.Identity()
-    _conv_before_pixel_shuffle(model)
-    if next(model.parameters()).device.type != 'mps':
-        model = model.to(memory_format=torch.channels_last)
-    return model
+class TileBar:
+    """An on_tile callback for Upscaler.upscale: a progress bar of one image's tiles, shown only when the image
+    is cut into several (named `name`; None: no bar)."""
 
+    def __init__(self, name):
+        self.name, self.bar = name, None
 
-@torch.no_grad()
-def _conv_before_pixel_shuffle(model):
-    """Rewrite SRResNet's tail  conv(PReLU(PixelShuffle_r(y)))  as  PixelShuffle_r(conv'(PReLU(y))) once, with
-    models.conv_before_pixel_shuffle (SRResNet.forward derives conv' on every call, so that it trains the
-    stored 9x9 weight; here it is computed once for inference). The PReLU has one slope for all channels, so it
-    acts the same before or after the shuffle."""
-    last = model.subpixel_convolutional_blocks[-1]
-    conv = model.conv_block3.conv_block[0]  # (3, C, k, k), 'same' padding
-    if last.prelu.num_parameters != 1 or not isinstance(last.pixel_shuffle, nn.PixelShuffle):
-        return  # a per-channel PReLU does not commute with the shuffle (or this was done already)
-    r = last.pixel_shuffle.upscale_factor
-    weight, bias = conv_before_pixel_shuffle(conv.weight, conv.bias, r)
-    folded = nn.Conv2d(weight.shape[1], weight.shape[0], weight.shape[-1], padding=weight.shape[-1] // 2)
-    folded = folded.to(weight.device)
-    folded.weight.copy_(weight)
-    folded.bias.copy_(bias)
-    last.pixel_shuffle = nn.Identity()  # the last sub-pixel block now ends at PReLU(conv(x)), r^2 C channels
-    model.conv_block3.conv_block = nn.Sequential(folded, nn.PixelShuffle(r), *model.conv_block3.conv_block[1:])
+    def __call__(self, done, total):
+        if self.bar is None and self.name is not None and total > 1:
+            self.bar = tqdm(total=total, unit='tile', desc=self.name, leave=False)
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
 
-
-def pick_amp_dtype(device, precision='auto'):
-    """precision 'auto': bf16 where the hardware runs it natively, else fp32 (None); 'fp32': None;
-    'half': bf16 or fp16 even where it is not the default (fp16 on older GPUs and MPS; bf16 on any CPU)."""
-    native = utils.autocast_dtype(device)
-    if precision == 'fp32':
-        return None
-    if precision == 'half':
-        return native or torch.bfloat16
-    return native if native == torch.bfloat16 else None
-
-
-def _is_out_of_memory(error):
-    # CUDA raises torch.OutOfMemoryError; the CPU allocator and MPS raise a RuntimeError saying so
-    return isinstance(error, torch.OutOfMemoryError) or any(
-        text in str(error) for text in ("can't allocate memory", 'out of memory'))
-
-
-def upscale(model, lr_img, scaling_factor, tile=DEFAULT_TILE, tile_overlap=DEFAULT_TILE_OVERLAP, amp_dtype=None,
-            on_retry=None, progress=None):
-    """utils.super_resolve_tiled, halving the tile after an out-of-memory error until MIN_TILE.
-    lr_img: (3, h, w) ImageNet-normalised -> (3, h * s, w * s) in [-1, 1], float32, on the CPU.
-    progress: a name to show a bar of tiles under (for one large image), or None."""
-    while True:
-        bar = None
-
-        def on_tile(done, total):  # a bar from the first report on, and only for an image cut into tiles
-            nonlocal bar
-            if bar is None and progress is not None and total > 1:
-                bar = tqdm(total=total, unit='tile', desc=progress, leave=False)
-            if bar is not None:
-                bar.update(done - bar.n)
-
-        try:
-            return utils.super_resolve_tiled(model, lr_img, scaling_factor, tile, tile_overlap, amp_dtype,
-                                             on_tile)
-        except RuntimeError as e:  # torch.OutOfMemoryError is one
-            current = tile or max(lr_img.shape[1:])  # None: the whole image was one tile
-            if not _is_out_of_memory(e) or current // 2 < MIN_TILE:
-                raise
-            tile = current // 2
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            if on_retry is not None:
-                on_retry(f'out of memory; trying again with --tile {tile}')
-        finally:
-            if bar is not None:
-                bar.close()
-
-
-@torch.inference_mode()
-def super_resolve_batch(model, lr_imgs, amp_dtype=None):
-    """(N, 3, h, w) ImageNet-normalised, on the CPU -> (N, 3, h * s, w * s) in [-1, 1], float32, on the CPU.
-    For batches of small images (video frames); one large image goes through upscale() instead."""
-    device = next(model.parameters()).device
-    lr_imgs = lr_imgs.to(device)
-    if device.type != 'mps':
-        lr_imgs = lr_imgs.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        return model(lr_imgs).float().cpu()
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Images: keep what the user gave (alpha, grayscale, 16 bits, ICC profile)
 
-def _is_16_bit_colour(path):
-    """True for a PNG or TIFF with 16 bits per colour channel, which Pillow would decode to 8 bits."""
-    try:
-        with open(path, 'rb') as f:
-            header = f.read(26)
-        if header[:8] == b'\x89PNG\r\n\x1a\n' and header[12:16] == b'IHDR':
-            return header[24] == 16 and header[25] in (2, 6)  # bit depth 16, colour type RGB or RGBA
-        if header[:4] in (b'II*\x00', b'MM\x00*'):
-            with Image.open(path) as img:  # reads the header only
-                bits, samples = img.tag_v2.get(258, ()), img.tag_v2.get(277, 1)  # BitsPerSample, SamplesPerPixel
-            return samples in (3, 4) and all(b == 16 for b in bits)
-    except (OSError, SyntaxError, ValueError):
-        pass  # unreadable: utils.read_image says why
-    return False
-
-
-# EXIF orientation -> the numpy operation on (H, W, C) that Pillow's ImageOps.exif_transpose would do
-_ORIENTATIONS = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-                 5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
-                 7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1], 8: lambda a: np.rot90(a, 1)}
-
-
-def read_image(path):
-    """utils.read_image, except that 16-bit colour PNG and TIFF files, which Pillow 13 decodes to 8 bits, are
-    decoded at full precision with PyAV (FFmpeg): rgb and alpha uint16."""
-    if not _is_16_bit_colour(path):
-        return utils.read_image(path)
-    import av  # only 16-bit colour images and videos need it
-
-    try:
-        with Image.open(path) as img:  # metadata only; Pillow would lose the low bytes of the pixels
-            icc_profile = img.info.get('icc_profile')
-            orientation = img.getexif().get(0x0112, 1)
-        with av.open(os.fspath(path), format='image2', options={'pattern_type': 'none'}) as source:
-            frame = next(source.decode(video=0))
-            has_alpha = len(frame.format.components) == 4  # rgba64be, gbrap16le, ...
-            pixels = frame.to_ndarray(format='rgba64le' if has_alpha else 'rgb48le')  # (H, W, 4 or 3) uint16
-    except (av.FFmpegError, OSError, StopIteration) as e:
-        raise ImageLoadError(f'{path}: unreadable 16-bit image ({e or "no frame"})') from None
-    pixels = np.ascontiguousarray(_ORIENTATIONS.get(orientation, lambda a: a)(pixels))
-    alpha = pixels[..., 3] if has_alpha and pixels[..., 3].min() < 65535 else None  # fully opaque: no alpha
-    return utils.LoadedImage(np.ascontiguousarray(pixels[..., :3]), alpha, False, icc_profile)
-
-
 @torch.inference_mode()
-def super_resolve_image(model, loaded, scaling_factor, tile=DEFAULT_TILE, tile_overlap=DEFAULT_TILE_OVERLAP,
-                        amp_dtype=None, bits=None, keep_alpha=True, on_retry=None, progress=None):
+def super_resolve_image(upscaler, loaded, bits=None, keep_alpha=True, on_retry=None, progress=None):
     """utils.LoadedImage -> PIL image s times larger, of the input's kind: 'RGB' / 'RGBA', 'L' / 'LA' for
     grayscale, 'I;16' for 16-bit grayscale; for 16-bit colour, which Pillow cannot hold, a (H, W, 3 or 4) uint16
-    array (save_image writes it with PyAV). bits: 8 or 16 (None: the input's). progress: see upscale."""
+    array (save_image writes it with PyAV). bits: 8 or 16 (None: the input's). progress: a name to show a bar of
+    tiles under (for one large image), or None."""
     height, width = loaded.rgb.shape[:2]
     if min(height, width) < MIN_INPUT_SIZE:
         raise InputError(f'{width}x{height} is too small to super-resolve (at least {MIN_INPUT_SIZE} pixels a side)')
@@ -247,24 +107,22 @@ def super_resolve_image(model, loaded, scaling_factor, tile=DEFAULT_TILE, tile_o
     out_max = 65535.0 if bits == 16 else 255.0
 
     lr_img = torch.from_numpy(loaded.rgb.astype(np.float32)).permute(2, 0, 1).div_(in_max)  # (3, h, w), [0, 1]
-    lr_img = utils.convert_image(lr_img, '[0, 1]', 'imagenet-norm')  # (3, h, w)
-    sr_img = upscale(model, lr_img, scaling_factor, tile, tile_overlap, amp_dtype, on_retry, progress)  # (3, H, W)
+    lr_img = convert_image(lr_img, '[0, 1]', 'imagenet-norm')  # (3, h, w)
+    tile_bar = TileBar(progress)
+    try:
+        sr_img = upscaler.upscale(lr_img, on_retry, tile_bar)  # (3, H, W) in [-1, 1]
+    finally:
+        tile_bar.close()
     del lr_img
-    # to [0, out_max] in place: at 4000x4000 each full-size float copy is 192 MB
-    sr_img = sr_img.add_(1.0).mul_(out_max / 2.0).clamp_(0.0, out_max)
+    sr_img = convert_image(sr_img, '[-1, 1]', '[0, 1]').mul_(out_max).clamp_(0.0, out_max)  # in place from here
     if loaded.gray:
         # the network's three channels of a gray input are nearly equal; their mean is the gray value
         channels = sr_img.mean(0).round_().numpy()  # (H, W)
     else:
         channels = sr_img.round_().permute(1, 2, 0).numpy()  # (H, W, 3)
     del sr_img
-    dtype = np.uint16 if bits == 16 else np.uint8
-    channels = channels.astype(dtype)
-    alpha = None
-    if loaded.alpha is not None and keep_alpha:
-        alpha = Image.fromarray(loaded.alpha.astype(np.float32) * (out_max / in_max))  # mode 'F'
-        alpha = np.asarray(alpha.resize(channels.shape[1::-1], Image.BICUBIC))  # no network for transparency
-        alpha = np.clip(np.round(alpha), 0, out_max).astype(dtype)  # (H, W)
+    channels = channels.astype(np.uint16 if bits == 16 else np.uint8)
+    alpha = _upscaled_alpha(loaded, channels.shape[1::-1], in_max, out_max) if keep_alpha else None
     if bits == 16 and not loaded.gray:
         return channels if alpha is None else np.dstack([channels, alpha])  # (H, W, 3 or 4) uint16
     sr = Image.fromarray(channels)  # 'I;16', 'L' or 'RGB'
@@ -272,6 +130,15 @@ def super_resolve_image(model, loaded, scaling_factor, tile=DEFAULT_TILE, tile_o
     if alpha is not None:
         sr = Image.merge('LA' if sr.mode == 'L' else 'RGBA', (*sr.split(), Image.fromarray(alpha)))
     return sr
+
+
+def _upscaled_alpha(loaded, size, in_max, out_max):
+    """The transparency, upscaled with bicubic (no network for it) to `size` (W, H), at the output's bit depth."""
+    if loaded.alpha is None:
+        return None
+    alpha = Image.fromarray(loaded.alpha.astype(np.float32) * (out_max / in_max))  # mode 'F'
+    alpha = np.asarray(alpha.resize(size, Image.BICUBIC))
+    return np.clip(np.round(alpha), 0, out_max).astype(np.uint16 if out_max > 255 else np.uint8)  # (H, W)
 
 
 def output_format(path):
@@ -315,18 +182,14 @@ def save_image(img, path, icc_profile=None):
     options = {'icc_profile': icc_profile} if icc_profile else {}
     if fmt == 'JPEG':
         options['quality'] = 95
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_name(f'.{path.stem}.partial{path.suffix}')
     try:
-        if isinstance(img, np.ndarray):
-            _save_16_bit_colour(img, tmp_path, icc_profile)
-        else:
-            img.save(tmp_path, format=fmt, **options)
-        os.replace(tmp_path, path)
+        with atomic_path(path) as tmp_path:
+            if isinstance(img, np.ndarray):
+                _save_16_bit_colour(img, Path(tmp_path), icc_profile)
+            else:
+                img.save(tmp_path, format=fmt, **options)
     except (OSError, ValueError, KeyError) as e:  # e.g. a mode the format cannot hold, a full disk
         raise InputError(f'{path}: could not write ({e})') from None
-    finally:
-        tmp_path.unlink(missing_ok=True)
 
 
 def super_resolve_file(model, in_path, out_path, scaling_factor, tile, tile_overlap, amp_dtype, note=print,
@@ -351,112 +214,146 @@ def super_resolve_file(model, in_path, out_path, scaling_factor, tile, tile_over
     save_image(sr, out_path, loaded.icc_profile)
 
 
+def super_resolve_file(upscaler, in_path, out_path, note=print, progress=False):
+    """Read, super-resolve and write one image file, keeping its alpha, grayscale, bit depth and ICC profile.
+    progress: show a bar of tiles (when there are several)."""
+    output_format(out_path)  # fail before the work, not after
+    loaded = read_image(in_path)
+    ext = Path(out_path).suffix.lower()
+    bits = loaded.bits if ext in FORMATS_16_BIT else 8
+    if loaded.bits == 16 and bits == 8:
+        note(f'note: {out_path}: {ext} holds 8 bits per channel; writing 8-bit (use .png or .tif for 16)')
+    keep_alpha = ext not in FORMATS_WITHOUT_ALPHA
+    if loaded.alpha is not None and not keep_alpha:
+        note(f'note: {out_path}: {ext} has no transparency; alpha dropped (use .png to keep it)')
+    try:
+        sr = super_resolve_image(upscaler, loaded, bits, keep_alpha,
+                                 on_retry=lambda message: note(f'note: {in_path}: {message}'),
+                                 progress=Path(in_path).name if progress else None)
+    except InputError as e:
+        raise InputError(f'{in_path}: {e}') from None
+    save_image(sr, out_path, loaded.icc_profile)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Video: decode with PyAV, super-resolve frames in batches, encode at the same frame rate, copy the audio
 
 @torch.inference_mode()
-def super_resolve_video(model, in_path, out_path, scaling_factor, tile=DEFAULT_TILE,
-                        tile_overlap=DEFAULT_TILE_OVERLAP, amp_dtype=None, batch_size=4, note=print, progress=True):
+def super_resolve_video(upscaler, in_path, out_path, batch_size=4, note=print, progress=True):
     """Frame by frame: h264 (libx264) when PyAV's FFmpeg has it, else MPEG-4 Part 2; VP9 for .webm; the audio
     stream is copied packet by packet, not re-encoded (dropped with a note where the container cannot hold it).
-    Returns the number of frames written."""
+    Written atomically. Returns the number of frames written."""
     import av  # only videos need it
 
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = out_path.with_name(f'.{out_path.stem}.partial{out_path.suffix}')
     try:
-        with av.open(os.fspath(in_path)) as source:
+        with av.open(os.fspath(in_path)) as source, atomic_path(out_path) as tmp_path:
             if not source.streams.video:
                 raise InputError(f'{in_path}: no video stream')
             video_in = source.streams.video[0]
             video_in.thread_type = 'AUTO'
-            audio_in = source.streams.audio[0] if source.streams.audio else None
-            frame_rate = video_in.average_rate or video_in.guessed_rate or 25
-            with av.open(os.fspath(tmp_path), 'w') as target:
-                if out_path.suffix.lower() == '.webm':  # WebM holds only VP8/VP9/AV1
-                    if 'libvpx-vp9' not in av.codecs_available:
-                        raise InputError(f'{out_path}: this FFmpeg has no VP9 encoder (libvpx-vp9) for .webm; '
-                                         f'use .mp4 or .mkv')
-                    codec = 'libvpx-vp9'
-                else:
-                    codec = 'libx264' if 'libx264' in av.codecs_available else 'mpeg4'
-                try:
-                    video_out = target.add_stream(codec, rate=frame_rate)
-                except ValueError as e:  # a container that cannot hold the codec
-                    raise InputError(f'{out_path}: {out_path.suffix} cannot hold {codec} video ({e}); '
-                                     f'use .mp4 or .mkv') from None
-                video_out.width, video_out.height = video_in.width * scaling_factor, video_in.height * scaling_factor
-                video_out.pix_fmt = 'yuv420p'
-                # near-transparent quality: constant rate factor 18 for x264 and VP9 (b=0: quality alone decides);
-                # MPEG-4 at quantiser 2 (ffmpeg -q:v 2)
-                video_out.options = ({'crf': '18'} if codec == 'libx264' else {'crf': '18', 'b': '0'}
-                                     if codec == 'libvpx-vp9' else
-                                     {'flags': 'qscale', 'global_quality': str(2 * 118)})  # 118: FF_QP2LAMBDA
-                audio_out = None
-                if audio_in is not None:
-                    if audio_in.codec_context.name in target.supported_codecs:
-                        audio_out = target.add_stream_from_template(audio_in)
-                    else:
-                        note(f'note: {out_path}: {out_path.suffix} cannot hold {audio_in.codec_context.name} '
-                             f'audio; audio dropped (use .mkv)')
-
+            with av.open(tmp_path, 'w') as target:
+                encoder = FrameEncoder(upscaler, target, video_in, out_path, batch_size)
+                audio_in = _copied_audio(source, target, out_path, note)
                 bar = tqdm(total=video_in.frames or None, unit='frame', desc=Path(in_path).name, leave=False,
                            disable=not progress)
-                frames, last_pts = [], [-1]
-                frame_period = 1 / Fraction(frame_rate)  # the encoder's time base
-
-                def encode(frames):  # list of av.VideoFrame -> packets muxed into target
-                    rgb = np.stack([frame.to_ndarray(format='rgb24') for frame in frames])  # (N, h, w, 3) uint8
-                    lr_imgs = torch.from_numpy(rgb).permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, h, w) [0, 1]
-                    lr_imgs = utils.convert_image(lr_imgs, '[0, 1]', 'imagenet-norm')
-                    if tile is None or max(lr_imgs.shape[2:]) <= tile:
-                        try:
-                            sr_imgs = super_resolve_batch(model, lr_imgs, amp_dtype)  # (N, 3, H, W), [-1, 1]
-                        except RuntimeError as e:
-                            if not _is_out_of_memory(e):
-                                raise
-                            sr_imgs = None  # one frame at a time, with the tile-halving fallback
-                    else:
-                        sr_imgs = None
-                    if sr_imgs is None:
-                        sr_imgs = torch.stack([upscale(model, lr_img, scaling_factor, tile, tile_overlap, amp_dtype)
-                                               for lr_img in lr_imgs])
-                    sr_imgs = sr_imgs.add_(1.0).mul_(127.5).clamp_(0, 255).round_().to(torch.uint8)
-                    for frame, sr_img in zip(frames, sr_imgs.permute(0, 2, 3, 1).numpy()):
-                        out_frame = av.VideoFrame.from_ndarray(sr_img, format='rgb24')
-                        # the input frame's time in 1/fps units, kept strictly increasing as encoders require
-                        pts = last_pts[0] + 1
-                        if frame.pts is not None and frame.time_base is not None:
-                            pts = max(pts, round(frame.pts * frame.time_base / frame_period))
-                        out_frame.pts, out_frame.time_base, last_pts[0] = pts, frame_period, pts
-                        target.mux(video_out.encode(out_frame))
-                    bar.update(len(frames))
-
-                streams = [video_in] + ([audio_in] if audio_out is not None else [])
-                for packet in source.demux(streams):
+                for packet in source.demux([video_in] + ([audio_in] if audio_in is not None else [])):
                     if packet.stream is video_in:
                         for frame in packet.decode():  # the final empty packet flushes the decoder
-                            frames.append(frame)
-                            if len(frames) == batch_size:
-                                encode(frames)
-                                frames = []
+                            bar.update(encoder.add(frame))
                     elif packet.dts is not None:  # audio: copy (skip the demuxer's empty flush packet)
-                        packet.stream = audio_out
+                        packet.stream = target.streams.audio[0]
                         target.mux(packet)
-                if frames:
-                    encode(frames)
-                target.mux(video_out.encode(None))  # flush the encoder
-                n_frames = bar.n
+                bar.update(encoder.finish())
                 bar.close()
-        if n_frames == 0:
-            raise InputError(f'{in_path}: no video frames could be decoded')
-        os.replace(tmp_path, out_path)
-        return n_frames
+            if encoder.n_frames == 0:
+                raise InputError(f'{in_path}: no video frames could be decoded')
+        return encoder.n_frames
     except av.FFmpegError as e:
         raise InputError(f'{in_path}: cannot decode or encode this video ({e})') from None
-    finally:
-        tmp_path.unlink(missing_ok=True)
+
+
+def _copied_audio(source, target, out_path, note):
+    """The input's audio stream, with a stream for it added to `target`; None (with a note) where the container
+    cannot hold its codec, or where there is no audio."""
+    if not source.streams.audio:
+        return None
+    audio_in = source.streams.audio[0]
+    if audio_in.codec_context.name not in target.supported_codecs:
+        note(f'note: {out_path}: {out_path.suffix} cannot hold {audio_in.codec_context.name} audio; audio dropped '
+             f'(use .mkv)')
+        return None
+    target.add_stream_from_template(audio_in)
+    return audio_in
+
+
+class FrameEncoder:
+    """Collects decoded frames, super-resolves them in batches and muxes them into the output video stream at
+    the input frames' times."""
+
+    def __init__(self, upscaler, target, video_in, out_path, batch_size):
+        import av
+        self.upscaler, self.target, self.batch_size = upscaler, target, batch_size
+        frame_rate = video_in.average_rate or video_in.guessed_rate or 25
+        if out_path.suffix.lower() == '.webm':  # WebM holds only VP8/VP9/AV1
+            if 'libvpx-vp9' not in av.codecs_available:
+                raise InputError(f'{out_path}: this FFmpeg has no VP9 encoder (libvpx-vp9) for .webm; use .mp4 or .mkv')
+            codec = 'libvpx-vp9'
+        else:
+            codec = 'libx264' if 'libx264' in av.codecs_available else 'mpeg4'
+        try:
+            self.stream = target.add_stream(codec, rate=frame_rate)
+        except ValueError as e:  # a container that cannot hold the codec
+            raise InputError(f'{out_path}: {out_path.suffix} cannot hold {codec} video ({e}); use .mp4 or .mkv') from None
+        s = upscaler.scaling_factor
+        self.stream.width, self.stream.height, self.stream.pix_fmt = video_in.width * s, video_in.height * s, 'yuv420p'
+        # near-transparent quality: constant rate factor 18 for x264 and VP9 (b=0: quality alone decides);
+        # MPEG-4 at quantiser 2 (ffmpeg -q:v 2)
+        self.stream.options = ({'crf': '18'} if codec == 'libx264' else {'crf': '18', 'b': '0'}
+                               if codec == 'libvpx-vp9' else {'flags': 'qscale', 'global_quality': str(2 * 118)})
+        self.frame_period = 1 / Fraction(frame_rate)  # the encoder's time base
+        self.frames, self.last_pts, self.n_frames = [], -1, 0
+
+    def add(self, frame):
+        """Queue one decoded frame; returns the number of frames encoded now (0, or a batch)."""
+        self.frames.append(frame)
+        return self._encode() if len(self.frames) == self.batch_size else 0
+
+    def finish(self):
+        """Encode the frames still queued and flush the encoder; returns how many were encoded."""
+        n = self._encode() if self.frames else 0
+        self.target.mux(self.stream.encode(None))
+        return n
+
+    def _encode(self):
+        import av
+        rgb = np.stack([frame.to_ndarray(format='rgb24') for frame in self.frames])  # (N, h, w, 3) uint8
+        lr_imgs = convert_image(torch.from_numpy(rgb).permute(0, 3, 1, 2).float(), '[0, 255]', 'imagenet-norm')
+        sr_imgs = upscale_frames(self.upscaler, lr_imgs)  # (N, 3, H, W) in [-1, 1]
+        sr_imgs = convert_image(sr_imgs, '[-1, 1]', '[0, 255]').clamp_(0, 255).round_().to(torch.uint8)
+        for frame, sr_img in zip(self.frames, sr_imgs.permute(0, 2, 3, 1).numpy()):
+            out_frame = av.VideoFrame.from_ndarray(sr_img, format='rgb24')
+            # the input frame's time in 1/fps units, kept strictly increasing as encoders require
+            pts = self.last_pts + 1
+            if frame.pts is not None and frame.time_base is not None:
+                pts = max(pts, round(frame.pts * frame.time_base / self.frame_period))
+            out_frame.pts, out_frame.time_base, self.last_pts = pts, self.frame_period, pts
+            self.target.mux(self.stream.encode(out_frame))
+        n, self.frames = len(self.frames), []
+        self.n_frames += n
+        return n
+
+
+def upscale_frames(upscaler, lr_imgs):
+    """(N, 3, h, w) ImageNet-normalised frames -> (N, 3, h * s, w * s) in [-1, 1]: as one batch when a frame fits
+    in a tile, else (or after out-of-memory) one frame at a time, tiled."""
+    if upscaler.tile is None or max(lr_imgs.shape[2:]) <= upscaler.tile:
+        try:
+            return upscaler.forward(lr_imgs)
+        except RuntimeError as e:
+            if not inference.is_out_of_memory(e):
+                raise
+    return torch.stack([upscaler.upscale(lr_img) for lr_img in lr_imgs])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -475,55 +372,48 @@ def _fitted_font(draw, text, size, max_width):
     return font
 
 
-@torch.inference_mode()
 def visualize_sr(img, halve=False, srresnet_checkpoint=DEFAULT_MODEL, srgan_checkpoint=None, save_path=None,
-                 device='auto', tile=DEFAULT_TILE, tile_overlap=DEFAULT_TILE_OVERLAP, precision='auto',
-                 allow_unsafe_pickle=False):
+                 device='auto'):
     """The tutorial's 2x2 grid: Bicubic / SRResNet / SRGAN / Original HR.
 
     img: an image path or a PIL image, the HR. It is downsampled by the models' scale with Pillow bicubic (the LR
     every panel starts from), then upsampled with bicubic and super-resolved by each model. halve: halve the HR
     first (Lanczos), as the tutorial did for large images. srresnet_checkpoint, srgan_checkpoint: checkpoint paths
-    (from train_srresnet.py / train_srgan.py), loaded models ((model, scaling_factor) from load_model), or None to
-    leave that panel saying so.
+    (from train_srresnet.py / train_srgan.py), inference.Upscalers (to choose tiles or precision, or to load an
+    original-tutorial checkpoint with allow_unsafe_pickle), or None to leave that panel saying so.
     Returns the grid as a PIL RGB image of (2 W + 3 m) x (2 H + 3 m) pixels (W x H: the HR, trimmed to a multiple
     of the scale; m: the label margin); saves it to save_path when given. Needs no display."""
     name = img if isinstance(img, (str, os.PathLike)) else 'image'
-    hr_img = utils.load_image(img) if isinstance(img, (str, os.PathLike)) else img.convert('RGB')
+    hr_img = load_image(img) if isinstance(img, (str, os.PathLike)) else img.convert('RGB')
     if halve:
         hr_img = hr_img.resize((hr_img.width // 2, hr_img.height // 2), Image.LANCZOS)
-
-    device = utils.pick_device(device)
-    amp_dtype = pick_amp_dtype(device, precision)
-    checkpoints = {'SRResNet': srresnet_checkpoint, 'SRGAN': srgan_checkpoint}
-    models = {}
-    for label, checkpoint in checkpoints.items():
-        if isinstance(checkpoint, tuple):
-            models[label] = checkpoint
-        elif checkpoint is not None:
-            shipped = Path(checkpoint) == DEFAULT_MODEL  # missing: the 'no shipped model yet' message
-            models[label] = load_model(None if shipped else checkpoint, device, allow_unsafe_pickle)
-    scales = {s for _, s in models.values()}
+    upscalers = {label: checkpoint if isinstance(checkpoint, inference.Upscaler) else
+                 load_upscaler(checkpoint, pick_device(device)) if checkpoint is not None else None
+                 for label, checkpoint in (('SRResNet', srresnet_checkpoint), ('SRGAN', srgan_checkpoint))}
+    scales = {u.scaling_factor for u in upscalers.values() if u is not None}
     if len(scales) > 1:
         raise CheckpointError(f'the two checkpoints upscale by different factors ({sorted(scales)})')
     s = scales.pop() if scales else 4
 
-    width, height = hr_img.width - hr_img.width % s, hr_img.height - hr_img.height % s
-    if min(width, height) < s * MIN_INPUT_SIZE:
+    if min(hr_img.width, hr_img.height) < s * MIN_INPUT_SIZE:
         raise ImageLoadError(f'{name}: {hr_img.width}x{hr_img.height} is too small for the grid (at least '
                              f'{s * MIN_INPUT_SIZE} pixels a side{", after halving" if halve else ""})')
-    hr_img = hr_img.crop((0, 0, width, height))
-    lr_img = utils.downsample(hr_img, s)  # (w, h) PIL
-    panels = {'Bicubic': lr_img.resize((width, height), Image.BICUBIC)}
-    lr_tensor = utils.convert_image(lr_img, 'pil', 'imagenet-norm')  # (3, h, w)
-    for label in checkpoints:
-        if label in models:
-            sr_img = upscale(models[label][0], lr_tensor, s, tile, tile_overlap, amp_dtype)  # (3, H, W), [-1, 1]
-            panels[label] = utils.convert_image(sr_img, '[-1, 1]', 'pil')
-        else:
-            panels[label] = f'no {label} checkpoint given'
+    hr_img = crop_to_multiple(hr_img, s)
+    lr_img = downsample(hr_img, s)  # (w, h) PIL
+    panels = {'Bicubic': lr_img.resize(hr_img.size, Image.BICUBIC)}
+    lr_tensor = convert_image(lr_img, 'pil', 'imagenet-norm')  # (3, h, w)
+    for label, upscaler in upscalers.items():
+        panels[label] = (convert_image(upscaler.upscale(lr_tensor), '[-1, 1]', 'pil') if upscaler is not None
+                         else f'no {label} checkpoint given')
     panels['Original HR'] = hr_img
+    grid = draw_grid(panels, *hr_img.size)
+    if save_path is not None:
+        save_image(grid, save_path)
+    return grid
 
+
+def draw_grid(panels, width, height):
+    """{label: PIL image of width x height, or a message for a missing model} -> the 2x2 grid, labels above."""
     font_size = max(12, round(0.045 * min(width, height)))  # 23 px at 512, as the tutorial's labels
     margin = round(1.75 * font_size)
     grid = Image.new('RGB', (2 * width + 3 * margin, 2 * height + 3 * margin), (255, 255, 255))
@@ -539,8 +429,6 @@ def visualize_sr(img, halve=False, srresnet_checkpoint=DEFAULT_MODEL, srgan_chec
             grid.paste(panel, (left, top))
         font = _fitted_font(draw, label, font_size, width)
         draw.text((left + width / 2, top - margin / 2), label, font=font, fill=(0, 0, 0), anchor='mm')
-    if save_path is not None:
-        save_image(grid, save_path)
     return grid
 
 
@@ -550,7 +438,7 @@ def visualize_sr(img, halve=False, srresnet_checkpoint=DEFAULT_MODEL, srgan_chec
 def find_inputs(patterns):
     """Files, folders (searched recursively for images and videos), glob patterns and the JSON image lists of
     create_data_lists.py -> [(path, folder it was found in or None)], and the patterns that matched nothing."""
-    extensions = utils.IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+    extensions = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
     found, missing = [], []
     for pattern in patterns:
         if os.path.exists(pattern) or not glob.has_magic(pattern):
@@ -653,22 +541,9 @@ def main(argv=None):
     else:  # an output folder inside an input folder: do not upscale the previous run's results again
         inputs = [(path, folder) for path, folder in inputs
                   if folder is None or Path(output).resolve() not in path.resolve().parents]
-    device = utils.pick_device(args.device)
-    amp_dtype = pick_amp_dtype(device, args.precision)
-    try:
-        model, scaling_factor = load_model(args.model, device, args.unsafe_pickle)
-        srgan = None
-        if args.grid and args.srgan is not None:
-            srgan = load_model(args.srgan, device, args.unsafe_pickle)
-            if srgan[1] != scaling_factor:  # the grid's panels must share one LR image
-                raise CheckpointError(f'--srgan {args.srgan} upscales x{srgan[1]} but --model '
-                                      f'{args.model or DEFAULT_MODEL} upscales x{scaling_factor}; pass two '
-                                      f'checkpoints of the same scale')
-    except CheckpointError as e:
-        raise SystemExit(f'error: {e}')
-    suffix = args.suffix if args.suffix is not None else ('_grid' if args.grid else f'_x{scaling_factor}')
+    upscaler, srgan = load_upscalers(args)
+    suffix = args.suffix if args.suffix is not None else ('_grid' if args.grid else f'_x{upscaler.scaling_factor}')
     ext = '.png' if args.grid and args.ext is None else args.ext
-    tile = args.tile or None
 
     def note(message):
         tqdm.write(message, file=sys.stderr)
@@ -685,15 +560,11 @@ def main(argv=None):
             continue
         try:
             if args.grid:
-                visualize_sr(in_path, args.halve, (model, scaling_factor), srgan, out_path, device, tile,
-                             args.tile_overlap, args.precision)
+                visualize_sr(in_path, args.halve, upscaler, srgan, out_path)
             elif in_path.suffix.lower() in VIDEO_EXTENSIONS:
-                super_resolve_video(model, in_path, out_path, scaling_factor, tile, args.tile_overlap, amp_dtype,
-                                    args.batch_size, note)
-            else:
-                # one image: the file bar is off, so a large one shows its tiles instead
-                super_resolve_file(model, in_path, out_path, scaling_factor, tile, args.tile_overlap, amp_dtype, note,
-                                   progress=len(inputs) < 2)
+                super_resolve_video(upscaler, in_path, out_path, args.batch_size, note)
+            else:  # one image: the file bar is off, so a large one shows its tiles instead
+                super_resolve_file(upscaler, in_path, out_path, note, progress=len(inputs) < 2)
         except (ImageLoadError, InputError) as e:
             note(f'error: {e}')
             failed.append(str(e))
@@ -705,6 +576,25 @@ def main(argv=None):
     if failed:
         raise SystemExit(f'error: {summary}')
     note(summary)
+
+
+def load_upscalers(args):
+    """--model (and --srgan with --grid) -> (Upscaler, SRGAN Upscaler or None); errors are one line."""
+    device = pick_device(args.device)
+    settings = dict(device=device, precision=args.precision, tile=args.tile or None, tile_overlap=args.tile_overlap,
+                    allow_unsafe_pickle=args.unsafe_pickle)
+    try:
+        upscaler = load_upscaler(args.model, **settings)
+        srgan = None
+        if args.grid and args.srgan is not None:
+            srgan = load_upscaler(args.srgan, **settings)
+            if srgan.scaling_factor != upscaler.scaling_factor:  # the grid's panels must share one LR image
+                raise CheckpointError(f'--srgan {args.srgan} upscales x{srgan.scaling_factor} but --model '
+                                      f'{args.model or DEFAULT_MODEL} upscales x{upscaler.scaling_factor}; pass two '
+                                      f'checkpoints of the same scale')
+    except CheckpointError as e:
+        raise SystemExit(f'error: {e}') from None
+    return upscaler, srgan
 
 
 if __name__ == '__main__':

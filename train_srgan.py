@@ -21,6 +21,7 @@ relative to it). Ctrl-C / SIGTERM save last.pt and exit; `--resume auto` continu
 """
 
 import contextlib
+import dataclasses
 import io
 import socket
 import warnings
@@ -28,10 +29,11 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from checkpoints import CheckpointError, generator_state_dict, load_checkpoint
 from models import Discriminator, Generator, TruncatedVGG19, VGGWeightsUnavailable
-from utils import (CheckpointError, convert_image, describe_run, generator_state_dict, load_checkpoint,
-                   make_grad_scaler, make_optimizer, make_train_loader, prepare_model, setup_run, train_loop,
-                   training_argument_parser)
+from training import (TrainingState, make_grad_scaler, make_optimizer, prepare_model, setup_run, train_loop,
+                      training_argument_parser)
+from utils import convert_image
 
 VGG_FEATURE_SCALE = 1 / 12.75  # the paper rescales the VGG feature maps by this before the MSE
 CONTENT_LAYERS = {'vgg54': (5, 4), 'vgg22': (2, 2)}  # phi(i, j): j-th conv (after ReLU) before the i-th max-pool
@@ -39,13 +41,12 @@ VGG_DOWNLOAD_TIMEOUT = 30  # seconds without a byte before the VGG19 download gi
 
 
 def get_args(argv=None):
-    parser = training_argument_parser(__doc__, output_dir='runs/srgan', iterations=200_000, val_every=5000)
+    parser = training_argument_parser(__doc__, output_dir='runs/srgan', iterations=200_000, lr_decay_at=100_000)
     parser.add_argument('--srresnet-checkpoint', default='runs/srresnet/last.pt',
                         help="the SRResNet to start the generator from ('none': random weights, not the paper)")
     parser.add_argument('--unsafe-pickle', action='store_true',
                         help='accept an original-tutorial --srresnet-checkpoint (pickled objects: unpickling can '
                              'run code from the file, so only for files you trust)')
-    parser.add_argument('--lr-decay-at', type=int, default=100_000, help='multiply the lr by 0.1 after this iteration')
     parser.add_argument('--content-loss', default='vgg54', choices=['vgg54', 'vgg22', 'mse', 'auto'],
                         help="MSE of VGG19 phi(5,4) or phi(2,2) features, or of the pixels ('mse', the paper's "
                              "SRGAN-MSE); 'auto': vgg54 if the ImageNet VGG19 weights can be had, else mse, saying so "
@@ -57,12 +58,33 @@ def get_args(argv=None):
     return parser.parse_args(argv)
 
 
-def train_step(generator, discriminator, discriminator_ddp, vgg, optimizer_g, optimizer_d, scheduler_g,
-               scheduler_d, scaler, lr_imgs, hr_imgs, amp_dtype, adversarial_weight):
-    """One generator step, then one discriminator step. lr_imgs: (N, 3, 24, 24) ImageNet-normalised,
-    hr_imgs: (N, 3, 96, 96) in [-1, 1]. vgg: a TruncatedVGG19, or None for the pixel MSE content loss.
-    `discriminator` is the bare module (its forward on the SR images serves both steps), and `discriminator_ddp`
-    what trains it (the same module, or its DDP wrapper).
+@dataclasses.dataclass
+class SRGANModels:
+    """What one SRGAN step trains and uses. `discriminator` is the bare module (its forward on the SR images serves
+    both steps), `discriminator_ddp` what trains it (the same module, or its DDP wrapper)."""
+    generator: torch.nn.Module  # the Generator, or its DDP wrapper
+    discriminator: torch.nn.Module
+    discriminator_ddp: torch.nn.Module
+    vgg: torch.nn.Module | None  # a TruncatedVGG19, or None for the pixel MSE content loss
+    optimizer_g: torch.optim.Optimizer
+    optimizer_d: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+
+
+def content_loss_of(sr_imgs, hr_imgs, vgg):
+    """The paper's content loss: the MSE of VGG19 feature maps scaled by 1/12.75 (or of the pixels, without vgg).
+    sr_imgs, hr_imgs: (N, 3, 96, 96) in [-1, 1]."""
+    if vgg is None:
+        return F.mse_loss(sr_imgs.float(), hr_imgs)
+    sr_features = vgg(convert_image(sr_imgs.float(), '[-1, 1]', 'imagenet-norm'))  # (N, 512, 6, 6) at vgg54
+    with torch.no_grad():
+        hr_features = vgg(convert_image(hr_imgs, '[-1, 1]', 'imagenet-norm'))
+    return F.mse_loss(sr_features.float() * VGG_FEATURE_SCALE, hr_features.float() * VGG_FEATURE_SCALE)
+
+
+def train_step(m, lr_imgs, hr_imgs, amp_dtype, adversarial_weight):
+    """One generator step, then one discriminator step, on the models `m` (SRGANModels).
+    lr_imgs: (N, 3, 24, 24) ImageNet-normalised, hr_imgs: (N, 3, 96, 96) in [-1, 1].
 
     The tutorial ran D on the SR images twice: in the generator step, and again on the detached SR images in the
     discriminator step. D is not updated in between and its BatchNorm normalises with batch statistics, so both give
@@ -70,35 +92,27 @@ def train_step(generator, discriminator, discriminator_ddp, vgg, optimizer_g, op
     unused in training, get two updates per step instead of three). All forwards run first, in one autocast region,
     so that each trainable weight is cast to amp_dtype once."""
     with torch.autocast(lr_imgs.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        sr_imgs = generator(lr_imgs)  # (N, 3, 96, 96), in [-1, 1]
-        if vgg is None:
-            content_loss = F.mse_loss(sr_imgs.float(), hr_imgs)
-        else:
-            sr_features = vgg(convert_image(sr_imgs.float(), '[-1, 1]', 'imagenet-norm'))  # (N, 512, 6, 6) at vgg54
-            with torch.no_grad():
-                hr_features = vgg(convert_image(hr_imgs, '[-1, 1]', 'imagenet-norm'))
-            content_loss = F.mse_loss(sr_features.float() * VGG_FEATURE_SCALE, hr_features.float() * VGG_FEATURE_SCALE)
-        sr_logits = discriminator(sr_imgs).float()  # (N,)
-        hr_logits = discriminator_ddp(hr_imgs).float()  # (N,)
+        sr_imgs = m.generator(lr_imgs)  # (N, 3, 96, 96), in [-1, 1]
+        content_loss = content_loss_of(sr_imgs, hr_imgs, m.vgg)
+        sr_logits = m.discriminator(sr_imgs).float()  # (N,)
+        hr_logits = m.discriminator_ddp(hr_imgs).float()  # (N,)
 
     # Generator: perceptual loss = content loss + 1e-3 x adversarial loss; gradients for G's parameters only,
     # and D's part of the graph is kept for the discriminator step
     adversarial_loss = F.binary_cross_entropy_with_logits(sr_logits, torch.ones_like(sr_logits))
     perceptual_loss = content_loss + adversarial_weight * adversarial_loss
-    optimizer_g.zero_grad(set_to_none=True)
-    scaler.scale(perceptual_loss).backward(inputs=list(generator.parameters()), retain_graph=True)
-    scaler.step(optimizer_g)
+    m.optimizer_g.zero_grad(set_to_none=True)
+    m.scaler.scale(perceptual_loss).backward(inputs=list(m.generator.parameters()), retain_graph=True)
+    m.scaler.step(m.optimizer_g)
 
     # Discriminator: BCE on real HR images vs the SR images (gradients for D's parameters only: the SR images count
     # as detached)
     discriminator_loss = (F.binary_cross_entropy_with_logits(hr_logits, torch.ones_like(hr_logits))
                           + F.binary_cross_entropy_with_logits(sr_logits, torch.zeros_like(sr_logits)))
-    optimizer_d.zero_grad(set_to_none=True)
-    scaler.scale(discriminator_loss).backward(inputs=list(discriminator.parameters()))
-    scaler.step(optimizer_d)
-    scaler.update()
-    scheduler_g.step()
-    scheduler_d.step()
+    m.optimizer_d.zero_grad(set_to_none=True)
+    m.scaler.scale(discriminator_loss).backward(inputs=list(m.discriminator.parameters()))
+    m.scaler.step(m.optimizer_d)
+    m.scaler.update()
 
     return {'content_loss': content_loss.detach(), 'adversarial_loss': adversarial_loss.detach(),
             'perceptual_loss': perceptual_loss.detach(), 'discriminator_loss': discriminator_loss.detach(),
@@ -109,8 +123,6 @@ def build_vgg(args, run):
     """The frozen truncated VGG19 of the content loss (None for the pixel MSE). Resolves --content-loss auto to
     vgg54, or to mse when the ImageNet weights cannot be had, and sets args.content_loss to the loss actually used:
     the checkpoints' config records it (eval.py names the row SRGAN-MSE, SRGAN-VGG54, ...)."""
-    if args.content_loss == 'auto' and run.checkpoint is not None:
-        args.content_loss = run.checkpoint['config']['content_loss']  # a resumed run keeps the loss it started with
     if args.content_loss == 'mse':
         return None
     auto = args.content_loss == 'auto'
@@ -148,68 +160,56 @@ def build_vgg(args, run):
     return vgg.to(run.device, memory_format=run.memory_format)
 
 
+def generator_start(args, run):
+    """-> (model_config, SRResNet weights or None): the generator's architecture and the weights it starts from:
+    the run being resumed (restore_run loads them), the SRResNet checkpoint (the paper), or random ('none')."""
+    if run.checkpoint is not None:
+        return run.checkpoint['model_config'], None
+    if args.srresnet_checkpoint.lower() == 'none':
+        if run.is_main:
+            print('--srresnet-checkpoint none: the generator starts from random weights (the paper starts from SRResNet)')
+        return dict(large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=16,
+                    scaling_factor=args.scaling_factor), None
+    try:
+        srresnet = load_checkpoint(args.srresnet_checkpoint, allow_unsafe_pickle=args.unsafe_pickle)
+        return srresnet['model_config'], generator_state_dict(srresnet)
+    except CheckpointError as e:
+        raise SystemExit(f'error: {e}' + ('; train one first with train_srresnet.py, or pass '
+                                          '--srresnet-checkpoint PATH' if 'no such' in str(e) else '')) from None
+    except KeyError:
+        raise SystemExit(f'error: {args.srresnet_checkpoint} is not a train_srresnet.py checkpoint') from None
+
+
 def main(argv=None):
     args = get_args(argv)
     run = setup_run(args, kind='srgan')
-    checkpoint = run.checkpoint
+    if run.checkpoint is not None and args.content_loss == 'auto':
+        args.content_loss = run.checkpoint['config']['content_loss']  # a resumed run keeps the loss it started with
 
-    # the generator: from the run being resumed, or from the SRResNet checkpoint (its architecture with it)
-    if checkpoint is not None:
-        model_config, srresnet_weights = checkpoint['model_config'], generator_state_dict(checkpoint, average=False)
-    elif args.srresnet_checkpoint.lower() == 'none':
-        model_config, srresnet_weights = dict(large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=16,
-                                              scaling_factor=args.scaling_factor), None
-        if run.is_main:
-            print('--srresnet-checkpoint none: the generator starts from random weights (the paper starts from SRResNet)')
-    else:
-        try:
-            srresnet = load_checkpoint(args.srresnet_checkpoint, allow_unsafe_pickle=args.unsafe_pickle)
-            model_config, srresnet_weights = srresnet['model_config'], generator_state_dict(srresnet)
-        except CheckpointError as e:
-            raise SystemExit(f'error: {e}' + ('; train one first with train_srresnet.py, or pass '
-                                              '--srresnet-checkpoint PATH' if 'no such' in str(e) else '')) from None
-        except KeyError:
-            raise SystemExit(f'error: {args.srresnet_checkpoint} is not a train_srresnet.py checkpoint') from None
+    model_config, srresnet_weights = generator_start(args, run)
     if model_config['scaling_factor'] != args.scaling_factor:
         raise SystemExit(f'error: the generator upscales x{model_config["scaling_factor"]}, not '
                          f'--scaling-factor {args.scaling_factor}')
     generator = Generator(**model_config)
     if srresnet_weights is not None:
-        generator.net.load_state_dict(srresnet_weights)
-    discriminator = Discriminator()
-    if checkpoint is not None:
-        discriminator.load_state_dict(checkpoint['discriminator'])
-
-    generator, generator_ddp = prepare_model(generator, run, args)
-    discriminator, discriminator_ddp = prepare_model(discriminator, run, args)
+        generator.initialize_with_srresnet(srresnet_weights)
+    generator, generator_ddp = prepare_model(generator, run)
+    discriminator, discriminator_ddp = prepare_model(Discriminator(), run)
     vgg = build_vgg(args, run)
-
-    optimizer_g, optimizer_d = make_optimizer(generator, args, run), make_optimizer(discriminator, args, run)
-    scheduler_g, scheduler_d = (torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[args.lr_decay_at],
-                                                                     gamma=0.1)
-                                for optimizer in (optimizer_g, optimizer_d))
-    scaler = make_grad_scaler(run)
-    if checkpoint is not None:
-        optimizer_g.load_state_dict(checkpoint['optimizer_g'])
-        optimizer_d.load_state_dict(checkpoint['optimizer_d'])
-        scheduler_g.load_state_dict(checkpoint['scheduler_g'])
-        scheduler_d.load_state_dict(checkpoint['scheduler_d'])
-
+    optimizer_g, optimizer_d = make_optimizer(generator, run), make_optimizer(discriminator, run)
+    state = TrainingState(model_config, models={'generator': generator, 'discriminator': discriminator},
+                          optimizers={'optimizer_g': optimizer_g, 'optimizer_d': optimizer_d},
+                          scaler=make_grad_scaler(run))
+    models = SRGANModels(generator_ddp, discriminator, discriminator_ddp, vgg, optimizer_g, optimizer_d, state.scaler)
     if run.is_main:
-        print(f'SRGAN: generator {model_config}, content loss {args.content_loss}; {describe_run(run, args)}')
-
-    def checkpoint_state():
-        return {'kind': 'srgan', 'model_config': model_config, 'generator': generator.state_dict(),
-                'discriminator': discriminator.state_dict(), 'optimizer_g': optimizer_g.state_dict(),
-                'optimizer_d': optimizer_d.state_dict(), 'scheduler_g': scheduler_g.state_dict(),
-                'scheduler_d': scheduler_d.state_dict(), 'scaler': scaler.state_dict()}
+        print(f'SRGAN: generator {model_config}, content loss {args.content_loss}; {run.describe()}')
 
     def step(lr_imgs, hr_imgs):
-        return train_step(generator_ddp, discriminator, discriminator_ddp, vgg, optimizer_g, optimizer_d,
-                          scheduler_g, scheduler_d, scaler, lr_imgs, hr_imgs, run.amp_dtype, args.adversarial_weight)
+        generator.train()
+        discriminator.train()
+        return train_step(models, lr_imgs, hr_imgs, run.amp_dtype, args.adversarial_weight)
 
-    train_loop(args, run, make_train_loader(args, run), step, checkpoint_state, sr_model=generator.net,
-               optimizer=optimizer_g, best_psnr=checkpoint['best_psnr'] if checkpoint else float('-inf'))
+    train_loop(run, state, step, sr_model=generator.net)
 
 
 if __name__ == '__main__':

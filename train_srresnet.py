@@ -21,32 +21,25 @@ import torch
 import torch.nn.functional as F
 
 from models import SRResNet
-from utils import (describe_run, freeze_batchnorm, make_grad_scaler, make_optimizer, make_train_loader, prepare_model,
-                   setup_run, train_loop, training_argument_parser)
+from training import (TrainingState, freeze_batchnorm, make_grad_scaler, make_optimizer, prepare_model, setup_run,
+                      train_loop, training_argument_parser)
 
 
 def get_args(argv=None):
-    parser = training_argument_parser(__doc__, output_dir='runs/srresnet', iterations=1_000_000, val_every=5000)
-    # the architecture (the paper's; fewer blocks make quick experiments and tests cheaper)
-    parser.add_argument('--lr-decay-at', type=int, default=None,
-                        help='multiply the lr by 0.1 from this iteration on (default: never, as the paper); may be '
-                             'changed when resuming')
+    parser = training_argument_parser(__doc__, output_dir='runs/srresnet', iterations=1_000_000, lr_decay_at=None)
     parser.add_argument('--freeze-bn-at', type=int, default=None,
                         help='from this iteration on, BatchNorm uses and keeps its running statistics (as in eval '
                              'mode) while the weights train on; default: never, as the paper; may be changed when '
                              'resuming')
+    # the architecture (the paper's; fewer blocks make quick experiments and tests cheaper)
     parser.add_argument('--n-blocks', type=int, default=16, help='residual blocks')
     parser.add_argument('--n-channels', type=int, default=64, help='channels of the residual blocks')
     return parser.parse_args(argv)
 
 
-def train_step(model, optimizer, scheduler, scaler, lr_imgs, hr_imgs, amp_dtype, freeze_bn=False):
-    """One optimizer step on the MSE between SR and HR images. lr_imgs: (N, 3, 24, 24) ImageNet-normalised,
-    hr_imgs: (N, 3, 96, 96) in [-1, 1]. freeze_bn: BatchNorm normalises with its running statistics and leaves
-    them as they are. Returns {'loss': 0-dim tensor}."""
-    model.train()
-    if freeze_bn:
-        freeze_batchnorm(model)
+def train_step(model, optimizer, scaler, lr_imgs, hr_imgs, amp_dtype):
+    """One optimizer step on the MSE between SR and HR images (the paper's SRResNet loss).
+    lr_imgs: (N, 3, 24, 24) ImageNet-normalised, hr_imgs: (N, 3, 96, 96) in [-1, 1]. Returns {'loss': 0-dim}."""
     with torch.autocast(lr_imgs.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         sr_imgs = model(lr_imgs)  # (N, 3, 96, 96), in [-1, 1]
     loss = F.mse_loss(sr_imgs.float(), hr_imgs)  # in fp32 whatever the autocast dtype
@@ -54,55 +47,37 @@ def train_step(model, optimizer, scheduler, scaler, lr_imgs, hr_imgs, amp_dtype,
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
-    scheduler.step()
     return {'loss': loss.detach()}
 
 
 def main(argv=None):
     args = get_args(argv)
     run = setup_run(args, kind='srresnet')
-    checkpoint = run.checkpoint
 
     model_config = dict(large_kernel_size=9, small_kernel_size=3, n_channels=args.n_channels,
                         n_blocks=args.n_blocks, scaling_factor=args.scaling_factor)
-    if checkpoint is not None:
-        model_config = checkpoint['model_config']  # the architecture is the checkpoint's
-    model = SRResNet(**model_config)
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint['model'])
-    model, model_ddp = prepare_model(model, run, args)
-    optimizer = make_optimizer(model, args, run)
-    scaler = make_grad_scaler(run)
-    # the lr of iteration t (counted from 0) is lr x lr_factor(t); computed from the flags, not stored, so a resumed
-    # run can move --lr-decay-at
-    def lr_factor(t):
-        return 0.1 if args.lr_decay_at is not None and t >= args.lr_decay_at else 1.0
-    if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint['optimizer'])
-        for group in optimizer.param_groups:
-            group['lr'] = group['initial_lr'] = args.lr  # --lr may differ from the checkpoint's (setup_run notes it)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor, last_epoch=run.start_iteration - 1)
+    if run.checkpoint is not None and run.checkpoint['model_config'] != model_config:
+        raise SystemExit(f'error: the run being resumed is SRResNet({run.checkpoint["model_config"]}); resume it with '
+                         f'its --n-blocks and --n-channels, or start a new run in another --output-dir')
+    model, model_ddp = prepare_model(SRResNet(**model_config), run)
+    optimizer = make_optimizer(model, run)
+    state = TrainingState(model_config, models={'model': model}, optimizers={'optimizer': optimizer},
+                          scaler=make_grad_scaler(run))
+    if run.is_main:
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f'SRResNet {model_config}: {n_params / 1e6:.2f}M parameters; {run.describe()}')
 
     # Why freeze BatchNorm late in training: BN normalises each training batch of 16 crops with that batch's own
     # statistics, but a test image with the running averages. The network never trains with the averages, and its
     # eval-mode output can swing by 1-3 dB on Set5 between checkpoints 1000 iterations apart even at a low lr.
     # Training on with the running statistics fixed removes that gap: what is optimised is what is evaluated.
-    def frozen(t):  # iteration t, counted from 0 (the scheduler's last_epoch when step t starts)
-        return args.freeze_bn_at is not None and t >= args.freeze_bn_at
+    def step(lr_imgs, hr_imgs):
+        model.train()
+        if args.freeze_bn_at is not None and state.iteration >= args.freeze_bn_at:
+            freeze_batchnorm(model)
+        return train_step(model_ddp, optimizer, state.scaler, lr_imgs, hr_imgs, run.amp_dtype)
 
-    if run.is_main:
-        n_params = sum(p.numel() for p in model.parameters())
-        print(f'SRResNet {model_config}: {n_params / 1e6:.2f}M parameters; {describe_run(run, args)}')
-
-    def checkpoint_state():
-        return {'kind': 'srresnet', 'model_config': model_config, 'model': model.state_dict(),
-                'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict()}
-
-    train_loop(args, run, make_train_loader(args, run),
-               lambda lr_imgs, hr_imgs: train_step(model_ddp, optimizer, scheduler, scaler, lr_imgs, hr_imgs,
-                                                  run.amp_dtype, freeze_bn=frozen(scheduler.last_epoch)),
-               checkpoint_state, sr_model=model, optimizer=optimizer,
-               best_psnr=checkpoint['best_psnr'] if checkpoint else float('-inf'))
+    train_loop(run, state, step, sr_model=model)
 
 
 if __name__ == '__main__':

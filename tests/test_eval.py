@@ -14,7 +14,10 @@ import torch
 from PIL import Image
 
 import eval as eval_py
+import metrics
 import utils
+from checkpoints import save_checkpoint
+from inference import Upscaler, load_generator
 from models import SRResNet
 from conftest import SmallMemory
 
@@ -42,10 +45,10 @@ def test_y_of_pure_colours_as_matlab_rgb2ycbcr_gives_for_uint8():
     imgs = torch.tensor(list(colours), dtype=torch.float64).view(-1, 3, 1, 1) / 127.5 - 1  # (6, 3, 1, 1) in [-1, 1]
     expected = torch.tensor(list(colours.values()), dtype=torch.float64)
     torch.testing.assert_close(utils.convert_image(imgs, '[-1, 1]', 'y-channel').flatten(), expected)
-    assert utils.y_channel_8bit(imgs).flatten().tolist() == [235, 16, 81, 145, 41, 126]  # uint8 rgb2ycbcr rounds
+    assert metrics.y_channel_8bit(imgs).flatten().tolist() == [235, 16, 81, 145, 41, 126]  # uint8 rgb2ycbcr rounds
     # a single-channel file is measured on its gray values, the full 0-255 range
     grays = torch.tensor([0, 1, 127, 128, 254, 255], dtype=torch.float64).view(-1, 1, 1, 1).expand(-1, 3, 1, 1)
-    assert utils.y_channel_8bit(grays / 127.5 - 1, gray=True).flatten().tolist() == [0, 1, 127, 128, 254, 255]
+    assert metrics.y_channel_8bit(grays / 127.5 - 1, gray=True).flatten().tolist() == [0, 1, 127, 128, 254, 255]
 
 
 def test_psnr_of_a_known_mse():
@@ -54,20 +57,20 @@ def test_psnr_of_a_known_mse():
     sr[0] += 10.0  # MSE 100 -> 10 log10(255^2 / 100) = 28.1308 dB
     sr[1, ::2] += 5.0  # half the pixels off by 5: MSE 12.5
     expected = [20 * math.log10(255) - 20, 10 * math.log10(255 ** 2 / 12.5)]
-    assert utils.calculate_psnr(sr, hr).tolist() == pytest.approx(expected, abs=1e-9)
+    assert metrics.calculate_psnr(sr, hr).tolist() == pytest.approx(expected, abs=1e-9)
     assert expected[0] == pytest.approx(28.1308, abs=1e-4)
-    assert utils.calculate_psnr(torch.zeros(4, 4), torch.zeros(4, 4)).item() == math.inf
+    assert metrics.calculate_psnr(torch.zeros(4, 4), torch.zeros(4, 4)).item() == math.inf
 
 
 def test_ssim_of_identical_images_is_one():
     img = _photo(40, 50)[0].double()
-    assert utils.calculate_ssim(img, img).item() == pytest.approx(1.0, abs=1e-12)
+    assert metrics.calculate_ssim(img, img).item() == pytest.approx(1.0, abs=1e-12)
 
 
 def test_ssim_of_constant_images_is_the_closed_form():
     # no variance: SSIM = (2 a b + C1) / (a^2 + b^2 + C1), C1 = (0.01 * 255)^2
     a, b, c1 = 100.0, 120.0, (0.01 * 255) ** 2
-    ssim = utils.calculate_ssim(torch.full((16, 16), a), torch.full((16, 16), b))
+    ssim = metrics.calculate_ssim(torch.full((16, 16), a), torch.full((16, 16), b))
     assert ssim.item() == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1), abs=1e-12)  # 0.98368...
 
 
@@ -83,7 +86,7 @@ def test_ssim_of_one_window_against_a_hand_computation():
     vx, vy, cxy = (w * (x - mx) ** 2).sum(), (w * (y - my) ** 2).sum(), (w * (x - mx) * (y - my)).sum()
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     expected = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
-    assert utils.calculate_ssim(torch.from_numpy(x), torch.from_numpy(y)).item() == pytest.approx(expected, abs=1e-12)
+    assert metrics.calculate_ssim(torch.from_numpy(x), torch.from_numpy(y)).item() == pytest.approx(expected, abs=1e-12)
 
 
 def test_ssim_agrees_with_scikit_image_gaussian_ssim():
@@ -93,8 +96,8 @@ def test_ssim_agrees_with_scikit_image_gaussian_ssim():
     sr = (hr + torch.from_numpy(np.random.default_rng(2).normal(0, 8, hr.shape))).clamp(0, 255)
     expected = structural_similarity(hr.numpy(), sr.numpy(), data_range=255, gaussian_weights=True, sigma=1.5,
                                      use_sample_covariance=False)
-    assert utils.calculate_ssim(sr, hr).item() == pytest.approx(expected, abs=1e-9)
-    batch = utils.calculate_ssim(torch.stack([sr, hr]), torch.stack([hr, hr]))  # (N, H, W) -> (N,)
+    assert metrics.calculate_ssim(sr, hr).item() == pytest.approx(expected, abs=1e-9)
+    batch = metrics.calculate_ssim(torch.stack([sr, hr]), torch.stack([hr, hr]))  # (N, H, W) -> (N,)
     assert batch.shape == (2,) and batch[0].item() == pytest.approx(expected, abs=1e-9) and batch[1] == 1
 
 
@@ -110,7 +113,7 @@ def test_imresize_without_antialiasing_matches_octave():
     # Octave's image package (the same algorithm): imresize(reshape(0:15, 4, 4)', 0.5, 'bicubic', 'AntiAliasing',
     # false) = [2.1875 4.3125; 10.6875 12.8125]
     img = torch.arange(16, dtype=torch.float64).view(4, 4)
-    out = utils.imresize(img, 0.5, antialias=False)
+    out = metrics.imresize(img, 0.5, antialias=False)
     assert out.tolist() == [[2.1875, 4.3125], [10.6875, 12.8125]]
 
 
@@ -118,7 +121,7 @@ def test_imresize_downscale_of_an_impulse_gives_the_antialiased_kernel():
     # x1/2: output i samples u = 2 i - 0.5 with the kernel stretched x2: weight(d) = K(d / 2) / 2 (they sum to 1)
     img = torch.zeros(1, 16, dtype=torch.float64)
     img[0, 7] = 1.0  # 1-based column 8
-    out = utils.imresize(img, 0.5)[0]
+    out = metrics.imresize(img, 0.5)[0]
     expected = [_cubic((2 * i - 0.5 - 8) / 2) / 2 for i in range(1, 9)]
     assert expected[2:6] == [-0.03515625, 0.43359375, 0.11328125, -0.01171875]
     torch.testing.assert_close(out, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-12)
@@ -128,7 +131,7 @@ def test_imresize_upscale_of_an_impulse_gives_the_cubic_kernel():
     # x4: output i samples u = i / 4 + 0.375; an impulse at column 5 gives K(u - 5)
     img = torch.zeros(1, 10, dtype=torch.float64)
     img[0, 4] = 1.0
-    out = utils.imresize(img, 4)[0]
+    out = metrics.imresize(img, 4)[0]
     assert out.shape == (40,)
     assert out[17].item() == out[18].item() == pytest.approx(0.9638671875, abs=1e-12)  # u = 4.875, 5.125
     assert out[19].item() == pytest.approx(0.7275390625, abs=1e-12)  # u = 5.375
@@ -139,34 +142,34 @@ def test_imresize_upscale_of_an_impulse_gives_the_cubic_kernel():
 def test_imresize_keeps_constants_and_interior_ramps_and_mirrors_the_edges():
     constant = torch.full((2, 3, 12, 20), 77.0, dtype=torch.float64)
     for scale in (0.25, 0.5, 2, 4):
-        torch.testing.assert_close(utils.imresize(constant, scale), torch.full_like(utils.imresize(constant, scale), 77.0))
+        torch.testing.assert_close(metrics.imresize(constant, scale), torch.full_like(metrics.imresize(constant, scale), 77.0))
     # bicubic reproduces straight lines: away from the edges, output i holds the value at u = i / s + (1 - 1 / s) / 2
     ramp = torch.arange(1, 65, dtype=torch.float64).view(1, 64)  # value = 1-based position
     for scale in (0.25, 4):
-        out = utils.imresize(ramp, scale)[0]
+        out = metrics.imresize(ramp, scale)[0]
         u = torch.arange(1, out.numel() + 1, dtype=torch.float64) / scale + 0.5 * (1 - 1 / scale)
         interior = slice(int(8 * scale) + 2, -int(8 * scale) - 2)
         torch.testing.assert_close(out[interior], u[interior], rtol=0, atol=1e-9)
     # at the edges MATLAB mirrors (... 2 1 | 1 2 ...): x1/2 of [1 .. 8], first output from u = 1.5
     w = [_cubic(d / 2) / 2 for d in (-3.5, -2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.5)]  # input positions -2 .. 5
     values = [3, 2, 1, 1, 2, 3, 4, 5]  # positions -2, -1, 0 mirror onto 3, 2, 1
-    out = utils.imresize(torch.arange(1, 9, dtype=torch.float64).view(1, 8), 0.5)[0]
+    out = metrics.imresize(torch.arange(1, 9, dtype=torch.float64).view(1, 8), 0.5)[0]
     assert out[0].item() == pytest.approx(sum(a * b for a, b in zip(w, values)), abs=1e-12)
 
 
 def test_imresize_is_batched_and_sized_as_matlab():
     imgs = torch.rand(2, 3, 18, 13, dtype=torch.float64) * 255
-    out = utils.imresize(imgs, 0.25)
+    out = metrics.imresize(imgs, 0.25)
     assert out.shape == (2, 3, 5, 4)  # ceil(18 / 4), ceil(13 / 4)
-    torch.testing.assert_close(out[1, 2], utils.imresize(imgs[1, 2], 0.25))
-    assert utils.imresize(imgs.float(), 4).dtype == torch.float32
+    torch.testing.assert_close(out[1, 2], metrics.imresize(imgs[1, 2], 0.25))
+    assert metrics.imresize(imgs.float(), 4).dtype == torch.float32
     # x1/4 of an image made of 4x4 blocks: each output mixes its own block (84.6 %) with the two rings of blocks
     # around it, weights summed from the stretched kernel by hand: block k away holds offsets 4k - 1.5 +- 0.5, +- 1.5
     taps = {k: sum(_cubic((4 * k + d) / 4) / 4 for d in (-1.5, -0.5, 0.5, 1.5)) for k in (-2, -1, 0, 1, 2)}
     total = sum(taps.values())
     assert taps[0] / total == pytest.approx(0.8457, abs=1e-4)
     block_values = torch.rand(9, 9, dtype=torch.float64) * 255
-    small = utils.imresize(block_values.repeat_interleave(4, 0).repeat_interleave(4, 1), 0.25)  # (9, 9)
+    small = metrics.imresize(block_values.repeat_interleave(4, 0).repeat_interleave(4, 1), 0.25)  # (9, 9)
     ring = torch.tensor([taps[k] / total for k in (-2, -1, 0, 1, 2)], dtype=torch.float64)
     expected = ring @ block_values.unfold(0, 5, 1).unfold(1, 5, 1) @ ring  # blocks 2 .. 6: two rings inside
     torch.testing.assert_close(small[2:7, 2:7], expected, rtol=0, atol=1e-9)
@@ -180,23 +183,23 @@ def test_paper_protocol_rounds_and_clamps_sr_and_removes_the_border():
     sr = hr + 0.4 / 127.5  # +0.4 levels: rounds back to the HR
     assert (hr == 1).any()
     sr[hr == 1] = 1.3  # beyond white: clamped
-    psnr, ssim = utils.evaluate_image(sr, hr, 4)
+    psnr, ssim = metrics.evaluate_image(sr, hr, 4)
     assert psnr.item() == math.inf and ssim.item() == 1
     framed = hr.clone()
     framed[:, :4] = framed[:, -4:] = framed[:, :, :4] = framed[:, :, -4:] = -1  # only the 4-px border differs
-    assert utils.evaluate_image(framed, hr, 4)[0].item() == math.inf
-    assert utils.evaluate_image(framed, hr, 2)[0].item() < 30
+    assert metrics.evaluate_image(framed, hr, 4)[0].item() == math.inf
+    assert metrics.evaluate_image(framed, hr, 2)[0].item() < 30
     # batches give one value per image
-    psnr, ssim = utils.evaluate_image(torch.stack([hr, framed]), torch.stack([hr, hr]), 2)
+    psnr, ssim = metrics.evaluate_image(torch.stack([hr, framed]), torch.stack([hr, hr]), 2)
     assert psnr.shape == ssim.shape == (2,) and psnr[0] == math.inf and psnr[1] < 30
 
 
 def test_gray_files_are_measured_on_their_gray_values():
     hr = torch.full((3, 30, 30), 100.0, dtype=torch.float64)
     sr = hr + 10
-    psnr, _ = utils.evaluate_image(sr / 127.5 - 1, hr / 127.5 - 1, 2, gray=True)
+    psnr, _ = metrics.evaluate_image(sr / 127.5 - 1, hr / 127.5 - 1, 2, gray=True)
     assert psnr.item() == pytest.approx(20 * math.log10(255) - 20, abs=1e-9)  # MSE 100
-    psnr_rgb, _ = utils.evaluate_image(sr / 127.5 - 1, hr / 127.5 - 1, 2)  # as RGB: 8-bit Y 101.88 -> 102 and
+    psnr_rgb, _ = metrics.evaluate_image(sr / 127.5 - 1, hr / 127.5 - 1, 2)  # as RGB: 8-bit Y 101.88 -> 102 and
     assert psnr_rgb.item() == pytest.approx(20 * math.log10(255 / 8), abs=1e-9)  # 110.47 -> 110, 8 levels apart
 
 
@@ -204,14 +207,14 @@ def test_tutorial_protocol_is_float_y_with_a_4_pixel_crop_and_scikit_image_defau
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
     hr = _to_pm1(_photo(40, 48)).float()
     sr = hr + torch.from_numpy(np.random.default_rng(3).normal(0, 0.02, hr.shape)).float()  # float, beyond [-1, 1]
-    psnr, ssim = utils.evaluate_image(sr, hr, 2, protocol='tutorial')
+    psnr, ssim = metrics.evaluate_image(sr, hr, 2, protocol='tutorial')
     # the tutorial's convert_image: Y of the [0, 1] image, 4 px cropped on every side whatever the scale
     y = lambda img: (torch.tensordot(torch.tensor([65.481, 128.553, 24.966]), (img + 1) / 2, 1) + 16)[4:-4, 4:-4]
     assert psnr.item() == pytest.approx(peak_signal_noise_ratio(y(hr).numpy(), y(sr).numpy(), data_range=255.), abs=1e-4)
     assert ssim.item() == pytest.approx(structural_similarity(y(hr).numpy(), y(sr).numpy(), data_range=255.), abs=1e-5)
-    assert psnr.item() != pytest.approx(utils.evaluate_image(sr, hr, 2)[0].item(), abs=0.01)
+    assert psnr.item() != pytest.approx(metrics.evaluate_image(sr, hr, 2)[0].item(), abs=0.01)
     with pytest.raises(ValueError, match='protocol'):
-        utils.evaluate_image(sr, hr, 2, protocol='matlab')
+        metrics.evaluate_image(sr, hr, 2, protocol='matlab')
 
 
 def test_test_crops_top_left_for_the_paper_and_centred_for_the_tutorial():
@@ -229,7 +232,7 @@ def test_set5_bicubic_baseline_matches_the_literature(shared_data):
     assert len(paths) == 5
     bicubic = [eval_py.Model('bicubic', 'bicubic', 4)]
     for lr_kernel, expected in (('matlab', 28.42), ('pillow', 28.43)):  # literature (MATLAB); ../shared README
-        rows = eval_py.evaluate(bicubic, [('Set5', paths)], 'paper', lr_kernel, progress=False)
+        rows = eval_py.evaluate(bicubic, [('Set5', paths)], 'paper', lr_kernel)
         psnr, ssim = np.mean([r['psnr'] for r in rows]), np.mean([r['ssim'] for r in rows])
         assert psnr == pytest.approx(expected, abs=0.02), lr_kernel
         assert ssim == pytest.approx(0.8104, abs=0.002), lr_kernel  # the literature's 0.8104 (MATLAB ssim_index)
@@ -243,21 +246,21 @@ def tiny_checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     config = {'n_channels': 16, 'n_blocks': 2, 'scaling_factor': 4}
     path = tmp_path_factory.mktemp('model') / 'tiny.pt'
-    utils.save_checkpoint({'kind': 'srresnet', 'model_config': config, 'model': SRResNet(**config).state_dict(),
-                           'iteration': 0}, path)
+    save_checkpoint({'kind': 'srresnet', 'model_config': config, 'model': SRResNet(**config).state_dict(),
+                     'iteration': 0}, path)
     return path
 
 
 def test_tiled_inference_scores_as_untiled(tiny_checkpoint):
-    model = utils.load_generator(tiny_checkpoint)
+    model = load_generator(tiny_checkpoint)
     hr_img = _photo(160, 224)
     lr_img = eval_py.make_lr(Image.fromarray(hr_img.permute(1, 2, 0).numpy()), 4, 'matlab')  # (3, 40, 56) uint8
     lr_input = utils.convert_image(lr_img.float() / 255, '[0, 1]', 'imagenet-norm')
-    whole = utils.super_resolve_tiled(model, lr_input, 4, tile=None)
-    tiled = utils.super_resolve_tiled(model, lr_input, 4, tile=24, tile_overlap=8)  # 6 tiles
+    whole = Upscaler(model, 4, tile=None).tiled(lr_input)
+    tiled = Upscaler(model, 4, tile=24, tile_overlap=8).tiled(lr_input)  # 6 tiles
     assert tiled.shape == whole.shape == (3, 160, 224)
-    psnr_whole = utils.evaluate_image(whole, _to_pm1(hr_img), 4)[0].item()
-    psnr_tiled = utils.evaluate_image(tiled, _to_pm1(hr_img), 4)[0].item()
+    psnr_whole = metrics.evaluate_image(whole, _to_pm1(hr_img), 4)[0].item()
+    psnr_tiled = metrics.evaluate_image(tiled, _to_pm1(hr_img), 4)[0].item()
     assert abs(psnr_tiled - psnr_whole) < 0.01
     # the PSNR of a random model hardly moves with seams; the pixels do. Mean abs difference on the 0-1 scale,
     # measured: 0.25/255 at overlap 8, 0.60/255 at 4, 1.38/255 with tiles pasted side by side (overlap 0)
@@ -314,16 +317,16 @@ def test_a_fresh_checkout_evaluates_the_demo_set(tmp_path, monkeypatch, capsys):
     assert 'the demo set' in out and '| bicubic | x4 | ' in out and 'demo PSNR / SSIM' in out
 
 
-def test_eval_goes_through_super_resolve_upscale_and_retries_out_of_memory(tiny_checkpoint, tmp_path, capsys):
-    network = utils.load_generator(tiny_checkpoint)
+def test_eval_goes_through_the_upscaler_and_retries_out_of_memory(tiny_checkpoint, tmp_path, capsys):
+    network = load_generator(tiny_checkpoint)
 
     Image.fromarray(_photo(128, 160).permute(1, 2, 0).numpy()).save(tmp_path / 'a.png')  # LR 32 x 40
     test_sets = [('t', [str(tmp_path / 'a.png')])]
-    rows = eval_py.evaluate([eval_py.Model('small', 'srresnet', 4, SmallMemory(network, 24 * 24))], test_sets, tile=None,
-                            tile_overlap=4, progress=False)
+    small = Upscaler(SmallMemory(network, 24 * 24), 4, tile=None, tile_overlap=4)
+    rows = eval_py.evaluate([eval_py.Model('small', 'srresnet', 4, small)], test_sets)
     assert 'out of memory; trying again with --tile 20' in capsys.readouterr().err
-    expected = eval_py.evaluate([eval_py.Model('tiled', 'srresnet', 4, network)], test_sets, tile=20,
-                                tile_overlap=4, progress=False)
+    tiled = Upscaler(network, 4, tile=20, tile_overlap=4)
+    expected = eval_py.evaluate([eval_py.Model('tiled', 'srresnet', 4, tiled)], test_sets)
     assert rows[0]['psnr'] == pytest.approx(expected[0]['psnr'], abs=1e-9)  # the same tiles as --tile 20
 
 

@@ -5,9 +5,10 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+import models
 import train_srgan
-from models import (ConvolutionalBlock, Discriminator, Generator, PReLU, ResidualBlock, SRResNet,
-                    SubPixelConvolutionalBlock, TruncatedVGG19, VGGWeightsUnavailable, conv_before_pixel_shuffle)
+from models import (ConvolutionalBlock, Discriminator, Generator, ResidualBlock, SRResNet, SubPixelConvolutionalBlock,
+                    TruncatedVGG19, VGGWeightsUnavailable)
 from utils import convert_image
 
 
@@ -56,47 +57,6 @@ def test_blocks():
     assert torch.equal(block.eval()(x), x)
 
 
-@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize('slope', [0.25, -0.6])
-def test_single_slope_prelu_is_nn_prelu(dtype, slope):
-    """models.PReLU's own backward (the CPU path) against nn.PReLU: output, input gradient, slope gradient, in fp32
-    and under bf16 autocast, channels_last, with exact zeros in the input (where the gradient is the slope's)."""
-    torch.manual_seed(0)
-    x = torch.randn(4, 8, 6, 5).contiguous(memory_format=torch.channels_last)
-    x[0, :, 0, :] = 0
-    results = []
-    for prelu in (torch.nn.PReLU(), PReLU()):
-        prelu.weight.data.fill_(slope)
-        inputs = x.clone().requires_grad_()
-        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            output = prelu(inputs)
-        assert output.dtype == dtype and output.is_contiguous(memory_format=torch.channels_last)
-        grad = torch.linspace(-1, 1, output.numel()).view(output.shape).to(dtype)
-        output.backward(grad)
-        assert prelu.weight.grad.dtype == torch.float32 and prelu.weight.grad.shape == (1,)
-        results.append((output, inputs.grad, prelu.weight.grad, output.grad_fn.name()))
-    (theirs, their_grad, their_slope_grad, _), (ours, our_grad, our_slope_grad, our_grad_fn) = results
-    assert 'SingleSlopePReLU' in our_grad_fn  # the fast path ran
-    torch.testing.assert_close(ours, theirs, atol=0, rtol=0)  # bf16 too: the same slope, rounded the same way
-    torch.testing.assert_close(our_grad, their_grad, atol=0, rtol=0)
-    rtol = 1e-5 if dtype == torch.float32 else 2 ** -7  # bf16: summed in fp32, rounded to bf16 as nn.PReLU does
-    torch.testing.assert_close(our_slope_grad, their_slope_grad, atol=0, rtol=rtol)
-    expected = (grad.double() * x.clamp(max=0).to(dtype).double()).sum()  # the slope's gradient, summed exactly
-    torch.testing.assert_close(our_slope_grad.double(), expected.view(1), atol=0, rtol=rtol)
-
-
-def test_prelu_keeps_nn_prelu_where_the_fast_path_does_not_apply():
-    per_channel = PReLU(8)
-    per_channel.weight.data.uniform_(-1, 1)
-    x = torch.randn(2, 8, 3, 3, requires_grad=True)
-    output = per_channel(x)
-    assert 'SingleSlopePReLU' not in output.grad_fn.name()
-    torch.testing.assert_close(output, F.prelu(x, per_channel.weight), atol=0, rtol=0)
-    assert set(PReLU().state_dict()) == {'weight'}  # the tutorial's key, as nn.PReLU
-    with torch.no_grad():  # inference: no graph, same values
-        assert torch.equal(PReLU()(x), torch.nn.PReLU()(x))
-
-
 def tutorial_srresnet_keys(n_blocks=16, n_subpixel=2):
     """The original tutorial's SRResNet state_dict layout, written out by hand: {key: shape}."""
     keys = {'conv_block1.conv_block.0.weight': (64, 3, 9, 9), 'conv_block1.conv_block.0.bias': (64,),
@@ -133,72 +93,6 @@ def test_tutorial_state_dicts_load_strictly():
 
 
 
-def plain_srresnet_forward(model, lr_imgs):
-    """SRResNet as the tutorial composes it: the last 9x9 convolution after the last pixel shuffle."""
-    output = model.conv_block1(lr_imgs)
-    output = model.conv_block2(model.residual_blocks(output)) + output
-    return model.conv_block3(model.subpixel_convolutional_blocks(output))
-
-
-@pytest.mark.parametrize('scale', [2, 4, 8])
-def test_srresnet_forward_is_the_plain_composition_with_the_same_gradients(scale):
-    torch.manual_seed(scale)
-    model = SRResNet(n_channels=16, n_blocks=1, scaling_factor=scale)
-    lr_imgs = torch.randn(2, 3, 7, 6)
-    target = torch.rand(2, 3, 7 * scale, 6 * scale) * 2 - 1
-    grads = []
-    for forward in (model, lambda x: plain_srresnet_forward(model, x)):
-        model.zero_grad()
-        sr_imgs = forward(lr_imgs)
-        torch.nn.functional.mse_loss(sr_imgs, target).backward()
-        grads.append((sr_imgs.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}))
-    (ours, our_grads), (plain, plain_grads) = grads
-    torch.testing.assert_close(ours, plain, atol=1e-6, rtol=0)
-    assert our_grads.keys() == plain_grads.keys()
-    for key in our_grads:  # the 9x9 weight and bias included: the derived weight trains the stored one
-        torch.testing.assert_close(our_grads[key], plain_grads[key], atol=1e-6, rtol=1e-5, msg=key)
-    assert our_grads['conv_block3.conv_block.0.weight'].abs().sum() > 0
-    # the parameters and their keys are the tutorial's: nothing derived is stored
-    assert set(model.state_dict()) == set(tutorial_srresnet_keys(n_blocks=1, n_subpixel={2: 1, 4: 2, 8: 3}[scale]))
-    assert {k: tuple(v.shape) for k, v in SRResNet(scaling_factor=scale).state_dict().items()} == \
-        tutorial_srresnet_keys(n_subpixel={2: 1, 4: 2, 8: 3}[scale])
-
-
-def test_srresnet_forward_with_per_channel_prelu_keeps_the_plain_order():
-    torch.manual_seed(0)
-    model = SRResNet(n_channels=8, n_blocks=1, scaling_factor=2)
-    model.subpixel_convolutional_blocks[-1].prelu = torch.nn.PReLU(8, init=0.0)  # does not commute with the shuffle
-    model.subpixel_convolutional_blocks[-1].prelu.weight.data.uniform_(-1, 1)
-    lr_imgs = torch.randn(1, 3, 6, 5)
-    torch.testing.assert_close(model(lr_imgs), plain_srresnet_forward(model, lr_imgs), atol=0, rtol=0)
-
-
-@pytest.mark.parametrize('kernel_size, r', [(9, 2), (9, 3), (3, 2), (5, 4), (1, 2)])
-def test_conv_before_pixel_shuffle(kernel_size, r):
-    torch.manual_seed(0)
-    weight, bias = torch.randn(3, 5, kernel_size, kernel_size), torch.randn(3)
-    y = torch.randn(2, 5 * r * r, 6, 7, dtype=torch.float64)
-    expected = torch.nn.functional.conv2d(torch.nn.functional.pixel_shuffle(y, r), weight.double(), bias.double(),
-                                          padding=kernel_size // 2)
-    folded_weight, folded_bias = conv_before_pixel_shuffle(weight.double(), bias.double(), r)
-    assert folded_weight.shape[:2] == (3 * r * r, 5 * r * r)
-    assert folded_weight.shape[-1] == 2 * -(-(kernel_size // 2) // r) + 1  # 9x9 at x2: 5x5
-    output = torch.nn.functional.conv2d(y, folded_weight, folded_bias, padding=folded_weight.shape[-1] // 2)
-    torch.testing.assert_close(torch.nn.functional.pixel_shuffle(output, r), expected, atol=1e-10, rtol=0)
-
-
-def test_srresnet_trains_after_inference_mode():
-    """The tail's index tables are cached: a first forward under inference_mode (eval.py, validation) must not
-    leave an inference tensor behind that a later training step cannot save for backward (a CI failure once)."""
-    import models
-    models._conv_before_pixel_shuffle_index.cache_clear()
-    model = SRResNet(n_blocks=1)
-    with torch.inference_mode():
-        model.eval()(torch.randn(1, 3, 8, 8))
-    model.train()(torch.randn(2, 3, 8, 8)).square().mean().backward()
-    assert model.conv_block3.conv_block[0].weight.grad.abs().sum() > 0
-
-
 def tutorial_srgan_step(generator, discriminator, vgg, lr_imgs, hr_imgs, adversarial_weight):
     """The tutorial's SRGAN step (fp32, VGG features scaled as the paper), D running on the SR images twice, without
     the updates: returns the generator's gradients (and the losses); the discriminator's are left in .grad."""
@@ -233,9 +127,9 @@ def test_srgan_step_has_the_tutorials_gradients_with_one_discriminator_forward_o
     d_forwards = []
     discriminator.register_forward_hook(lambda *_: d_forwards.append(1))
     optimizers = [torch.optim.SGD(m.parameters(), lr=0.0) for m in (generator, discriminator)]  # grads stay to compare
-    schedulers = [torch.optim.lr_scheduler.MultiStepLR(o, [10]) for o in optimizers]
-    values = train_srgan.train_step(generator, discriminator, discriminator, vgg, *optimizers, *schedulers,
-                                    torch.amp.GradScaler('cpu', enabled=False), lr_imgs, hr_imgs, None, 0.1)
+    srgan = train_srgan.SRGANModels(generator, discriminator, discriminator, vgg, *optimizers,
+                                    torch.amp.GradScaler('cpu', enabled=False))
+    values = train_srgan.train_step(srgan, lr_imgs, hr_imgs, None, 0.1)
     assert len(d_forwards) == 2  # SR once (both steps), HR once
     for key, expected in zip(('content_loss', 'adversarial_loss', 'discriminator_loss'), expected_losses):
         torch.testing.assert_close(values[key], expected.detach(), atol=0, rtol=1e-6, msg=key)
@@ -313,3 +207,19 @@ def test_truncated_vgg19_missing_weights_say_what_to_do(tmp_path, monkeypatch):
     torch.save({'conv.weight': torch.zeros(1)}, tmp_path / 'other.pth')
     with pytest.raises(VGGWeightsUnavailable):
         TruncatedVGG19(weights=str(tmp_path / 'other.pth'))
+
+
+def test_srresnet_forward_reads_as_the_paper_and_models_imports_no_torchvision():
+    """The paper's model is plain modules (nn.PReLU, nn.PixelShuffle, the 9x9 tail after the shuffle); torchvision
+    is imported only where the VGG is built, so inference does not pay for it."""
+    model = SRResNet(n_blocks=1)
+    assert all(type(m) is torch.nn.PReLU for m in model.modules() if isinstance(m, torch.nn.PReLU))
+    assert isinstance(model.subpixel_convolutional_blocks[-1].pixel_shuffle, torch.nn.PixelShuffle)
+    assert model.scaling_factor == 4 and SRResNet(n_blocks=1, scaling_factor=8).scaling_factor == 8
+    assert models.VGG19_WEIGHTS_URL == torchvision.models.VGG19_Weights.IMAGENET1K_V1.url
+    import subprocess
+    import sys
+    from conftest import REPO
+    code = 'import sys, super_resolve, eval; print(any(m.startswith("torchvision") for m in sys.modules))'
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert result.stdout.strip() == 'False'

@@ -11,7 +11,7 @@ import sys
 from PIL import Image
 
 from conftest import REPO
-from utils import load_checkpoint
+from checkpoints import load_checkpoint
 
 QUICKSTART = re.compile(r'<!-- quickstart[^>]*-->\s*```bash\n(.*?)```\s*<!-- /quickstart -->', re.S)
 

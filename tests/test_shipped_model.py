@@ -7,7 +7,10 @@ from PIL import Image
 
 import eval as eval_py
 import super_resolve
+import metrics
 import utils
+from checkpoints import load_checkpoint
+from inference import Upscaler, load_generator
 from conftest import REPO
 
 WEIGHTS = REPO / 'weights' / 'srresnet_x4.pt'
@@ -16,7 +19,7 @@ CARD = {'Set5': (31.535, 0.8840), 'Set14': (28.073, 0.7691)}
 
 
 def test_the_shipped_weights_are_an_fp32_srresnet_x4_state_dict():
-    checkpoint = utils.load_checkpoint(WEIGHTS)  # weights_only: nothing in the file can run code
+    checkpoint = load_checkpoint(WEIGHTS)  # weights_only: nothing in the file can run code
     assert checkpoint['kind'] == 'srresnet' and checkpoint['model_config']['scaling_factor'] == 4
     assert set(checkpoint) == {'kind', 'model_config', 'model', 'iteration', 'best_psnr', 'config'}  # no optimizer
     assert all(v.dtype == torch.float32 for k, v in checkpoint['model'].items() if 'num_batches' not in k)
@@ -28,9 +31,9 @@ def test_the_shipped_weights_are_an_fp32_srresnet_x4_state_dict():
 
 @pytest.mark.parametrize('dataset', ['Set5', 'Set14'])
 def test_the_shipped_model_scores_what_its_card_says(shared_data, dataset):
-    model = eval_py.Model('shipped', 'srresnet', 4, utils.load_generator(WEIGHTS))
+    model = eval_py.Model('shipped', 'srresnet', 4, Upscaler.for_model(load_generator(WEIGHTS)))
     paths = sorted(str(p) for p in (shared_data / dataset).glob('*.png'))
-    rows = eval_py.evaluate([model], [(dataset, paths)], 'paper', 'matlab', progress=False)
+    rows = eval_py.evaluate([model], [(dataset, paths)], 'paper', 'matlab')
     psnr, ssim = np.mean([r['psnr'] for r in rows]), np.mean([r['ssim'] for r in rows])
     assert psnr == pytest.approx(CARD[dataset][0], abs=0.01)
     assert ssim == pytest.approx(CARD[dataset][1], abs=0.0001)
@@ -48,6 +51,6 @@ def test_super_resolve_uses_the_shipped_model_by_default(tmp_path):
     bicubic = lr.resize(hr.size, Image.BICUBIC)
 
     def psnr(img):
-        return utils.evaluate_image(utils.convert_image(img, 'pil', '[-1, 1]'),
+        return metrics.evaluate_image(utils.convert_image(img, 'pil', '[-1, 1]'),
                                     utils.convert_image(hr, 'pil', '[-1, 1]'), 4)[0].item()
     assert psnr(sr) > psnr(bicubic) + 0.5

@@ -11,8 +11,12 @@ import pytest
 import torch
 from PIL import Image, ImageCms
 
+import inference
+import speedups
 import super_resolve
 import utils
+from checkpoints import CheckpointError, save_checkpoint
+from inference import Upscaler
 from models import SRResNet
 from conftest import SmallMemory
 
@@ -25,7 +29,7 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     config = {'n_blocks': 2, 'scaling_factor': 4}
     path = tmp_path_factory.mktemp('model') / 'srresnet.pt'
-    utils.save_checkpoint({'kind': 'srresnet', 'model_config': config, 'model': SRResNet(**config).state_dict()},
+    save_checkpoint({'kind': 'srresnet', 'model_config': config, 'model': SRResNet(**config).state_dict()},
                           path)
     return path
 
@@ -70,7 +74,7 @@ def test_visualize_sr_grid_with_one_model(checkpoint, tmp_path):
 
 def test_visualize_sr_without_the_shipped_model_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setattr(super_resolve, 'DEFAULT_MODEL', tmp_path / 'weights' / 'srresnet_x4.pt')
-    with pytest.raises(utils.CheckpointError, match='--model PATH'):
+    with pytest.raises(CheckpointError, match='--model PATH'):
         super_resolve.visualize_sr(Image.fromarray(_photo(64, 64)),
                                    srresnet_checkpoint=super_resolve.DEFAULT_MODEL, device='cpu')
     with pytest.raises(SystemExit, match='no shipped model yet.*--model PATH'):
@@ -183,8 +187,8 @@ def test_tiled_output_matches_untiled():
                                  'imagenet-norm')  # (3, 56, 64)
     calls = []
     model.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[-2:]))
-    whole = utils.super_resolve_tiled(model, lr_img, 4)
-    tiled = utils.super_resolve_tiled(model, lr_img, 4, tile=40, tile_overlap=16)
+    whole = Upscaler(model, 4, tile=None).tiled(lr_img)
+    tiled = Upscaler(model, 4, tile=40, tile_overlap=16).tiled(lr_img)
     assert len(calls) == 1 + 4 and all(shape == (36, 40) for shape in calls[1:])  # equal tiles, evenly spread
     assert tiled.shape == (3, 224, 256) and tiled.device.type == 'cpu' and tiled.dtype == torch.float32
     assert tiled.min() >= -1 and tiled.max() <= 1
@@ -199,7 +203,7 @@ class _NearestUpsampling(torch.nn.Module):
     def __init__(self, s):
         super().__init__()
         self.s = s
-        self.unused = torch.nn.Parameter(torch.zeros(1))  # super_resolve_tiled reads the device from a parameter
+        self.unused = torch.nn.Parameter(torch.zeros(1))  # the Upscaler reads the device from a parameter
 
     def forward(self, x):
         return torch.tanh(torch.nn.functional.interpolate(x, scale_factor=self.s, mode='nearest'))
@@ -214,7 +218,7 @@ def test_tiles_cover_every_pixel_once_blended(tile, tile_overlap):
     model.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[-2:]))
     expected = model(lr_img[None])[0]
     calls.clear()
-    tiled = utils.super_resolve_tiled(model, lr_img, 4, tile, tile_overlap)
+    tiled = Upscaler(model, 4, tile, tile_overlap).tiled(lr_img)
     torch.testing.assert_close(tiled, expected, atol=1e-6, rtol=0)
     assert all(max(shape) <= tile for shape in calls) and len(set(calls)) == 1
     # the fewest tiles: n per side with n * tile - (n - 1) * overlap >= size
@@ -224,23 +228,24 @@ def test_tiles_cover_every_pixel_once_blended(tile, tile_overlap):
 
 
 def test_blend_weights_of_neighbours_sum_to_one():
-    left = utils._blend_ramp(64, 0, 16, 'cpu')
-    right = utils._blend_ramp(64, 16, 0, 'cpu')
+    left = inference._blend_ramp(64, 0, 16)
+    right = inference._blend_ramp(64, 16, 0)
     torch.testing.assert_close(left[-16:] + right[:16], torch.ones(16))
     assert (left[-4:] == 0).all() and (right[:4] == 0).all()  # tile edges (zero padding) are never used
     assert (left[:48] == 1).all()
 
 
 def test_out_of_memory_halves_the_tile(checkpoint):
-    model, s = super_resolve.load_model(checkpoint)
+    upscaler = super_resolve.load_upscaler(checkpoint)
+    model, s = upscaler.model, upscaler.scaling_factor
 
     lr_img = torch.randn(3, 48, 64)
     retries = []
-    sr = super_resolve.upscale(SmallMemory(model, 32 * 32), lr_img, s, tile=None, tile_overlap=8, on_retry=retries.append)
+    sr = Upscaler(SmallMemory(model, 32 * 32), s, tile=None, tile_overlap=8).upscale(lr_img, on_retry=retries.append)
     assert retries == ['out of memory; trying again with --tile 32']
-    torch.testing.assert_close(sr, utils.super_resolve_tiled(model, lr_img, s, tile=32, tile_overlap=8))
+    torch.testing.assert_close(sr, Upscaler(model, s, tile=32, tile_overlap=8).tiled(lr_img))
     with pytest.raises(RuntimeError, match='something else'):  # other errors are not swallowed
-        super_resolve.upscale(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), _Raise()), lr_img, s)
+        Upscaler(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), _Raise()), s).upscale(lr_img)
 
 
 class _Raise(torch.nn.Module):
@@ -248,7 +253,7 @@ class _Raise(torch.nn.Module):
         raise RuntimeError('something else')
 
 
-def test_prepare_for_inference_is_the_same_function():
+def test_the_inference_rewrite_is_the_same_function():
     torch.manual_seed(0)
     model = SRResNet(n_blocks=2)
     for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # statistics as after training
@@ -259,23 +264,23 @@ def test_prepare_for_inference_is_the_same_function():
     lr_imgs = torch.randn(2, 3, 16, 12)
     with torch.inference_mode():
         expected = model(lr_imgs)
-        prepared = super_resolve.prepare_for_inference(copy.deepcopy(model))
+        upscaler = Upscaler.for_model(model, amp_dtype=torch.bfloat16)
+        prepared = upscaler.model
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in prepared.modules())  # 5 folded into convs
-        assert prepared.conv_block3.conv_block[0].weight.shape == (12, 256, 5, 5)  # moved before the shuffle
+        assert prepared.conv_block3[0].weight.shape == (12, 256, 5, 5)  # moved before the shuffle
         torch.testing.assert_close(prepared(lr_imgs), expected, atol=1e-5, rtol=0)
-        sr = super_resolve.super_resolve_batch(prepared, lr_imgs, torch.bfloat16)
+        sr = upscaler.forward(lr_imgs)
     assert sr.dtype == torch.float32 and (sr - expected).abs().mean() * 127.5 < 1.0  # < 1/255 on average
     for s in (2, 8):  # the rewrite of the tail holds at every scale
         model = SRResNet(n_channels=16, n_blocks=1, scaling_factor=s).eval()
         with torch.inference_mode():
-            torch.testing.assert_close(super_resolve.prepare_for_inference(copy.deepcopy(model))(lr_imgs),
-                                       model(lr_imgs), atol=1e-5, rtol=0)
+            torch.testing.assert_close(speedups.for_inference(model)(lr_imgs), model(lr_imgs), atol=1e-5, rtol=0)
 
 
 def test_precision_flags():
-    assert super_resolve.pick_amp_dtype('cpu', 'fp32') is None
-    assert super_resolve.pick_amp_dtype('cpu', 'half') == torch.bfloat16
-    assert super_resolve.pick_amp_dtype('cpu', 'auto') == utils.autocast_dtype('cpu')  # bf16 or None on CPUs
+    assert inference.pick_amp_dtype('cpu', 'fp32') is None
+    assert inference.pick_amp_dtype('cpu', 'half') == torch.bfloat16
+    assert inference.pick_amp_dtype('cpu', 'auto') == utils.autocast_dtype('cpu')  # bf16 or None on CPUs
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -359,10 +364,11 @@ def test_16_bit_colour_png_gives_16_bit_output(checkpoint, tmp_path, monkeypatch
     _write_png_16(tmp_path / 'rgb48.png', rgb)
     _write_png_16(tmp_path / 'rgba64.png', rgba)
 
-    def nearest(model, lr_img, s, *args, **kwargs):  # an ideal network: no change but the size, in float32
+    def nearest(upscaler, lr_img, *args, **kwargs):  # an ideal network: no change but the size, in float32
+        s = upscaler.scaling_factor
         return utils.convert_image(lr_img, 'imagenet-norm', '[-1, 1]').repeat_interleave(s, 1).repeat_interleave(s, 2)
 
-    monkeypatch.setattr(super_resolve, 'upscale', nearest)
+    monkeypatch.setattr(Upscaler, 'upscale', nearest)
     super_resolve.main([str(tmp_path / 'rgb48.png'), str(tmp_path / 'rgba64.png'), '-o', str(tmp_path / 'out'),
                         '--model', str(checkpoint)])
     super_resolve.main([str(tmp_path / 'rgb48.png'), '-o', str(tmp_path / 'out' / 'rgb48.tif'),
@@ -371,10 +377,10 @@ def test_16_bit_colour_png_gives_16_bit_output(checkpoint, tmp_path, monkeypatch
     header = (tmp_path / 'out' / 'rgb48_x4.png').read_bytes()[:26]
     assert header[24] == 16 and header[25] == 2  # PNG bit depth 16, colour type RGB
     for name in ['rgb48_x4.png', 'rgb48.tif']:
-        out = super_resolve.read_image(tmp_path / 'out' / name)
+        out = utils.read_image(tmp_path / 'out' / name)
         assert out.bits == 16 and out.rgb.shape == (64, 96, 3) and out.alpha is None
         assert np.abs(out.rgb[::4, ::4].astype(int) - rgb).max() <= 1, name  # not 8 bits scaled (error up to 128)
-    out = super_resolve.read_image(tmp_path / 'out' / 'rgba64_x4.png')
+    out = utils.read_image(tmp_path / 'out' / 'rgba64_x4.png')
     assert out.bits == 16 and out.alpha is not None
     assert np.abs(out.rgb[::4, ::4].astype(int) - rgb).max() <= 1
     assert np.abs(out.alpha[::4, ::4].astype(int) - rgba[..., 3]).max() <= 200  # bicubic, on a 101-step ramp
@@ -419,7 +425,7 @@ def test_webm_is_vp9_and_without_vp9_one_line_error(checkpoint, tmp_path, monkey
 def test_grid_with_checkpoints_of_different_scales_is_one_line_error(checkpoint, tmp_path):
     config = {'n_blocks': 2, 'scaling_factor': 2}
     x2 = tmp_path / 'x2.pt'
-    utils.save_checkpoint({'kind': 'srresnet', 'model_config': config, 'model': SRResNet(**config).state_dict()}, x2)
+    save_checkpoint({'kind': 'srresnet', 'model_config': config, 'model': SRResNet(**config).state_dict()}, x2)
     Image.fromarray(_photo(64, 64)).save(tmp_path / 'a.png')
     with pytest.raises(SystemExit) as error:  # before any file is tried, not a CheckpointError traceback in the loop
         super_resolve.main([str(tmp_path / 'a.png'), '--grid', '--model', str(checkpoint), '--srgan', str(x2),
@@ -445,12 +451,12 @@ def test_one_large_image_shows_a_bar_of_tiles(checkpoint, tmp_path, capsys):
 
 @pytest.mark.parametrize('size, tile, tile_overlap', [((48, 40), 16, 4), ((100, 37), 24, 8), ((20, 20), 16, 16),
                                                        ((17, 64), 16, 0)])
-def test_on_tile_reports_every_tile_super_resolve_tiled_runs(size, tile, tile_overlap):
+def test_on_tile_reports_every_tile_the_upscaler_runs(size, tile, tile_overlap):
     calls, reports = [], []
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.Upsample(scale_factor=2))
     model.register_forward_hook(lambda *_: calls.append(len(reports)))  # how many reports before each forward
-    utils.super_resolve_tiled(model, torch.randn(3, *size), 2, tile, tile_overlap,
-                              on_tile=lambda done, total: reports.append((done, total)))
+    Upscaler(model, 2, tile, tile_overlap).tiled(torch.randn(3, *size),
+                                                 on_tile=lambda done, total: reports.append((done, total)))
     n = len(calls)
     assert n > 1 and reports == [(i, n) for i in range(n + 1)]
     assert calls == list(range(1, n + 1))  # (0, n) comes before the first tile, (i, n) right after tile i

@@ -19,8 +19,9 @@ import train_srresnet
 from create_data_lists import create_demo_lists
 from datasets import InfiniteSampler, SRDataset
 from models import Discriminator, Generator, SRResNet, TruncatedVGG19
-from utils import (generator_state_dict, load_checkpoint, load_generator, read_log, rng_state, save_checkpoint,
-                   set_rng_state)
+from checkpoints import generator_state_dict, load_checkpoint, save_checkpoint
+from inference import load_generator
+from training import read_log, rng_state, set_rng_state
 
 SMALL = ['--batch-size', '2', '--crop-size', '48', '--workers', '0', '--log-every', '1']
 
@@ -82,14 +83,15 @@ def help_text(script, capsys):
 def test_help_shows_the_papers_defaults(capsys):
     text = help_text(train_srresnet, capsys)
     assert 'training iterations (optimizer steps) (default: 1000000)' in text
-    assert 'Adam learning rate (default: 0.0001)' in text and 'residual blocks (default: 16)' in text
+    assert 'Adam learning rate; may be changed when resuming (default: 0.0001)' in text
+    assert 'residual blocks (default: 16)' in text
     assert 'Train SRResNet (Ledig et al. 2017, section 3)' in text  # the docstring still leads
     # switches and None defaults get no '(default: False/None)' beside the default their help already states
     assert '(default: False)' not in text and '(default: None)' not in text
     assert text.count('(default: never, as the paper)') == 1
     text = help_text(train_srgan, capsys)
     assert 'training iterations (optimizer steps) (default: 200000)' in text
-    assert 'multiply the lr by 0.1 after this iteration (default: 100000)' in text
+    assert 'multiply the lr by 0.1 from this iteration on; may be changed when resuming (default: 100000)' in text
     assert 'weight of the adversarial loss (default: 0.001)' in text and '(default: vgg54)' in text
 
 
@@ -123,7 +125,7 @@ def test_short_srresnet_run(srresnet_run, demo_data):
 
 def test_export_keeps_the_generator_alone(srresnet_run, tmp_path):
     exported = tmp_path / 'srresnet_x4.pt'
-    run_script('utils.py', 'export', srresnet_run / 'best.pt', exported)
+    run_script('checkpoints.py', 'export', srresnet_run / 'best.pt', exported)
     checkpoint = load_checkpoint(exported)
     assert set(checkpoint) == {'kind', 'model_config', 'model', 'iteration', 'best_psnr', 'config'}
     assert all(v.dtype in (torch.float32, torch.int64) for v in checkpoint['model'].values())
@@ -131,7 +133,7 @@ def test_export_keeps_the_generator_alone(srresnet_run, tmp_path):
     lr_imgs = torch.randn(1, 3, 12, 12)
     with torch.no_grad():
         assert torch.equal(load_generator(exported)(lr_imgs), load_generator(srresnet_run / 'best.pt')(lr_imgs))
-    result = run_script('utils.py', 'export', tmp_path / 'missing.pt', tmp_path / 'out.pt', check=False)
+    result = run_script('checkpoints.py', 'export', tmp_path / 'missing.pt', tmp_path / 'out.pt', check=False)
     assert result.returncode != 0 and result.stderr.strip() == f'error: {tmp_path}/missing.pt: no such checkpoint file'
 
 
@@ -148,7 +150,8 @@ def test_short_srgan_run_from_the_srresnet_with_lr_decay(srresnet_run, demo_data
         assert row['perceptual_loss'] == pytest.approx(row['content_loss'] + 1e-3 * row['adversarial_loss'], rel=1e-5)
     checkpoint = load_checkpoint(output_dir / 'last.pt')
     assert checkpoint['kind'] == 'srgan' and checkpoint['model_config']['n_blocks'] == 1
-    assert checkpoint['scheduler_g']['last_epoch'] == 3 and checkpoint['optimizer_d']['param_groups'][0]['lr'] == 1e-5
+    assert checkpoint['iteration'] == 3 and 'scheduler_g' not in checkpoint  # the lr comes from the flags
+    assert checkpoint['optimizer_g']['param_groups'][0]['lr'] == checkpoint['optimizer_d']['param_groups'][0]['lr'] == 1e-5
     assert set(checkpoint['discriminator']) == set(Discriminator().state_dict())
     assert load_generator(output_dir / 'best.pt').training is False
 
@@ -159,7 +162,7 @@ def test_short_srgan_run_from_the_srresnet_with_lr_decay(srresnet_run, demo_data
                '--iterations', 4, '--lr-decay-at', 2, '--val-set', 'none', '--resume', 'auto', '--ema-decay', 0.5)
     assert [row['lr'] for row in train_rows(output_dir)] == [1e-4, 1e-4, 1e-5, 1e-5]
     resumed = load_checkpoint(output_dir / 'last.pt')
-    assert resumed['scheduler_d']['last_epoch'] == 4
+    assert resumed['iteration'] == 4 and resumed['optimizer_d']['param_groups'][0]['lr'] == 1e-5
     at_3, at_4 = generator_state_dict(checkpoint, average=False), generator_state_dict(resumed, average=False)
     name = 'conv_block3.conv_block.0.weight'
     assert at_4.keys() == resumed['ema'].keys() and not torch.equal(at_4[name], at_3[name])
@@ -203,7 +206,6 @@ def test_srgan_step_freezes_vgg_and_scales_its_features():
     generator, discriminator = Generator(n_blocks=1), Discriminator(n_blocks=2, fc_size=16)
     vgg = TruncatedVGG19(2, 2, weights=None)
     optimizers = [torch.optim.Adam(m.parameters(), 1e-4) for m in (generator, discriminator)]
-    schedulers = [torch.optim.lr_scheduler.MultiStepLR(o, [10]) for o in optimizers]
     lr_imgs, hr_imgs = torch.randn(2, 3, 12, 12), torch.rand(2, 3, 48, 48) * 2 - 1
     with torch.no_grad():
         sr_imgs = generator(lr_imgs)
@@ -211,8 +213,9 @@ def test_srgan_step_freezes_vgg_and_scales_its_features():
         std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
         expected = torch.mean((vgg(norm(sr_imgs) / std) / 12.75 - vgg(norm(hr_imgs) / std) / 12.75) ** 2)
     before = [p.clone() for p in generator.parameters()]
-    values = train_srgan.train_step(generator, discriminator, discriminator, vgg, *optimizers, *schedulers,
-                                    torch.amp.GradScaler('cpu', enabled=False), lr_imgs, hr_imgs, None, 1e-3)
+    srgan = train_srgan.SRGANModels(generator, discriminator, discriminator, vgg, *optimizers,
+                                    torch.amp.GradScaler('cpu', enabled=False))
+    values = train_srgan.train_step(srgan, lr_imgs, hr_imgs, None, 1e-3)
     assert values['content_loss'].item() == pytest.approx(expected.item(), rel=1e-5)
     assert all(p.grad is None and not p.requires_grad for p in vgg.parameters())  # the VGG is frozen
     assert all(p.grad is not None and p.requires_grad for p in discriminator.parameters())
@@ -288,7 +291,7 @@ def test_ddp_two_processes_gloo(demo_data, tmp_path):
     assert [row['iteration'] for row in train_rows(output_dir)] == [1, 2, 3]
     checkpoint = load_checkpoint(output_dir / 'last.pt')
     assert checkpoint['iteration'] == 3 and checkpoint['samples_seen'] == 3 * 2 * 2
-    assert not any(name.startswith('last.pt.tmp') for name in os.listdir(output_dir))
+    assert not any('.partial' in name for name in os.listdir(output_dir))
 
     torchrun('--iterations', 5, '--resume', 'auto')
     assert [row['iteration'] for row in train_rows(output_dir)] == [1, 2, 3, 4, 5]
@@ -335,7 +338,7 @@ def test_user_errors_are_one_line(demo_data, tmp_path, monkeypatch):
         (train_srresnet, ['--val-set', 'Set14'], ['no Set14_test_images.json']),
         (train_srresnet, ['--data-folder', str(tmp_path / 'nowhere')], ['create_data_lists.py']),
         (train_srresnet, ['--resume', str(tmp_path / 'missing.pt')], ['no such checkpoint']),
-        (train_srresnet, ['--resume', str(tutorial)], ['cannot be resumed', 'python utils.py convert']),
+        (train_srresnet, ['--resume', str(tutorial)], ['cannot be resumed', 'python checkpoints.py convert']),
     ]
     for script, args, words in cases:
         if '--data-folder' not in args:

@@ -7,11 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
+import checkpoints
 import utils
+from checkpoints import CheckpointError, convert_tutorial_checkpoint, load_checkpoint, save_checkpoint
 from conftest import REPO
+from inference import load_generator
 from models import SRResNet
-from utils import (CheckpointError, ImageLoadError, ImageTransforms, convert_image, downsample, load_checkpoint,
-                   load_generator, load_image, read_image, save_checkpoint)
+from utils import ImageLoadError, ImageTransforms, convert_image, downsample, load_image, read_image
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -276,8 +278,8 @@ def test_pickle_advice_names_only_flags_the_caller_has(tmp_path):
     path = tmp_path / 'checkpoint_srresnet.pth.tar'
     torch.save({'epoch': 3, 'model': SRResNet(n_blocks=1)}, path)
     with pytest.raises(CheckpointError) as error:
-        load_checkpoint(path, unsafe_flag=None)  # e.g. `utils.py export`, which has no --unsafe-pickle
-    assert '--unsafe-pickle' not in str(error.value) and f'python utils.py convert {path}' in str(error.value)
+        load_checkpoint(path, unsafe_flag=None)  # e.g. `checkpoints.py export`, which has no --unsafe-pickle
+    assert '--unsafe-pickle' not in str(error.value) and f'python checkpoints.py convert {path}' in str(error.value)
 
 
 def test_convert_refuses_what_is_not_a_tutorial_checkpoint_in_one_line(tmp_path):
@@ -290,14 +292,14 @@ def test_convert_refuses_what_is_not_a_tutorial_checkpoint_in_one_line(tmp_path)
     for path, words in [(tmp_path / 'missing.pt', 'no such checkpoint file'), (repo_format, 'already a weights-only'),
                         (pickled_module, 'not an original-tutorial checkpoint'), (junk, 'not a PyTorch checkpoint')]:
         with pytest.raises(CheckpointError, match=words) as error:
-            utils.convert_tutorial_checkpoint(path)
+            convert_tutorial_checkpoint(path)
         assert '\n' not in str(error.value)
     # and from the command line: one `error:` line, no traceback
-    result = subprocess.run([sys.executable, 'utils.py', 'convert', str(repo_format), str(tmp_path / 'out.pt')],
+    result = subprocess.run([sys.executable, 'checkpoints.py', 'convert', str(repo_format), str(tmp_path / 'out.pt')],
                             cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 1 and result.stderr.startswith('error: ') and len(result.stderr.splitlines()) == 1
     assert 'nothing to convert' in result.stderr and not (tmp_path / 'out.pt').exists()
-    result = subprocess.run([sys.executable, 'utils.py', 'convert', str(tmp_path / 'missing.pt'), 'out.pt'],
+    result = subprocess.run([sys.executable, 'checkpoints.py', 'convert', str(tmp_path / 'missing.pt'), 'out.pt'],
                             cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 1 and result.stderr.strip() == f'error: {tmp_path / "missing.pt"}: no such checkpoint file'
 
@@ -309,7 +311,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     def crash(obj, f):
         f.write(b'half a checkpoint')
         raise KeyboardInterrupt
-    monkeypatch.setattr(utils.torch, 'save', crash)
+    monkeypatch.setattr(checkpoints.torch, 'save', crash)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint({'iteration': 2}, path)
     monkeypatch.undo()

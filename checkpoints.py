@@ -1,0 +1,160 @@
+"""
+The checkpoint format: one kind of file for every script, state_dicts only, written atomically, read with
+torch.load(weights_only=True), which cannot run code from the file.
+
+A checkpoint is a dict:
+    kind          'srresnet' or 'srgan'
+    model_config  SRResNet's constructor arguments (the generator's architecture and scale)
+    model         SRResNet state_dict (train_srresnet.py; the tutorial's keys), or
+    generator     Generator state_dict ('net.' + SRResNet's keys; train_srgan.py)
+    ema           (--ema-decay) the moving average of the generator, SRResNet's keys: what inference uses
+    iteration, best_psnr, config (the run's flags)
+and, in training checkpoints, what resuming needs (see training.save_run / restore_run).
+
+Checkpoint tools, from the command line:
+
+    python checkpoints.py convert checkpoint_srresnet.pth.tar converted.pt   # an original-tutorial checkpoint
+    python checkpoints.py export runs/srresnet/best.pt srresnet_x4.pt         # the generator alone, fp32 (~6 MB)
+"""
+
+import argparse
+import os
+import pickle
+
+import torch
+
+from utils import atomic_path
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message says what to do."""
+
+
+class PickledCheckpointError(CheckpointError):
+    """An original-tutorial checkpoint (pickled model objects), refused because allow_unsafe_pickle is not set."""
+
+
+def save_checkpoint(state, path):
+    """Write `state` (a dict of tensors, numbers, strings, lists and dicts) to `path` atomically: a crash while
+    writing leaves the previous file at `path` intact."""
+    with atomic_path(path) as tmp_path:
+        with open(tmp_path, 'wb') as f:
+            torch.save(state, f)
+
+
+def load_checkpoint(path, allow_unsafe_pickle=False, map_location='cpu', unsafe_flag='--unsafe-pickle'):
+    """Read a checkpoint with torch.load(weights_only=True), which cannot run code from the file.
+
+    The original tutorial saved whole pickled model objects; unpickling those can execute arbitrary code, so they
+    are refused unless `allow_unsafe_pickle` is set (only for files you trust), and converted to this repo's format
+    on the fly (see convert_tutorial_checkpoint). unsafe_flag: the caller's flag that sets allow_unsafe_pickle, named
+    in the refusal (None where there is none: the message then names `python checkpoints.py convert` alone)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f'{path}: no such checkpoint file')
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        if not allow_unsafe_pickle:
+            how = f'pass {unsafe_flag} once to convert it, or ' if unsafe_flag else ''
+            raise PickledCheckpointError(
+                f'{path} holds pickled Python objects (as the original tutorial saved them), and loading it could '
+                f'run code from the file. If you trust it, {how}convert it once with '
+                f'`python checkpoints.py convert {path} converted.pt`.') from None
+        checkpoint = convert_tutorial_checkpoint(path, map_location)
+    except Exception as e:
+        raise CheckpointError(f'{path}: not a PyTorch checkpoint or damaged ({str(e).splitlines()[0]})') from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f'{path}: expected a checkpoint dict, found {type(checkpoint).__name__}')
+    return checkpoint
+
+
+def convert_tutorial_checkpoint(path, map_location='cpu'):
+    """Unpickle an original-tutorial checkpoint ({'epoch', 'model': SRResNet or Generator object, ...}; SRGAN ones
+    also 'generator'/'discriminator') and return it in this repo's format. UNSAFE: only for files you trust.
+    The pickles name the classes as 'models.SRResNet' etc.: unpickling imports this repo's models.py."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f'{path}: no such checkpoint file')
+    try:
+        torch.load(path, map_location=map_location, weights_only=True)
+        weights_only = True
+    except Exception:  # pickled objects (what we expect), or not a checkpoint at all: the next load tells
+        weights_only = False
+    if weights_only:
+        raise CheckpointError(f'{path}: already a weights-only checkpoint (this repo\'s format), not the original '
+                              f'tutorial\'s pickled models: nothing to convert, use it as it is')
+    try:
+        old = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f'{path}: not a PyTorch checkpoint or damaged ({str(e).splitlines()[0]})') from None
+    entry = 'generator' if isinstance(old, dict) and 'generator' in old else 'model'
+    net = old.get(entry) if isinstance(old, dict) else None
+    if not isinstance(net, torch.nn.Module):
+        raise CheckpointError(f'{path}: not an original-tutorial checkpoint (expected a dict with a pickled "model" '
+                              f'or "generator" model object)')
+    state_dict = {k.removeprefix('net.'): v for k, v in net.state_dict().items()}  # a Generator wraps it as .net
+    return {'kind': 'srgan' if entry == 'generator' else 'srresnet', 'model': state_dict,
+            'model_config': model_config_from_state_dict(state_dict),
+            'iteration': None, 'config': {'converted_from': os.path.basename(path), 'epoch': old.get('epoch')}}
+
+
+def model_config_from_state_dict(state_dict):
+    """Recover SRResNet's constructor arguments from its weights."""
+    n_blocks = len({k.split('.')[1] for k in state_dict if k.startswith('residual_blocks.')})
+    n_subpixel = len({k.split('.')[1] for k in state_dict if k.startswith('subpixel_convolutional_blocks.')})
+    first, small = state_dict['conv_block1.conv_block.0.weight'], state_dict['conv_block2.conv_block.0.weight']
+    return {'large_kernel_size': first.shape[-1], 'small_kernel_size': small.shape[-1],
+            'n_channels': first.shape[0], 'n_blocks': n_blocks, 'scaling_factor': 2 ** n_subpixel}
+
+
+def model_config(checkpoint):
+    """The generator's architecture: as recorded, else recovered from its weights."""
+    return checkpoint.get('model_config') or model_config_from_state_dict(generator_state_dict(checkpoint))
+
+
+def generator_state_dict(checkpoint, average=True):
+    """The SRResNet-layout state_dict (no 'net.' prefix) of the generator in any of this repo's checkpoints:
+    train_srresnet.py's ({'model': ...}) or train_srgan.py's ({'generator': ...}). average: when the run kept a
+    moving average ({'ema': ...}, --ema-decay), that, which is what its validation measured; False: the trained
+    weights themselves (to resume training)."""
+    for key in ('ema', 'model', 'generator')[0 if average else 1:]:
+        if key in checkpoint:
+            return {k.removeprefix('net.'): v for k, v in checkpoint[key].items()}
+    raise CheckpointError('checkpoint holds no generator weights (no "model" or "generator" entry); '
+                          'pass a checkpoint written by train_srresnet.py or train_srgan.py')
+
+
+def export_generator(path, output_path):
+    """Write the generator of a training checkpoint as a small inference checkpoint: fp32 weights, the
+    architecture, and where they came from (iteration, the run's flags); no optimizer or RNG state."""
+    checkpoint = load_checkpoint(path, unsafe_flag=None)
+    state_dict = {k: v.float() if v.is_floating_point() else v for k, v in generator_state_dict(checkpoint).items()}
+    save_checkpoint({'kind': checkpoint.get('kind', 'srresnet'), 'model_config': model_config(checkpoint),
+                     'model': state_dict, 'iteration': checkpoint.get('iteration'),
+                     'best_psnr': checkpoint.get('best_psnr'), 'config': checkpoint.get('config', {})}, output_path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Checkpoint tools. convert: an original-tutorial checkpoint "
+                                                 "(pickled model objects; unpickling runs code from the file, so only "
+                                                 "convert checkpoints you trust) into this repo's weights-only format. "
+                                                 "export: the generator of a training checkpoint alone (fp32, for "
+                                                 "inference and sharing: ~6 MB instead of ~19 MB).")
+    parser.add_argument('command', choices=['convert', 'export'])
+    parser.add_argument('input', help="convert: the tutorial's checkpoint_srresnet.pth.tar or checkpoint_srgan.pth.tar;"
+                                      " export: a last.pt or best.pt of train_srresnet.py or train_srgan.py")
+    parser.add_argument('output', help='where to write the new checkpoint (.pt)')
+    args = parser.parse_args(argv)
+    try:
+        if args.command == 'convert':
+            save_checkpoint(convert_tutorial_checkpoint(args.input), args.output)
+        else:
+            export_generator(args.input, args.output)
+    except CheckpointError as e:
+        raise SystemExit(f'error: {e}') from None
+    print(f'wrote {args.output}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,672 @@
+"""
+The training machinery that train_srresnet.py and train_srgan.py share, read top to bottom as a run goes:
+
+    the flags both trainers take (training_argument_parser), with the paper's defaults
+    setting up a run (setup_run -> Run): device, precision, DDP, seeds, the checkpoint to resume from
+    the run's state (TrainingState) and the one place it is written and restored (save_run, restore_run)
+    the data stream (make_train_loader), the moving average of the weights (--ema-decay)
+    the loop (train_loop): log, validate, checkpoint, stop cleanly on SIGINT/SIGTERM
+
+Each script keeps what makes it itself: its models, its optimizers and its train_step.
+"""
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+import speedups
+from checkpoints import (CheckpointError, PickledCheckpointError, generator_state_dict, load_checkpoint,
+                         save_checkpoint)
+from datasets import InfiniteSampler, SRDataset, test_set_names
+from inference import Upscaler
+from metrics import evaluate_image
+from utils import ImageLoadError, autocast_dtype, convert_image, pick_device, seed_everything
+
+CHECKPOINT_FILE, BEST_CHECKPOINT_FILE, LOG_FILE = 'last.pt', 'best.pt', 'log.jsonl'
+# flags that may differ when resuming; a run continued with another value of one of these is noted as such
+NOTED_ON_RESUME = ('batch_size', 'crop_size', 'seed', 'lr', 'beta1', 'lr_decay_at', 'blur_sigma', 'augment',
+                   'no_amp', 'ema_decay')
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Flags
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help as the reference card: the description (a module docstring) as written, and '(default: ...)' after
+    every flag that takes a value; not after on/off switches or None defaults, whose help says what they mean."""
+
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def training_argument_parser(description, output_dir, iterations, lr_decay_at):
+    """The flags both training scripts share, with the paper's defaults; each script adds its own."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    add = parser.add_argument
+    add('--data-folder', default='./data', help='where train_images.json and the test lists are')
+    add('--output-dir', default=output_dir, help='checkpoints, log, samples and plots go here')
+    add('--iterations', type=int, default=iterations, help='training iterations (optimizer steps)')
+    add('--batch-size', type=int, default=16, help='HR crops per step, per process (DDP: x N)')
+    add('--lr', type=float, default=1e-4, help='Adam learning rate; may be changed when resuming')
+    add('--lr-decay-at', type=int, default=lr_decay_at,
+        help='multiply the lr by 0.1 from this iteration on' + ('' if lr_decay_at else ' (default: never, as the '
+                                                                                     'paper)')
+             + '; may be changed when resuming')
+    add('--beta1', type=float, default=0.9, help="Adam's beta1; may be changed when resuming")
+    add('--crop-size', type=int, default=96, help='side of the HR training crops')
+    add('--scaling-factor', type=int, default=4, choices=[2, 4, 8], help='upscaling factor')
+    add('--blur-sigma', type=float, default=0.0,
+        help='Gaussian blur (sigma in HR pixels) before bicubic downsampling; 0: none, as the paper')
+    add('--augment', action='store_true',
+        help='flip and rotate the training crops by multiples of 90 degrees (not in the paper)')
+    add('--workers', type=int, default=min(4, os.cpu_count() or 1),
+        help='DataLoader worker processes (0: load in the training process)')
+    add('--cache-images', action='store_true',
+        help='decode every training image once into RAM (uint8): for small sets such as 291')
+    add('--ema-decay', type=float, default=0.0,
+        help='also keep an exponential moving average of the (generator) weights and BatchNorm statistics with '
+             'this decay per iteration (e.g. 0.999); validation, best.pt, eval.py, super_resolve.py and '
+             'train_srgan.py then use the average; 0: none, as the paper')
+    add('--checkpoint-every', type=int, default=1000, help=f'write {CHECKPOINT_FILE} this often')
+    add('--val-every', type=int, default=5000,
+        help=f'validate (PSNR/SSIM, sample sheet, {BEST_CHECKPOINT_FILE}) this often')
+    add('--val-set', default='auto',
+        help="test list for validation: a name (Set5 -> Set5_test_images.json), 'none', or 'auto': Set5 if "
+             "listed, else demo, else the first list found")
+    add('--log-every', type=int, default=10, help='log averaged values this often')
+    add('--resume', default=None, metavar='PATH|auto',
+        help=f'continue a run from a checkpoint; auto: {CHECKPOINT_FILE} in --output-dir if present')
+    add('--seed', type=int, default=0, help='seeds weights, data order and crops')
+    add('--device', default='auto', help='auto (CUDA, else MPS, else CPU), or e.g. cuda:1, cpu')
+    add('--no-amp', action='store_true',
+        help='train in fp32 (default: bf16 autocast where supported, else fp16 + GradScaler on GPUs)')
+    add('--compile', action='store_true',
+        help='torch.compile the models (minutes to start; pays off on GPUs, not measurably on CPUs)')
+    add('--sync-bn', action='store_true', help='DDP: BatchNorm statistics over all GPUs')
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run
+
+@dataclasses.dataclass
+class Run:
+    """Where and how this process trains: set up once by setup_run, read by everything after it."""
+    args: argparse.Namespace  # the flags
+    kind: str  # 'srresnet' or 'srgan'
+    device: torch.device
+    amp_dtype: torch.dtype | None  # autocast dtype; None: fp32
+    rank: int = 0  # DDP: this process's rank, and the number of processes
+    world_size: int = 1
+    checkpoint: dict | None = None  # the checkpoint being resumed; None: a new run
+
+    @property
+    def is_main(self):  # rank 0 logs, validates and saves
+        return self.rank == 0
+
+    @property
+    def start_iteration(self):
+        return self.checkpoint['iteration'] if self.checkpoint else 0
+
+    @property
+    def memory_format(self):
+        return torch.preserve_format if self.device.type == 'mps' else torch.channels_last
+
+    def lr_at(self, iteration):
+        """The lr of step `iteration` (counted from 0): --lr, x 0.1 from --lr-decay-at on. Computed from the flags,
+        never stored, so a resumed run follows the flags it is given."""
+        decay_at = self.args.lr_decay_at
+        return self.args.lr * (0.1 if decay_at is not None and iteration >= decay_at else 1.0)
+
+    def describe(self):
+        precision = str(self.amp_dtype).removeprefix('torch.') + ' autocast' if self.amp_dtype else 'fp32'
+        return (f'{self.device}, {precision}, {self.world_size} process(es), effective batch '
+                f'{self.args.batch_size * self.world_size}')
+
+
+def setup_run(args, kind):
+    """Check the flags, start DDP when run under torchrun, pick the device and mixed precision, seed, and read the
+    checkpoint to resume from. -> Run."""
+    for name in ('iterations', 'batch_size', 'checkpoint_every', 'val_every', 'log_every'):
+        if getattr(args, name) < 1:
+            raise SystemExit(f'error: --{name.replace("_", "-")} must be at least 1')
+    if not 0 <= args.ema_decay < 1:
+        raise SystemExit(f'error: --ema-decay must be at least 0 and below 1 (e.g. 0.999), got {args.ema_decay}')
+    if args.crop_size % args.scaling_factor:
+        raise SystemExit(f'error: --crop-size {args.crop_size} must be divisible by --scaling-factor '
+                         f'{args.scaling_factor}')
+
+    device = pick_device(args.device)
+    rank, world_size = 0, 1
+    if 'RANK' in os.environ and 'WORLD_SIZE' in os.environ:  # launched by torchrun
+        rank, world_size = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
+        if device.type == 'cuda':
+            device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    if args.sync_bn and world_size > 1 and device.type != 'cuda':
+        raise SystemExit('error: --sync-bn needs CUDA GPUs (PyTorch has no SyncBatchNorm on the CPU)')
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest convolutions
+    seed_everything(args.seed + rank)
+    amp_dtype = None if args.no_amp else autocast_dtype(device)
+    run = Run(args, kind, device, amp_dtype, rank, world_size)
+    run.checkpoint = _checkpoint_to_resume(run)
+    return run
+
+
+def _checkpoint_to_resume(run):
+    """--resume PATH|auto -> the checkpoint dict, or None for a new run; a note of the flags that changed."""
+    args, path = run.args, run.args.resume
+    last_path = os.path.join(args.output_dir, CHECKPOINT_FILE)
+    if args.resume == 'auto':
+        path = last_path if os.path.isfile(last_path) else None
+        if path is None and run.is_main:
+            print(f'--resume auto: no {last_path} yet, starting a new run')
+    elif args.resume is None and os.path.isfile(last_path):
+        raise SystemExit(f'error: {args.output_dir} already holds a run ({last_path}); continue it with --resume '
+                         f'auto, or choose another --output-dir')
+    if path is None:
+        return None
+    try:
+        checkpoint = load_checkpoint(path)
+    except PickledCheckpointError:
+        raise SystemExit(f"error: {path} is an original-tutorial checkpoint (pickled model objects), which cannot "
+                         f"be resumed: start a new run, or start train_srgan.py from it after `python "
+                         f"checkpoints.py convert {path} converted.pt` (--srresnet-checkpoint converted.pt)") from None
+    except CheckpointError as e:
+        raise SystemExit(f'error: {e}') from None
+    if checkpoint.get('kind') != run.kind or 'iteration' not in checkpoint or 'rng' not in checkpoint:
+        raise SystemExit(f'error: {path} is not a {run.kind} training checkpoint written by train_{run.kind}.py, so '
+                         f'it cannot be resumed (found kind {checkpoint.get("kind")!r})')
+    config = checkpoint['config']
+    if config.get('scaling_factor', args.scaling_factor) != args.scaling_factor:
+        raise SystemExit(f'error: {path} trains x{config["scaling_factor"]}, not --scaling-factor '
+                         f'{args.scaling_factor}; resume with --scaling-factor {config["scaling_factor"]}')
+    if run.is_main:
+        print(f'resuming from {path} at iteration {checkpoint["iteration"]}')
+        changed = [f'--{k.replace("_", "-")} {getattr(args, k)} (was {config[k]})' for k in NOTED_ON_RESUME
+                   if k in config and config[k] != getattr(args, k)]
+        if changed:
+            print(f'note: {", ".join(changed)}: applied from here on, so the run will not continue as it would '
+                  f'have')
+    return checkpoint
+
+
+def prepare_model(model, run):
+    """Speed rewrites (speedups.for_training), SyncBatchNorm, the device in channels_last, torch.compile and DDP
+    as asked. -> (model, wrapped): save and validate `model`, train through `wrapped`."""
+    speedups.for_training(model)
+    if run.args.sync_bn and run.world_size > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(run.device, memory_format=run.memory_format)
+    wrapped = torch.compile(model) if run.args.compile else model
+    if run.world_size > 1:
+        wrapped = nn.parallel.DistributedDataParallel(
+            wrapped, device_ids=[run.device.index] if run.device.type == 'cuda' else None)
+    return model, wrapped
+
+
+def make_optimizer(model, run):
+    """Adam with the run's beta1 (fused kernels where PyTorch has them); the loop sets its lr every step."""
+    return torch.optim.Adam(model.parameters(), lr=run.args.lr, betas=(run.args.beta1, 0.999),
+                            fused=run.device.type in {'cuda', 'cpu'})
+
+
+def make_grad_scaler(run):
+    """A GradScaler that is active only for fp16 autocast (bf16 and fp32 need none)."""
+    return torch.amp.GradScaler(run.device.type, enabled=run.amp_dtype == torch.float16)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The state of a run: what a checkpoint holds, written and restored in one place each
+
+@dataclasses.dataclass
+class TrainingState:
+    """Everything that changes as a run trains. models and optimizers are named as their checkpoint entries:
+    {'model': srresnet} and {'optimizer': adam} (train_srresnet.py); {'generator': ..., 'discriminator': ...} and
+    {'optimizer_g': ..., 'optimizer_d': ...} (train_srgan.py)."""
+    model_config: dict  # the generator's architecture (SRResNet's constructor arguments)
+    models: dict
+    optimizers: dict
+    scaler: torch.amp.GradScaler
+    ema: nn.Module | None = None  # --ema-decay: the moving average of the generator (rank 0 only)
+    iteration: int = 0  # optimizer steps done
+    best_psnr: float = float('-inf')  # the best validation PSNR so far (best.pt's)
+
+
+def save_run(path, run, state):
+    """Write the run's state to `path` (atomically): with restore_run, the one definition of a checkpoint.
+    Besides the state: the RNG states, the flags ('config'), and the samples seen (the data stream's position)."""
+    checkpoint = {'kind': run.kind, 'model_config': state.model_config,
+                  **{name: model.state_dict() for name, model in state.models.items()},
+                  **{name: optimizer.state_dict() for name, optimizer in state.optimizers.items()},
+                  'scaler': state.scaler.state_dict(), 'iteration': state.iteration, 'best_psnr': state.best_psnr,
+                  'rng': rng_state(), 'config': vars(run.args),
+                  'samples_seen': state.iteration * run.args.batch_size * run.world_size}
+    if state.ema is not None:
+        checkpoint['ema'] = state.ema.state_dict()  # SRResNet layout
+    save_checkpoint(checkpoint, path)
+
+
+def restore_run(run, state):
+    """Restore the state that save_run wrote into run.checkpoint, as the flags now ask: the weights, the
+    optimizers (their lr and beta1 from the flags), the GradScaler, the moving average (started from the weights
+    if the checkpoint has none), the iteration, the best PSNR, and the RNG states. Older checkpoints' scheduler
+    entries are not needed: the lr is computed from the flags (Run.lr_at)."""
+    checkpoint = run.checkpoint
+    for name, model in state.models.items():
+        model.load_state_dict(checkpoint[name])
+    for name, optimizer in state.optimizers.items():
+        optimizer.load_state_dict(checkpoint[name])
+        for group in optimizer.param_groups:
+            group['betas'] = (run.args.beta1, group['betas'][1])
+    if checkpoint.get('scaler') and state.scaler.is_enabled():
+        state.scaler.load_state_dict(checkpoint['scaler'])
+    if state.ema is not None:  # the checkpoint's average, or one that starts here from the trained weights
+        state.ema.load_state_dict(checkpoint['ema'] if 'ema' in checkpoint else
+                                  generator_state_dict(checkpoint, average=False))
+    state.iteration, state.best_psnr = checkpoint['iteration'], checkpoint['best_psnr']
+    set_rng_state(checkpoint['rng'])
+
+
+def rng_state():
+    """The RNG states of python, numpy and torch (CPU and CUDA), in types torch.load(weights_only=True) accepts."""
+    numpy_state = np.random.get_state(legacy=False)
+    state = {'python': random.getstate(), 'torch': torch.get_rng_state(),
+             'numpy': {'bit_generator': numpy_state['bit_generator'],
+                       'key': torch.from_numpy(numpy_state['state']['key'].astype(np.int64)),
+                       'pos': numpy_state['state']['pos'], 'has_gauss': numpy_state['has_gauss'],
+                       'gauss': numpy_state['gauss']}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    python_state = state['python']
+    random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
+    torch.set_rng_state(state['torch'])
+    n = state['numpy']
+    np.random.set_state({'bit_generator': n['bit_generator'], 'has_gauss': n['has_gauss'], 'gauss': n['gauss'],
+                         'state': {'key': n['key'].numpy().astype(np.uint32), 'pos': n['pos']}})
+    if 'cuda' in state and torch.cuda.is_available() and len(state['cuda']) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The data stream, and the moving average of the weights
+
+def make_train_loader(run):
+    """An endless DataLoader of (lr_imgs, hr_imgs) batches: (N, 3, crop/s, crop/s) ImageNet-normalised and
+    (N, 3, crop, crop) in [-1, 1], starting where the resumed run stopped (see datasets.InfiniteSampler)."""
+    args = run.args
+    try:
+        dataset = SRDataset(args.data_folder, 'train', args.crop_size, args.scaling_factor, 'imagenet-norm',
+                            '[-1, 1]', blur_sigma=args.blur_sigma, augment=args.augment,
+                            cache_images=args.cache_images)
+    except (FileNotFoundError, ValueError, ImageLoadError) as e:
+        raise SystemExit(f'error: {e}') from None
+    sampler = InfiniteSampler(len(dataset), seed=args.seed, start=run.start_iteration * args.batch_size,
+                              rank=run.rank, world_size=run.world_size)
+    return DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+                      pin_memory=run.device.type == 'cuda', drop_last=True, persistent_workers=args.workers > 0,
+                      worker_init_fn=_ignore_stop_signals)
+
+
+def _ignore_stop_signals(worker_id):
+    # Ctrl-C reaches the whole process group, and schedulers (SLURM, docker stop) send SIGTERM to every process:
+    # stopping is the training process's to handle (it finishes the step, saves, then shuts the workers down)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def make_ema(model):
+    """The moving average of `model` that --ema-decay asks for, starting from its current weights.
+
+    Why an average of the weights: at a constant lr each step moves the weights by a noisy gradient, and the model's
+    quality from one checkpoint to the next jitters with it; the average over the last ~1/(1 - decay) iterations
+    keeps what the steps share. Its BatchNorm statistics are averaged alike, over as many batches (BatchNorm's own
+    momentum of 0.1 averages the last ~10). Not in the paper: off by default."""
+    return copy.deepcopy(model).requires_grad_(False)
+
+
+@torch.no_grad()
+def update_ema(ema_model, model, decay):
+    """One step of an exponential moving average: ema <- decay * ema + (1 - decay) * model, for the weights and
+    the floating-point buffers (BatchNorm's running statistics); integer buffers (BatchNorm's batch count) are
+    copied."""
+    for averaged, current in zip(ema_model.state_dict().values(), model.state_dict().values()):
+        if averaged.is_floating_point():
+            averaged.lerp_(current, 1 - decay)
+        else:
+            averaged.copy_(current)
+
+
+def freeze_batchnorm(model):
+    """Put every BatchNorm layer of a training model in eval mode: it normalises with its running statistics and
+    no longer updates them (its weight and bias still train)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The loop
+
+def train_loop(run, state, train_step, sr_model):
+    """Train from the resumed iteration (restore_run) to --iterations: each step sets the lr (Run.lr_at), runs
+    train_step(lr_imgs, hr_imgs) -> {name: 0-dim tensor}, and updates the moving average of `sr_model` (the
+    SRResNet being trained, or the Generator's) with --ema-decay. Logs the values averaged over --log-every
+    iterations, validates every --val-every (best.pt by PSNR), writes last.pt every --checkpoint-every, at the end
+    and on SIGINT/SIGTERM, and stops with an error on a non-finite value before anything is saved. Under DDP only
+    rank 0 logs, validates and saves."""
+    args = run.args
+    monitor = Monitor(run, state)
+    if args.ema_decay and run.is_main:
+        state.ema = make_ema(sr_model)
+    batches = iter(make_train_loader(run))  # starts the workers (their crops depend on the sampler's seeds alone)
+    if run.checkpoint is not None:
+        restore_run(run, state)  # the RNGs included, as they were when the checkpoint was written
+    stop = StopSignals()
+    try:
+        while state.iteration < args.iterations:
+            start = time.perf_counter()
+            lr_imgs, hr_imgs = next_batch(batches, run)
+            monitor.data_time += time.perf_counter() - start
+            lr = run.lr_at(state.iteration)
+            for optimizer in state.optimizers.values():
+                for group in optimizer.param_groups:
+                    group['lr'] = lr
+
+            values = train_step(lr_imgs, hr_imgs)
+            if state.ema is not None:
+                update_ema(state.ema, sr_model, args.ema_decay)
+            state.iteration += 1
+
+            stopping = stop.requested(run)
+            monitor.after_step(values, lr, sr_model, stopping)
+            if stopping:
+                monitor.bar.write(f'stopped by {stop.signal_name or "a signal to another process"} at iteration '
+                                  f'{state.iteration}; continue with --resume auto')
+                break
+    finally:
+        # the workers ignore SIGTERM (see _ignore_stop_signals), so one left running when an error ends the program
+        # would hang it at exit, where multiprocessing terminates and joins them: shut them down here
+        shutdown_workers = getattr(batches, '_shutdown_workers', None)  # DataLoader's own (its __del__ calls it)
+        if shutdown_workers is not None:
+            shutdown_workers()
+        stop.restore()
+        monitor.close()
+    if run.world_size > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def next_batch(batches, run):
+    """The next (lr_imgs, hr_imgs) on the device in the run's memory format; a training image that cannot be used
+    (named in the message, also when a DataLoader worker found it) ends the program in one error line."""
+    try:
+        lr_imgs, hr_imgs = next(batches)
+    except ValueError as e:  # ImageLoadError too
+        text = str(e).strip()
+        if 'Original Traceback' in text:  # a worker's: '...Original Traceback ...\nValueError: <message>'
+            text = text.splitlines()[-1].split(': ', 1)[-1]
+        raise SystemExit(f'error: {text}') from None
+    lr_imgs = lr_imgs.to(run.device, non_blocking=True).contiguous(memory_format=run.memory_format)
+    hr_imgs = hr_imgs.to(run.device, non_blocking=True).contiguous(memory_format=run.memory_format)
+    return lr_imgs, hr_imgs
+
+
+class Monitor:
+    """What the loop does between steps: average and log the values, validate, write checkpoints, show progress.
+    Only rank 0 writes; every rank averages (the means are all-reduced under DDP)."""
+
+    def __init__(self, run, state):
+        args = run.args
+        self.run, self.state = run, state
+        self.val_set = choose_val_set(args.data_folder, args.val_set)
+        self.val_dataset = None
+        if self.val_set is not None and run.is_main:
+            self.val_dataset = SRDataset(args.data_folder, 'test', args.crop_size, args.scaling_factor,
+                                         'imagenet-norm', '[-1, 1]', test_data_name=self.val_set,
+                                         blur_sigma=args.blur_sigma)
+        self.log = TrainingLog(args.output_dir, run.start_iteration) if run.is_main else None
+        self.bar = tqdm(total=args.iterations, initial=run.start_iteration, disable=not run.is_main,
+                        dynamic_ncols=True, desc=os.path.basename(os.path.normpath(args.output_dir)))
+        self.sums, self.count, self.data_time, self.interval_start = {}, 0, 0.0, time.perf_counter()
+
+    def after_step(self, values, lr, sr_model, stopping):
+        args, iteration = self.run.args, self.state.iteration
+        self.bar.update(1)
+        self.count += 1
+        for name, value in values.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value.detach().float()
+        finished = iteration == args.iterations
+        validating = self.val_set is not None and (iteration % args.val_every == 0 or finished)  # all ranks alike
+        saving = iteration % args.checkpoint_every == 0 or finished or stopping
+        if iteration % args.log_every == 0 or validating or saving:
+            self.write_row(lr)
+        if validating and self.run.is_main:
+            self.validate(sr_model if self.state.ema is None else self.state.ema)
+        if saving and self.run.is_main:
+            save_run(os.path.join(args.output_dir, CHECKPOINT_FILE), self.run, self.state)
+        if self.count == 0:  # just logged: time the next interval from here, validation and saving excluded
+            self.interval_start = time.perf_counter()
+
+    def write_row(self, lr):
+        """Log the means since the last row, with the lr and data vs step time per iteration; stop on a
+        non-finite value before anything is saved."""
+        run, iteration = self.run, self.state.iteration
+        means = torch.stack(list(self.sums.values())) / self.count
+        if run.world_size > 1:
+            torch.distributed.all_reduce(means)
+            means /= run.world_size
+        means = dict(zip(self.sums, means.tolist()))
+        bad = [name for name, value in means.items() if not math.isfinite(value)]
+        if bad:
+            raise SystemExit(f'error: non-finite {", ".join(bad)} at iteration {iteration}; stopped without saving, '
+                             f'{run.args.output_dir}/{CHECKPOINT_FILE} is the last good state. Try a lower --lr, '
+                             f'or --no-amp')
+        elapsed = time.perf_counter() - self.interval_start
+        row = {'iteration': iteration, 'lr': lr, **means, 'data_ms': 1000 * self.data_time / self.count,
+               'step_ms': 1000 * (elapsed - self.data_time) / self.count}
+        if self.log is not None:
+            self.log.write(row)
+        self.bar.set_postfix({k: f'{v:.4g}' for k, v in row.items() if k not in {'iteration', 'lr'}}, refresh=False)
+        self.sums, self.count, self.data_time = {}, 0, 0.0
+
+    def validate(self, model):
+        """PSNR/SSIM on the validation set, a sample sheet, and best.pt when the PSNR is the best so far."""
+        args, iteration = self.run.args, self.state.iteration
+        sheet = os.path.join(args.output_dir, 'samples', f'iter_{iteration:07d}.png')
+        psnr, ssim = validate(model, self.val_dataset, self.run.amp_dtype, sheet)
+        self.log.write({'iteration': iteration, f'val_psnr_{self.val_set}': psnr, f'val_ssim_{self.val_set}': ssim})
+        self.bar.write(f'iteration {iteration}: {self.val_set} PSNR {psnr:.2f} dB, SSIM {ssim:.4f}')
+        if psnr > self.state.best_psnr:
+            self.state.best_psnr = psnr
+            save_run(os.path.join(args.output_dir, BEST_CHECKPOINT_FILE), self.run, self.state)
+
+    def close(self):
+        self.bar.close()
+        if self.log is None:
+            return
+        self.log.close()
+        output_dir, iteration = self.run.args.output_dir, self.state.iteration
+        if iteration == self.run.args.iterations:
+            if plot_loss_curves(os.path.join(output_dir, LOG_FILE), os.path.join(output_dir, 'loss_curves.png')):
+                print(f'loss curves: {output_dir}/loss_curves.png')
+            print(f'done: {iteration} iterations, {output_dir}/{CHECKPOINT_FILE}')
+
+
+class StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM ask the loop to finish its step, save and exit; a second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.signal_name = None
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _handle(self, signum, frame):
+        if self.signal_name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+        print(f'\n{self.signal_name}: finishing this step, then saving {CHECKPOINT_FILE} '
+              f'(Ctrl-C again to stop without saving)', file=sys.stderr, flush=True)
+
+    def requested(self, run):
+        """True on every process once any process got a signal (so DDP ranks stop at the same iteration)."""
+        if run.world_size == 1:
+            return self.signal_name is not None
+        flag = torch.tensor([float(self.signal_name is not None)], device=run.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def restore(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Validation, the log, and pictures of the run
+
+def choose_val_set(data_folder, val_set):
+    """--val-set -> the name of a test list in data_folder, or None (no validation)."""
+    if val_set == 'none':
+        return None
+    names = test_set_names(data_folder)
+    if val_set == 'auto':
+        return next((name for name in ('Set5', 'demo') if name in names), names[0] if names else None)
+    if val_set not in names:
+        raise SystemExit(f'error: no {val_set}_test_images.json in {data_folder} (lists there: '
+                         f'{", ".join(names) or "none"}); write it with create_data_lists.py --test-folders, or pass '
+                         f'--val-set none')
+    return val_set
+
+
+def validate(model, dataset, amp_dtype=None, sheet_path=None, sheet_rows=3):
+    """Mean PSNR and SSIM of `model` (an SRResNet; left as it is) over a test SRDataset ('imagenet-norm' LR,
+    '[-1, 1]' HR), as eval.py measures them: through the same inference path (inference.Upscaler), under the
+    paper's protocol (metrics.evaluate_image). With `sheet_path`, also writes a PNG of LR-bicubic / SR / HR
+    centre crops of the first `sheet_rows` images."""
+    upscaler = Upscaler.for_model(model, amp_dtype=amp_dtype)
+    s = upscaler.scaling_factor
+    psnrs, ssims, rows = [], [], []
+    for i in range(len(dataset)):
+        lr_img, hr_img = dataset[i]  # (3, h, w) ImageNet-normalised, (3, h * s, w * s) in [-1, 1]
+        sr_img = upscaler.upscale(lr_img)  # (3, h * s, w * s) in [-1, 1]
+        psnr, ssim = evaluate_image(sr_img, hr_img, s, protocol='paper')
+        psnrs.append(psnr.item())
+        ssims.append(ssim.item())
+        if sheet_path is not None and i < sheet_rows:
+            rows.append(_sheet_row(lr_img, sr_img, hr_img, s))
+    if rows:
+        _save_sheet(rows, sheet_path)
+    return sum(psnrs) / len(psnrs), sum(ssims) / len(ssims)
+
+
+def _sheet_row(lr_img, sr_img, hr_img, s, crop=128):
+    """Centre crops (PIL) of the bicubic upscaling of the LR image, the SR image and the HR image."""
+    height, width = hr_img.shape[-2:]
+    size = min(crop, height, width) // s * s
+    top, left = (height - size) // 2 // s * s, (width - size) // 2 // s * s
+    lr = convert_image(lr_img[:, top // s:(top + size) // s, left // s:(left + size) // s], 'imagenet-norm', 'pil')
+    bicubic = lr.resize((size, size), Image.BICUBIC)
+    sr = convert_image(sr_img[:, top:top + size, left:left + size], '[-1, 1]', 'pil')
+    hr = convert_image(hr_img[:, top:top + size, left:left + size], '[-1, 1]', 'pil')
+    return bicubic, sr, hr
+
+
+def _save_sheet(rows, path, gap=4, header=16):
+    size = max(img.width for row in rows for img in row)
+    sheet = Image.new('RGB', (3 * size + 2 * gap, header + len(rows) * (size + gap) - gap), 'white')
+    draw = ImageDraw.Draw(sheet)
+    for column, title in enumerate(('LR, bicubic', 'SR', 'HR')):
+        draw.text((column * (size + gap) + 2, 2), title, fill='black')
+    for r, row in enumerate(rows):
+        for column, img in enumerate(row):
+            sheet.paste(img, (column * (size + gap), header + r * (size + gap)))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    sheet.save(path)
+
+
+class TrainingLog:
+    """Every logged value as one JSON line per row in <output_dir>/log.jsonl, and in TensorBoard when the
+    tensorboard package is installed. On resume, rows after the checkpoint's iteration (from the interrupted run)
+    are dropped, so the file reads as one uninterrupted run."""
+
+    def __init__(self, output_dir, start_iteration):
+        os.makedirs(output_dir, exist_ok=True)
+        self.path = os.path.join(output_dir, LOG_FILE)
+        rows = []
+        if start_iteration > 0 and os.path.isfile(self.path):
+            with open(self.path) as f:
+                rows = [line for line in f if line.strip() and json.loads(line)['iteration'] <= start_iteration]
+        with open(self.path, 'w') as f:
+            f.writelines(rows)
+        self.file = open(self.path, 'a')
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tensorboard = SummaryWriter(os.path.join(output_dir, 'tensorboard'), purge_step=start_iteration + 1)
+        except ImportError:  # tensorboard is optional
+            self.tensorboard = None
+
+    def write(self, row):
+        self.file.write(json.dumps(row) + '\n')
+        self.file.flush()
+        if self.tensorboard is not None:
+            for name, value in row.items():
+                if name != 'iteration':
+                    self.tensorboard.add_scalar(name, value, row['iteration'])
+
+    def close(self):
+        self.file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def read_log(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_loss_curves(log_path, png_path):
+    """One panel per logged value (losses, D outputs, validation PSNR) against the iteration. Needs matplotlib;
+    returns False without it."""
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = read_log(log_path)
+    names = [name for name in dict.fromkeys(k for row in rows for k in row)
+             if name not in {'iteration', 'lr', 'data_ms', 'step_ms'}]
+    if not names:
+        return False
+    fig, axes = plt.subplots(len(names), 1, figsize=(8, 2.2 * len(names)), sharex=True, squeeze=False)
+    for ax, name in zip(axes[:, 0], names):
+        points = [(row['iteration'], row[name]) for row in rows if name in row]
+        ax.plot(*zip(*points), marker='.' if len(points) < 50 else None)
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel('iteration')
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return True
