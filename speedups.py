@@ -5,7 +5,7 @@ and knows nothing of this file. Each rewrite is switched on by one call where a 
     speedups.for_training(model)          # in place, before training (training.py); state_dict keys unchanged
     fast = speedups.for_inference(model)  # a rewritten copy for inference (inference.py); `model` is untouched
 
-What they do, and why they are exact (tests/test_models.py checks each against the plain model):
+What they do, and why they are exact (tests/test_speedups.py checks each against the plain model):
 - single-slope PReLU on the CPU through LeakyReLU's kernels (SingleSlopePReLU): PyTorch's PReLU backward is slow
   there, and SRResNet's PReLUs have one slope each;
 - the last 9x9 convolution moved before the last pixel shuffle (conv_before_pixel_shuffle): 3 output channels

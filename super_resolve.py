@@ -192,28 +192,6 @@ def save_image(img, path, icc_profile=None):
         raise InputError(f'{path}: could not write ({e})') from None
 
 
-def super_resolve_file(model, in_path, out_path, scaling_factor, tile, tile_overlap, amp_dtype, note=print,
-                       progress=False):
-    """Read, super-resolve and write one image file, keeping its alpha, grayscale, bit depth and ICC profile.
-    progress: show a bar of tiles (when there are several)."""
-    output_format(out_path)  # fail before the work, not after
-    loaded = read_image(in_path)
-    ext = Path(out_path).suffix.lower()
-    bits = loaded.bits if ext in FORMATS_16_BIT else 8
-    if loaded.bits == 16 and bits == 8:
-        note(f'note: {out_path}: {ext} holds 8 bits per channel; writing 8-bit (use .png or .tif for 16)')
-    keep_alpha = ext not in FORMATS_WITHOUT_ALPHA
-    if loaded.alpha is not None and not keep_alpha:
-        note(f'note: {out_path}: {ext} has no transparency; alpha dropped (use .png to keep it)')
-    try:
-        sr = super_resolve_image(model, loaded, scaling_factor, tile, tile_overlap, amp_dtype, bits, keep_alpha,
-                                 on_retry=lambda message: note(f'note: {in_path}: {message}'),
-                                 progress=Path(in_path).name if progress else None)
-    except InputError as e:
-        raise InputError(f'{in_path}: {e}') from None
-    save_image(sr, out_path, loaded.icc_profile)
-
-
 def super_resolve_file(upscaler, in_path, out_path, note=print, progress=False):
     """Read, super-resolve and write one image file, keeping its alpha, grayscale, bit depth and ICC profile.
     progress: show a bar of tiles (when there are several)."""

@@ -1,10 +1,11 @@
 """
-Inference speed of super_resolve.py's paths against the original tutorial's plain fp32 forward.
+Inference speed of super_resolve.py's paths (inference.Upscaler) against the original tutorial's plain fp32 forward.
 
     python benchmarks/inference.py                         # random-init SRResNet, 256x256 LR, CPU (+ GPU if any)
     python benchmarks/inference.py --fit-steps 40          # a quickly fitted SRResNet: PSNR differences mean more
     python benchmarks/inference.py --model weights/srresnet_x4.pt
     python benchmarks/inference.py --memory                # + peak RSS of the CLI upscaling 1000x1000 -> 4000x4000
+    python benchmarks/inference.py --size 32 --tile 24 --repeats 1 --memory --memory-size 64   # smallest: a smoke test
 
 Every path super-resolves the same LR image (Set5 baby from ../shared, else scikit-image's astronaut, resized
 so the LR is --size pixels a side); the paths run interleaved, --repeats times each after a warm-up, and the
@@ -29,10 +30,14 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import inference  # noqa: E402
+import metrics  # noqa: E402
+import speedups  # noqa: E402
 import super_resolve  # noqa: E402
 import utils  # noqa: E402
+from checkpoints import model_config_from_state_dict, save_checkpoint  # noqa: E402
+from inference import DEFAULT_TILE, DEFAULT_TILE_OVERLAP, Upscaler  # noqa: E402
 from models import SRResNet  # noqa: E402
-from train_step import tutorial_srresnet_forward  # noqa: E402  (benchmarks/ is sys.path[0] when run)
 
 SHARED_IMAGE = REPO.parent / 'shared' / 'data' / 'Set5' / 'baby.png'
 
@@ -71,7 +76,7 @@ def quick_fit(model, hr_img, steps, s, seed=0):
 
 def paths_for(device, state_dict, config, tile):
     """[(name, precision, tiled, function(lr) -> (3, H, W) in [-1, 1] on the CPU)] for one device."""
-    s, overlap = config['scaling_factor'], super_resolve.DEFAULT_TILE_OVERLAP
+    s, overlap = config['scaling_factor'], DEFAULT_TILE_OVERLAP
     names = {None: 'fp32', torch.bfloat16: 'bf16', torch.float16: 'fp16'}
 
     def srresnet():
@@ -79,28 +84,27 @@ def paths_for(device, state_dict, config, tile):
         model.load_state_dict(state_dict)
         return model
 
-    tutorial_model, prepared = srresnet(), super_resolve.prepare_for_inference(srresnet())
+    tutorial_model, prepared = srresnet(), speedups.for_inference(srresnet())
 
     def tutorial(lr):  # the tutorial's visualize_sr: a no_grad fp32 forward of the whole image, NCHW
         with torch.no_grad():
-            return tutorial_srresnet_forward(tutorial_model, lr.to(device)[None])[0].float().cpu()
+            return tutorial_model(lr.to(device)[None])[0].float().cpu()
 
     def ours(model, amp_dtype, tile):
-        return lambda lr: super_resolve.upscale(model, lr, s, tile, overlap, amp_dtype)
+        return Upscaler(model, s, tile, overlap, amp_dtype).upscale
 
     rows = [('tutorial forward (no_grad, NCHW)', 'fp32', 'no', tutorial)]
-    dtypes = [None, super_resolve.pick_amp_dtype(device, 'half')]
+    dtypes = [None, inference.pick_amp_dtype(device, 'half')]
     if device.type == 'cuda' and torch.float16 not in dtypes:
         dtypes.append(torch.float16)
     for amp_dtype in dtypes:
         if amp_dtype is not None:  # autocast alone: the model as trained, only channels_last
             rows.append(('autocast + channels_last', names[amp_dtype], 'no',
                          ours(srresnet().to(memory_format=torch.channels_last), amp_dtype, None)))
-        rows.append(('prepare_for_inference', names[amp_dtype], 'no', ours(prepared, amp_dtype, None)))
-        rows.append(('prepare_for_inference', names[amp_dtype], 'yes', ours(prepared, amp_dtype, tile)))
-    default_dtype = super_resolve.pick_amp_dtype(device)
-    rows.append(('DEFAULT (super_resolve.py)', names[default_dtype], 'auto',
-                 ours(prepared, default_dtype, super_resolve.DEFAULT_TILE)))
+        rows.append(('speedups.for_inference', names[amp_dtype], 'no', ours(prepared, amp_dtype, None)))
+        rows.append(('speedups.for_inference', names[amp_dtype], 'yes', ours(prepared, amp_dtype, tile)))
+    default_dtype = inference.pick_amp_dtype(device)
+    rows.append(('DEFAULT (super_resolve.py)', names[default_dtype], 'auto', ours(prepared, default_dtype, DEFAULT_TILE)))
     return rows
 
 
@@ -123,7 +127,7 @@ def run_device(device, state_dict, config, lr_img, hr_img, repeats, tile):
 
     n_pixels = outputs[0].shape[1] * outputs[0].shape[2]
     reference = outputs[0].clamp(-1, 1)
-    psnrs = [utils.calculate_psnr(utils.convert_image(out.clamp(-1, 1), '[-1, 1]', 'y-channel')[4:-4, 4:-4],
+    psnrs = [metrics.calculate_psnr(utils.convert_image(out.clamp(-1, 1), '[-1, 1]', 'y-channel')[4:-4, 4:-4],
                                   hr_y).item() for out in outputs]
     print(f'\n{device.type.upper()}, {torch.get_num_threads()} threads' if device.type == 'cpu' else
           f'\n{torch.cuda.get_device_name(device)}')
@@ -167,6 +171,7 @@ def main():
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: all cores)')
     parser.add_argument('--memory', action='store_true',
                         help='also measure the peak RSS of the CLI upscaling 1000x1000 -> 4000x4000 on the CPU')
+    parser.add_argument('--memory-size', type=int, default=1000, help='LR side of the --memory image')
     parser.add_argument('--cpu-only', action='store_true')
     args = parser.parse_args()
 
@@ -175,8 +180,8 @@ def main():
     torch.manual_seed(0)
     model_path = args.model or (super_resolve.DEFAULT_MODEL if super_resolve.DEFAULT_MODEL.is_file() else None)
     if model_path is not None:
-        model, s = super_resolve.load_model(model_path)
-        config = utils._model_config_from_state_dict(model.state_dict())
+        model = inference.load_generator(model_path)  # the plain model: each path below rewrites its own copy
+        config, s = model_config_from_state_dict(model.state_dict()), model.scaling_factor
         what = f'checkpoint {model_path}'
     else:
         config = {'scaling_factor': 4}
@@ -191,8 +196,8 @@ def main():
 
     print(f'model: {what}, {sum(p.numel() for p in model.parameters()):,} parameters')
     print(f'input: {image_name}, LR {args.size}x{args.size} -> SR {args.size * s}x{args.size * s}; '
-          f"'tiled' rows: tile {args.tile}, overlap {super_resolve.DEFAULT_TILE_OVERLAP}; DEFAULT: tile "
-          f'{super_resolve.DEFAULT_TILE} (the whole image up to that size); best of {args.repeats}; '
+          f"'tiled' rows: tile {args.tile}, overlap {DEFAULT_TILE_OVERLAP}; DEFAULT: tile "
+          f'{DEFAULT_TILE} (the whole image up to that size); best of {args.repeats}; '
           f'torch {torch.__version__}')
     devices = [torch.device('cpu')]
     if torch.cuda.is_available() and not args.cpu_only:
@@ -204,9 +209,10 @@ def main():
         with tempfile.TemporaryDirectory() as folder:
             path = model_path or Path(folder) / 'model.pt'
             if model_path is None:
-                utils.save_checkpoint({'kind': 'srresnet', 'model_config': config, 'model': state_dict}, path)
-            peak_gb, elapsed = peak_rss_of_cli(path, extra=['--device', 'cpu'])
-        print(f'\nCLI, CPU, 1000x1000 -> 4000x4000 PNG, default settings: peak RSS {peak_gb:.2f} GB, '
+                save_checkpoint({'kind': 'srresnet', 'model_config': config, 'model': state_dict}, path)
+            peak_gb, elapsed = peak_rss_of_cli(path, args.memory_size, extra=['--device', 'cpu'])
+        n, side = args.memory_size, args.memory_size * s
+        print(f'\nCLI, CPU, {n}x{n} -> {side}x{side} PNG, default settings: peak RSS {peak_gb:.2f} GB, '
               f'{elapsed:.0f} s wall (model load and PNG encoding included)')
 
 

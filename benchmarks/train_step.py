@@ -6,12 +6,13 @@ Speed (one process, the variants interleaved repeat by repeat so that background
 
     python benchmarks/train_step.py                        # SRResNet and SRGAN steps, batch 16, 24 -> 96
     python benchmarks/train_step.py --models srresnet --repeats 5
+    python benchmarks/train_step.py --batch-size 2 --repeats 1 --steps 1 --warmup 0   # smallest: a smoke test
 
-    plain   the tutorial's loop: fp32, NCHW, eager, torch.nn.PReLU, torch.optim.Adam defaults, losses on the raw
-            outputs
-    default train_srresnet.train_step / train_srgan.train_step as the scripts run them: autocast in
-            utils.autocast_dtype's dtype (bf16 on CPUs with AVX-512 BF16/AMX and on Ampere+ GPUs), channels_last,
-            fused Adam (+ --compile to add torch.compile)
+    plain   the tutorial's loop: the paper's models as models.py has them (nn.PReLU, the 9x9 convolution after the
+            pixel shuffle), fp32, NCHW, eager, torch.optim.Adam defaults, losses on the raw outputs
+    default train_srresnet.train_step / train_srgan.train_step as the scripts run them: speedups.for_training,
+            autocast in utils.autocast_dtype's dtype (bf16 on CPUs with AVX-512 BF16/AMX and on Ampere+ GPUs),
+            channels_last, fused Adam (+ --compile to add torch.compile)
 
 Quality (same seed, same iterations, default vs --no-amp; Set5 PSNR of both, each evaluated in fp32):
 
@@ -33,41 +34,16 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import speedups  # noqa: E402
 import train_srgan  # noqa: E402
 import train_srresnet  # noqa: E402
-import models  # noqa: E402
 from models import Discriminator, Generator, SRResNet, TruncatedVGG19  # noqa: E402
 from utils import autocast_dtype, convert_image, pick_device  # noqa: E402
 
 
-def with_torch_prelu(model):
-    """Swap every models.PReLU in `model` (in place) for the torch.nn.PReLU the tutorial used, holding the same
-    slope: models.PReLU trains faster on CPUs through LeakyReLU's kernels, which the plain baseline must not get."""
-    swapped = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, models.PReLU):
-                prelu = nn.PReLU(child.num_parameters)
-                with torch.no_grad():
-                    prelu.weight.copy_(child.weight)
-                setattr(parent, name, prelu)
-                swapped += 1
-    assert swapped > 0 and not any(isinstance(m, models.PReLU) for m in model.modules())
-    return model
-
-
-def tutorial_srresnet_forward(model, lr_imgs):
-    """SRResNet's (or the Generator's) forward as the tutorial has it: the last 9x9 convolution after the last pixel
-    shuffle. (models.SRResNet.forward computes the same function with that convolution moved before the shuffle.)"""
-    model = model.net if isinstance(model, Generator) else model
-    output = model.conv_block1(lr_imgs)
-    output = model.conv_block2(model.residual_blocks(output)) + output
-    return model.conv_block3(model.subpixel_convolutional_blocks(output))
-
-
 def plain_srresnet_step(model, optimizer, lr_imgs, hr_imgs):
     """The tutorial's train() body."""
-    sr_imgs = tutorial_srresnet_forward(model, lr_imgs)
+    sr_imgs = model(lr_imgs)
     loss = F.mse_loss(sr_imgs, hr_imgs)
     optimizer.zero_grad()
     loss.backward()
@@ -76,7 +52,7 @@ def plain_srresnet_step(model, optimizer, lr_imgs, hr_imgs):
 
 def plain_srgan_step(generator, discriminator, vgg, optimizer_g, optimizer_d, lr_imgs, hr_imgs):
     """The tutorial's SRGAN train() body (VGG features unscaled, as it had them)."""
-    sr_imgs = tutorial_srresnet_forward(generator, lr_imgs)
+    sr_imgs = generator(lr_imgs)
     sr_imgs_norm = convert_image(sr_imgs, '[-1, 1]', 'imagenet-norm')
     sr_features = vgg(sr_imgs_norm)
     hr_features = vgg(convert_image(hr_imgs, '[-1, 1]', 'imagenet-norm')).detach()
@@ -119,18 +95,17 @@ def make_variants(name, device, batch_size, compile_models):
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         if name == 'srresnet':
             model = SRResNet()
-            model = (with_torch_prelu(model) if variant == 'plain' else model).to(device, memory_format=memory_format)
+            model = (model if variant == 'plain' else speedups.for_training(model)).to(device, memory_format=memory_format)
             step_model, optimizer = prepare(model), adam(model)
             if variant == 'plain':
                 step = (lambda m, o, lr, hr: lambda: plain_srresnet_step(m, o, lr, hr))(step_model, optimizer,
                                                                                        lr_imgs, hr_imgs)
             else:
-                scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 1.0)
                 step = (lambda *a: lambda: train_srresnet.train_step(*a, amp_dtype))(
-                    step_model, optimizer, scheduler, scaler, lr_imgs, hr_imgs)
+                    step_model, optimizer, scaler, lr_imgs, hr_imgs)
         else:
             generator = Generator()
-            generator = (with_torch_prelu(generator) if variant == 'plain' else generator).to(
+            generator = (generator if variant == 'plain' else speedups.for_training(generator)).to(
                 device, memory_format=memory_format)
             discriminator = Discriminator().to(device, memory_format=memory_format)
             vgg = TruncatedVGG19(5, 4, weights=None).to(device, memory_format=memory_format)  # speed only
@@ -139,10 +114,9 @@ def make_variants(name, device, batch_size, compile_models):
                 step = (lambda *a: lambda: plain_srgan_step(*a))(generator, discriminator, vgg, optimizer_g,
                                                                  optimizer_d, lr_imgs, hr_imgs)
             else:
-                schedulers = [torch.optim.lr_scheduler.MultiStepLR(o, [100_000], 0.1) for o in (optimizer_g, optimizer_d)]
-                g, d = prepare(generator), discriminator
-                step = (lambda *a: lambda: train_srgan.train_step(*a, amp_dtype, 1e-3))(
-                    g, d, d, vgg, optimizer_g, optimizer_d, *schedulers, scaler, lr_imgs, hr_imgs)
+                models = train_srgan.SRGANModels(prepare(generator), discriminator, discriminator, vgg, optimizer_g,
+                                                 optimizer_d, scaler)
+                step = (lambda m: lambda: train_srgan.train_step(m, lr_imgs, hr_imgs, amp_dtype, 1e-3))(models)
         variants[variant] = step
     return variants
 
@@ -171,7 +145,8 @@ def speed(args):
     for name in args.models:
         variants = make_variants(name, device, args.batch_size, args.compile)
         for step in variants.values():  # warm-up: oneDNN / cuDNN kernel choice, compilation
-            time_steps(step, args.warmup, device)
+            for _ in range(args.warmup):
+                step()
         times = {variant: [] for variant in variants}
         for _ in range(args.repeats):
             for variant, step in variants.items():
@@ -186,7 +161,8 @@ def speed(args):
 def quality(args):
     """Train SRResNet twice from the same seed (default, --no-amp), then Set5 PSNR of both in fp32."""
     from datasets import SRDataset
-    from utils import load_generator, validate
+    from inference import load_generator
+    from training import validate
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, 'data')
@@ -203,7 +179,7 @@ def quality(args):
                            stderr=subprocess.DEVNULL)
             minutes = (time.perf_counter() - start) / 60
             set5 = SRDataset(data, 'test', 96, 4, 'imagenet-norm', '[-1, 1]', test_data_name='Set5')
-            psnr, ssim = validate(load_generator(os.path.join(output_dir, 'last.pt')), set5, 4, amp_dtype=None)
+            psnr, ssim = validate(load_generator(os.path.join(output_dir, 'last.pt')), set5, amp_dtype=None)
             results[variant] = psnr
             print(f'{variant}: {args.quality} iterations in {minutes:.1f} min, Set5 PSNR {psnr:.3f} dB, '
                   f'SSIM {ssim:.4f}', flush=True)

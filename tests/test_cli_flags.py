@@ -31,7 +31,7 @@ from datasets import SRDataset
 from models import Discriminator, Generator, SRResNet
 
 # The checkpoint tool: `python CHECKPOINT_TOOL convert IN OUT`. When it moves, change this line.
-CHECKPOINT_TOOL = 'utils.py'
+CHECKPOINT_TOOL = 'checkpoints.py'
 
 SHIPPED = 'weights/srresnet_x4.pt'  # relative to the repo root, as eval.py names it when it picks it by default
 SMALL = ['--batch-size', '2', '--crop-size', '48', '--workers', '0', '--log-every', '1']

@@ -454,3 +454,61 @@ def test_rng_state_survives_a_weights_only_checkpoint(tmp_path):
     save_checkpoint({'rng': state}, tmp_path / 'rng.pt')
     set_rng_state(load_checkpoint(tmp_path / 'rng.pt')['rng'])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_srgan_resume_applies_a_moved_lr_decay(demo_data, tmp_path):
+    """Both trainers compute the lr from the flags: a train_srgan.py run resumed with another --lr-decay-at follows it
+    (it used to restore the old schedule and ignore the flag), and the note says so."""
+    args = ['--data-folder', demo_data, '--output-dir', tmp_path, *SMALL, '--srresnet-checkpoint', 'none',
+            '--content-loss', 'mse', '--val-set', 'none']
+    run_script('train_srgan.py', *args, '--iterations', 2, '--lr-decay-at', 1000)
+    result = run_script('train_srgan.py', *args, '--iterations', 4, '--lr-decay-at', 3, '--resume', 'auto')
+    assert '--lr-decay-at 3 (was 1000): applied from here on' in result.stdout
+    assert [row['lr'] for row in train_rows(tmp_path)] == pytest.approx([1e-4, 1e-4, 1e-4, 1e-5])
+    checkpoint = load_checkpoint(tmp_path / 'last.pt')
+    assert [o['param_groups'][0]['lr'] for o in (checkpoint['optimizer_g'], checkpoint['optimizer_d'])] == [1e-5] * 2
+    result = run_script('train_srgan.py', *args, '--iterations', 5, '--lr', 3e-4, '--beta1', 0.5, '--resume', 'auto')
+    assert [row['lr'] for row in train_rows(tmp_path)][4] == pytest.approx(3e-4)  # --lr-decay-at back to 100000
+    checkpoint = load_checkpoint(tmp_path / 'last.pt')
+    assert checkpoint['optimizer_g']['param_groups'][0]['betas'] == (0.5, 0.999)
+
+
+def test_a_checkpoint_written_before_the_redesign_still_resumes(demo_data, tmp_path):
+    """tests/data/srresnet_last_46b057d.pt: a 2-iteration run (--n-blocks 1 --n-channels 8 --ema-decay 0.5) written by
+    the code of commit 46b057d. It loads for inference and resumes, its moving average included."""
+    import shutil
+    old = REPO / 'tests' / 'data' / 'srresnet_last_46b057d.pt'
+    shutil.copy(old, tmp_path / 'last.pt')
+    before = load_checkpoint(old)
+    assert before['iteration'] == 2 and 'ema' in before
+    model = load_generator(old)  # what eval.py and super_resolve.py load: the average
+    assert model(torch.zeros(1, 3, 8, 8)).shape == (1, 3, 32, 32)
+    run_script('train_srresnet.py', '--data-folder', demo_data, '--output-dir', tmp_path, *SMALL, '--n-blocks', 1,
+               '--n-channels', 8, '--ema-decay', 0.5, '--val-set', 'none', '--iterations', 3, '--resume', 'auto')
+    after = load_checkpoint(tmp_path / 'last.pt')
+    assert after['iteration'] == 3 and after['samples_seen'] == 3 * 2
+    assert [row['iteration'] for row in train_rows(tmp_path)] == [3]  # its own log was not copied: only the new row
+    for k, v in after['ema'].items():  # the old average carried on
+        if v.is_floating_point():
+            torch.testing.assert_close(v, 0.5 * before['ema'][k] + 0.5 * after['model'][k], rtol=1e-5, atol=1e-7)
+    assert after['optimizer']['state'] and not torch.equal(after['model']['conv_block1.conv_block.0.weight'],
+                                                           before['model']['conv_block1.conv_block.0.weight'])
+    result = run_script('train_srresnet.py', '--data-folder', demo_data, '--output-dir', tmp_path, *SMALL,
+                        '--val-set', 'none', '--iterations', 4, '--resume', 'auto', check=False)
+    assert result.returncode == 1 and '--n-blocks and --n-channels' in last_line(result)  # not silently n_blocks 1
+
+
+@pytest.mark.parametrize('amp_dtype', [None, torch.bfloat16], ids=['fp32', 'bf16'])
+def test_both_precisions_train_and_validate(demo_data, tmp_path, monkeypatch, capsys, amp_dtype):
+    """The precision follows the CPU (bf16 autocast with AVX-512 BF16/AMX, else fp32), so a machine runs only one of
+    them by default: here each runs explicitly, training and validating, and the weights stay fp32."""
+    import training
+    monkeypatch.setattr(training, 'autocast_dtype', lambda device: amp_dtype)
+    train_srresnet.main(['--data-folder', str(demo_data), '--output-dir', str(tmp_path), *SMALL, '--n-blocks', '1',
+                         '--iterations', '2', '--val-every', '2', '--val-set', 'demo'])
+    assert ('bfloat16 autocast' if amp_dtype else 'cpu, fp32') in capsys.readouterr().out
+    rows = read_log(tmp_path / 'log.jsonl')
+    assert all(0 < row['loss'] < 4 for row in rows if 'loss' in row)
+    assert 5 < rows[-1]['val_psnr_demo'] < 40
+    checkpoint = load_checkpoint(tmp_path / 'last.pt')
+    assert all(v.dtype in (torch.float32, torch.int64) for v in checkpoint['model'].values())
