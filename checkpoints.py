@@ -63,10 +63,15 @@ def load_checkpoint(path, allow_unsafe_pickle=False, map_location='cpu', unsafe_
                 f'`python checkpoints.py convert {path} converted.pt`.') from None
         checkpoint = convert_tutorial_checkpoint(path, map_location)
     except Exception as e:
-        raise CheckpointError(f'{path}: not a PyTorch checkpoint or damaged ({str(e).splitlines()[0]})') from None
+        raise CheckpointError(f'{path}: not a PyTorch checkpoint or damaged ({_first_line(e)})') from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f'{path}: expected a checkpoint dict, found {type(checkpoint).__name__}')
     return checkpoint
+
+
+def _first_line(error):
+    """The first line of an exception's message, or its type when it has none (an empty file's EOFError)."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def convert_tutorial_checkpoint(path, map_location='cpu'):
@@ -87,7 +92,7 @@ def convert_tutorial_checkpoint(path, map_location='cpu'):
     try:
         old = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:
-        raise CheckpointError(f'{path}: not a PyTorch checkpoint or damaged ({str(e).splitlines()[0]})') from None
+        raise CheckpointError(f'{path}: not a PyTorch checkpoint or damaged ({_first_line(e)})') from None
     entry = 'generator' if isinstance(old, dict) and 'generator' in old else 'model'
     net = old.get(entry) if isinstance(old, dict) else None
     if not isinstance(net, torch.nn.Module):
@@ -145,7 +150,12 @@ def main(argv=None):
     parser.add_argument('input', help="convert: the tutorial's checkpoint_srresnet.pth.tar or checkpoint_srgan.pth.tar;"
                                       " export: a last.pt or best.pt of train_srresnet.py or train_srgan.py")
     parser.add_argument('output', help='where to write the new checkpoint (.pt)')
+    parser.add_argument('--overwrite', action='store_true', help='replace OUTPUT if it exists (never INPUT)')
     args = parser.parse_args(argv)
+    if os.path.exists(args.input) and os.path.exists(args.output) and os.path.samefile(args.input, args.output):
+        raise SystemExit(f'error: {args.output} is the input itself; write the new checkpoint to another file')
+    if os.path.exists(args.output) and not args.overwrite:
+        raise SystemExit(f'error: {args.output} exists; pass --overwrite to replace it, or choose another file')
     try:
         if args.command == 'convert':
             save_checkpoint(convert_tutorial_checkpoint(args.input), args.output)

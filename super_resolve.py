@@ -517,11 +517,17 @@ def main(argv=None):
             raise SystemExit(f'error: -o {output} names one file but {len(inputs) + len(missing)} inputs were '
                              f'given; pass a folder')
     else:  # an output folder inside an input folder: do not upscale the previous run's results again
-        inputs = [(path, folder) for path, folder in inputs
-                  if folder is None or Path(output).resolve() not in path.resolve().parents]
+        kept = [(path, folder) for path, folder in inputs
+                if folder is None or Path(output).resolve() not in path.resolve().parents]
+        if inputs and not kept:
+            raise SystemExit(f'error: every input is inside the output folder {output}; choose an -o outside the '
+                             f'input folders')
+        inputs = kept
     upscaler, srgan = load_upscalers(args)
     suffix = args.suffix if args.suffix is not None else ('_grid' if args.grid else f'_x{upscaler.scaling_factor}')
     ext = '.png' if args.grid and args.ext is None else args.ext
+    plan = [(in_path, output_path(in_path, folder, output, suffix, ext)) for in_path, folder in inputs]
+    check_plan(plan)
 
     def note(message):
         tqdm.write(message, file=sys.stderr)
@@ -530,8 +536,7 @@ def main(argv=None):
     for message in failed:
         note(f'error: {message}')
     skipped = 0
-    for in_path, folder in tqdm(inputs, unit='file', desc='super-resolving', disable=len(inputs) < 2):
-        out_path = output_path(in_path, folder, output, suffix, ext)
+    for in_path, out_path in tqdm(plan, unit='file', desc='super-resolving', disable=len(inputs) < 2):
         if out_path.exists() and not args.overwrite:
             note(f'skip: {out_path} exists (pass --overwrite to replace it)')
             skipped += 1
@@ -554,6 +559,22 @@ def main(argv=None):
     if failed:
         raise SystemExit(f'error: {summary}')
     note(summary)
+
+
+def check_plan(plan):
+    """[(input, output)] -> refuse, before any work, an output that is one of the inputs (even with --overwrite)
+    and two inputs that would be written to the same output."""
+    inputs = {in_path.resolve(): in_path for in_path, _ in plan}
+    written = {}
+    for in_path, out_path in plan:
+        target = out_path.resolve()
+        if target in inputs:
+            raise SystemExit(f'error: {out_path} would replace the input {inputs[target]}; choose another -o, '
+                             f'--suffix or --ext')
+        if target in written:
+            raise SystemExit(f'error: {written[target]} and {in_path} would both be written to {out_path}; give '
+                             f'them different names, or upscale them into different -o folders')
+        written[target] = in_path
 
 
 def load_upscalers(args):

@@ -12,8 +12,8 @@ On N GPUs of one machine (DDP; the effective batch is N x --batch-size, so divid
 
     torchrun --standalone --nproc_per_node=4 train_srresnet.py --batch-size 4
 
-Stop any time with Ctrl-C (or SIGTERM): the step in progress finishes, last.pt is saved; continue with
-`--resume auto`. Outputs in --output-dir: last.pt, best.pt (best validation PSNR), log.jsonl, samples/*.png,
+Stop any time with Ctrl-C (or SIGTERM): the step in progress finishes, last.pt is saved, and the exit code (130 or
+143) says the run stopped early; continue with `--resume auto`. Outputs in --output-dir: last.pt, best.pt (best validation PSNR), log.jsonl, samples/*.png,
 loss_curves.png, and tensorboard/ when TensorBoard is installed.
 """
 

@@ -168,21 +168,34 @@ def setup_run(args, kind):
     amp_dtype = None if args.no_amp else autocast_dtype(device)
     run = Run(args, kind, device, amp_dtype, rank, world_size)
     run.checkpoint = _checkpoint_to_resume(run)
+    if run.is_main:
+        _remove_partial_checkpoints(args.output_dir)
     return run
+
+
+def _remove_partial_checkpoints(output_dir):
+    """Checkpoints half-written by a run that was killed while saving (see utils.atomic_path): this folder holds one
+    run, and this process is now the only one writing to it."""
+    for name in os.listdir(output_dir) if os.path.isdir(output_dir) else []:
+        if name.startswith(('.last.partial', '.best.partial')) and name.endswith('.pt'):
+            os.remove(os.path.join(output_dir, name))
 
 
 def _checkpoint_to_resume(run):
     """--resume PATH|auto -> the checkpoint dict, or None for a new run; a note of the flags that changed."""
     args, path = run.args, run.args.resume
-    last_path = os.path.join(args.output_dir, CHECKPOINT_FILE)
+    last_path, best_path = (os.path.join(args.output_dir, name) for name in (CHECKPOINT_FILE, BEST_CHECKPOINT_FILE))
     if args.resume == 'auto':
         path = last_path if os.path.isfile(last_path) else None
-        if path is None and run.is_main:
-            print(f'--resume auto: no {last_path} yet, starting a new run')
     elif args.resume is None and os.path.isfile(last_path):
         raise SystemExit(f'error: {args.output_dir} already holds a run ({last_path}); continue it with --resume '
                          f'auto, or choose another --output-dir')
+    if path is None and os.path.isfile(best_path):  # a new run would write over it
+        raise SystemExit(f'error: {args.output_dir} holds {best_path} but no {CHECKPOINT_FILE}; continue from it with '
+                         f'--resume {best_path}, or choose another --output-dir')
     if path is None:
+        if args.resume == 'auto' and run.is_main:
+            print(f'--resume auto: no {last_path} yet, starting a new run')
         return None
     try:
         checkpoint = load_checkpoint(path)
@@ -192,13 +205,20 @@ def _checkpoint_to_resume(run):
                          f"checkpoints.py convert {path} converted.pt` (--srresnet-checkpoint converted.pt)") from None
     except CheckpointError as e:
         raise SystemExit(f'error: {e}') from None
-    if checkpoint.get('kind') != run.kind or 'iteration' not in checkpoint or 'rng' not in checkpoint:
+    if checkpoint.get('kind') != run.kind:
         raise SystemExit(f'error: {path} is not a {run.kind} training checkpoint written by train_{run.kind}.py, so '
                          f'it cannot be resumed (found kind {checkpoint.get("kind")!r})')
+    if 'rng' not in checkpoint or 'iteration' not in checkpoint:
+        raise SystemExit(f'error: {path} holds a {run.kind} model alone (exported or converted: no optimizer or '
+                         f'training state), so it cannot be resumed; start a new run from a training last.pt')
     config = checkpoint['config']
     if config.get('scaling_factor', args.scaling_factor) != args.scaling_factor:
         raise SystemExit(f'error: {path} trains x{config["scaling_factor"]}, not --scaling-factor '
                          f'{args.scaling_factor}; resume with --scaling-factor {config["scaling_factor"]}')
+    if checkpoint['iteration'] >= args.iterations:
+        print(f'{path} is at iteration {checkpoint["iteration"]}, --iterations is {args.iterations}: nothing to do '
+              f'(raise --iterations to train on)')
+        raise SystemExit(0)
     if run.is_main:
         print(f'resuming from {path} at iteration {checkpoint["iteration"]}')
         changed = [f'--{k.replace("_", "-")} {getattr(args, k)} (was {config[k]})' for k in NOTED_ON_RESUME
@@ -417,6 +437,8 @@ def train_loop(run, state, train_step, sr_model):
     if run.world_size > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+    if state.iteration < args.iterations:  # stopped early: a scheduler or an `&&` chain must not take it as done
+        raise SystemExit(128 + stop.signal_number if stop.signal_number else 1)
 
 
 def next_batch(batches, run):
@@ -463,6 +485,8 @@ class Monitor:
         saving = iteration % args.checkpoint_every == 0 or finished or stopping
         if iteration % args.log_every == 0 or validating or saving:
             self.write_row(lr)
+        if (validating or saving) and self.run.is_main:
+            self.check_finite_weights()
         if validating and self.run.is_main:
             self.validate(sr_model if self.state.ema is None else self.state.ema)
         if saving and self.run.is_main:
@@ -481,9 +505,7 @@ class Monitor:
         means = dict(zip(self.sums, means.tolist()))
         bad = [name for name, value in means.items() if not math.isfinite(value)]
         if bad:
-            raise SystemExit(f'error: non-finite {", ".join(bad)} at iteration {iteration}; stopped without saving, '
-                             f'{run.args.output_dir}/{CHECKPOINT_FILE} is the last good state. Try a lower --lr, '
-                             f'or --no-amp')
+            self.diverged(f'non-finite {", ".join(bad)}')
         elapsed = time.perf_counter() - self.interval_start
         row = {'iteration': iteration, 'lr': lr, **means, 'data_ms': 1000 * self.data_time / self.count,
                'step_ms': 1000 * (elapsed - self.data_time) / self.count}
@@ -491,6 +513,19 @@ class Monitor:
             self.log.write(row)
         self.bar.set_postfix({k: f'{v:.4g}' for k, v in row.items() if k not in {'iteration', 'lr'}}, refresh=False)
         self.sums, self.count, self.data_time = {}, 0, 0.0
+
+    def check_finite_weights(self):
+        """Weights wrecked by a diverging step (its own loss still finite) must never reach a checkpoint."""
+        for name, model in self.state.models.items():
+            if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
+                self.diverged(f'non-finite {name} weights')
+
+    def diverged(self, what):
+        last = os.path.join(self.run.args.output_dir, CHECKPOINT_FILE)
+        kept = (f'{last} (iteration {load_checkpoint(last)["iteration"]}) is the last good state'
+                if os.path.isfile(last) else 'nothing was saved')
+        raise SystemExit(f'error: {what} at iteration {self.state.iteration}; the training diverged and stopped '
+                         f'without saving: {kept}. Try a lower --lr, or --no-amp')
 
     def validate(self, model):
         """PSNR/SSIM on the validation set, a sample sheet, and best.pt when the PSNR is the best so far."""
@@ -519,13 +554,13 @@ class StopSignals:
     """SIGINT (Ctrl-C) and SIGTERM ask the loop to finish its step, save and exit; a second Ctrl-C stops at once."""
 
     def __init__(self):
-        self.signal_name = None
+        self.signal_name = self.signal_number = None
         self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def _handle(self, signum, frame):
         if self.signal_name is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.signal_name = signal.Signals(signum).name
+        self.signal_name, self.signal_number = signal.Signals(signum).name, signum
         print(f'\n{self.signal_name}: finishing this step, then saving {CHECKPOINT_FILE} '
               f'(Ctrl-C again to stop without saving)', file=sys.stderr, flush=True)
 

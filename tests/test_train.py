@@ -27,7 +27,7 @@ SMALL = ['--batch-size', '2', '--crop-size', '48', '--workers', '0', '--log-ever
 
 
 def run_script(script, *args, check=True, extra_env=None):
-    env = dict(os.environ, OMP_NUM_THREADS='2', **(extra_env or {}))
+    env = {**os.environ, 'OMP_NUM_THREADS': '2', **(extra_env or {})}
     result = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], capture_output=True, text=True,
                             cwd=REPO, env=env, timeout=300)
     if check and result.returncode != 0:
@@ -249,15 +249,14 @@ def test_srresnet_ema_decay_averages_the_weights_and_is_what_the_checkpoint_serv
 
 
 def test_sigkill_then_resume_logs_the_same_losses(demo_data, tmp_path):
-    # --workers 0: with a DataLoader worker decoding beside it on two cores, the CPU convolution kernels are not
-    # bit-reproducible even between two uninterrupted runs (seen at ~1e-7 of the loss); the data stream a worker
-    # serves is the same (the crops depend on the sampler's seeds alone: test_crops_depend_on_the_sample_seed_alone)
-    args = ['--data-folder', demo_data, *SMALL, '--workers', '0', '--n-blocks', '2', '--iterations', 10,
+    # one thread (OMP_NUM_THREADS=1 below): with two, the CPU kernels' parallel reductions are not bit-reproducible
+    # even between two uninterrupted runs (~1e-7 of the loss at a random iteration, on 46b057d as well)
+    args = ['--data-folder', demo_data, *SMALL, '--workers', '1', '--n-blocks', '2', '--iterations', 10,
             '--checkpoint-every', 3, '--val-set', 'none', '--seed', 7]
-    run_script('train_srresnet.py', *args, '--output-dir', tmp_path / 'whole')
+    run_script('train_srresnet.py', *args, '--output-dir', tmp_path / 'whole', extra_env={'OMP_NUM_THREADS': '1'})
 
     killed = tmp_path / 'killed'
-    env = dict(os.environ, OMP_NUM_THREADS='2')
+    env = dict(os.environ, OMP_NUM_THREADS='1')
     process = subprocess.Popen([sys.executable, str(REPO / 'train_srresnet.py'), *map(str, args),
                                 '--output-dir', str(killed)], cwd=REPO, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -269,7 +268,8 @@ def test_sigkill_then_resume_logs_the_same_losses(demo_data, tmp_path):
     killed_at = load_checkpoint(killed / 'last.pt')['iteration']
     assert killed_at < 10 and len(train_rows(killed)) < 10
 
-    run_script('train_srresnet.py', *args, '--output-dir', killed, '--resume', 'auto')
+    run_script('train_srresnet.py', *args, '--output-dir', killed, '--resume', 'auto',
+               extra_env={'OMP_NUM_THREADS': '1'})
     whole, resumed = train_rows(tmp_path / 'whole'), train_rows(killed)
     assert [row['iteration'] for row in resumed] == list(range(1, 11))
     assert [row['loss'] for row in resumed] == [row['loss'] for row in whole]  # bit for bit
