@@ -1,3 +1,5 @@
+import contextlib
+import io
 import sys
 from pathlib import Path
 
@@ -9,6 +11,16 @@ sys.path.insert(0, str(REPO))
 
 # Real images beside the checkout (../shared/data); users won't have them, so tests that need them skip.
 SHARED_DATA = REPO.parent / 'shared' / 'data'
+
+
+@pytest.fixture(scope='module')
+def demo_data(tmp_path_factory):
+    """The demo lists (scikit-image's photos), written once per test module."""
+    from create_data_lists import create_demo_lists
+    folder = tmp_path_factory.mktemp('data')
+    with contextlib.redirect_stdout(io.StringIO()):
+        create_demo_lists(str(folder))
+    return folder
 
 
 @pytest.fixture

@@ -26,7 +26,6 @@ import torch
 from PIL import Image
 
 from conftest import REPO
-from create_data_lists import create_demo_lists
 from datasets import SRDataset
 from models import Discriminator, Generator, SRResNet
 
@@ -130,14 +129,6 @@ def tutorial_srresnet_pickle(path, seed=0):
 def convert(in_path, out_path):
     ok(CHECKPOINT_TOOL, 'convert', in_path, out_path)
     return load(out_path)
-
-
-@pytest.fixture(scope='module')
-def demo_data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp('data')
-    with redirect_stdout(io.StringIO()):
-        create_demo_lists(str(folder))
-    return folder
 
 
 @pytest.fixture(scope='module')

@@ -15,18 +15,10 @@ import create_data_lists
 import super_resolve
 import train_srresnet
 from checkpoints import load_checkpoint, main as checkpoint_tool, save_checkpoint
-from create_data_lists import create_demo_lists
 from models import SRResNet
 
 SMALL = ['--batch-size', '2', '--crop-size', '48', '--workers', '0', '--log-every', '1', '--n-blocks', '1',
          '--val-set', 'none']
-
-
-@pytest.fixture(scope='module')
-def demo_data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp('data')
-    create_demo_lists(str(folder))
-    return folder
 
 
 @pytest.fixture(scope='module')

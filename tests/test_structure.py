@@ -3,7 +3,6 @@ another script, utils.py imports nothing of the project, the paper's models know
 and functions stay short enough to read."""
 
 import ast
-from pathlib import Path
 
 import pytest
 

@@ -1,6 +1,5 @@
 """super_resolve.py: the comparison grid, upscaling files of every kind, tiling, the OOM fallback, video."""
 
-import copy
 import subprocess
 import sys
 from fractions import Fraction

@@ -16,7 +16,6 @@ import torch
 from conftest import REPO
 import train_srgan
 import train_srresnet
-from create_data_lists import create_demo_lists
 from datasets import InfiniteSampler, SRDataset
 from models import Discriminator, Generator, SRResNet, TruncatedVGG19
 from checkpoints import generator_state_dict, load_checkpoint, save_checkpoint
@@ -41,13 +40,6 @@ def train_rows(output_dir):
 
 def last_line(result):
     return result.stderr.strip().splitlines()[-1]
-
-
-@pytest.fixture(scope='module')
-def demo_data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp('data')
-    create_demo_lists(str(folder))
-    return folder
 
 
 @pytest.fixture(scope='module')
