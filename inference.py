@@ -12,6 +12,7 @@ is bounded by the tile, not the image; on out-of-memory the tile is halved and t
 
 import dataclasses
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -28,6 +29,7 @@ DEFAULT_TILE = 256
 # abs difference from the untiled output 0.03/255 at overlap 16, 0.005/255 at 24) while the cost grows slowly.
 DEFAULT_TILE_OVERLAP = 24
 MIN_TILE = 16  # halving the tile after out-of-memory stops here
+DEFAULT_MODEL = Path(__file__).resolve().parent / 'weights' / 'srresnet_x4.pt'  # the SRResNet shipped with the repo
 
 
 def load_generator(path, device='cpu', allow_unsafe_pickle=False, checkpoint=None):
@@ -55,9 +57,15 @@ def pick_amp_dtype(device, precision='auto'):
     return native if native == torch.bfloat16 else None
 
 
-def load_upscaler(path, device='cpu', precision='auto', tile=DEFAULT_TILE, tile_overlap=DEFAULT_TILE_OVERLAP,
+def load_upscaler(path=None, device='cpu', precision='auto', tile=DEFAULT_TILE, tile_overlap=DEFAULT_TILE_OVERLAP,
                   allow_unsafe_pickle=False):
-    """A checkpoint -> an Upscaler on `device` (see pick_amp_dtype for `precision`)."""
+    """A checkpoint from train_srresnet.py or train_srgan.py (None: the shipped model) -> an Upscaler on `device`
+    (see pick_amp_dtype for `precision`)."""
+    if path is None or Path(path) == DEFAULT_MODEL:
+        path = DEFAULT_MODEL
+        if not path.is_file():
+            raise CheckpointError(f'no shipped model yet ({path} is missing); pass --model PATH, '
+                                  f'a checkpoint written by train_srresnet.py or train_srgan.py')
     model = load_generator(path, device, allow_unsafe_pickle)
     return Upscaler.for_model(model, tile, tile_overlap, pick_amp_dtype(device, precision))
 

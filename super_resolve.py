@@ -41,12 +41,10 @@ from tqdm import tqdm
 
 import inference
 from checkpoints import CheckpointError
-from inference import DEFAULT_TILE, DEFAULT_TILE_OVERLAP
+from inference import DEFAULT_MODEL, DEFAULT_TILE, DEFAULT_TILE_OVERLAP, load_upscaler
 from utils import (IMAGE_EXTENSIONS, ImageLoadError, atomic_path, convert_image, crop_to_multiple, downsample,
                    load_image, pick_device, read_image)
 
-REPO = Path(__file__).resolve().parent
-DEFAULT_MODEL = REPO / 'weights' / 'srresnet_x4.pt'  # the SRResNet shipped with the repo
 DEFAULT_OUTPUT_DIR = 'results'
 MIN_INPUT_SIZE = 8  # smaller inputs are mostly padding for the 9x9 kernels: a thumbnail given by mistake
 VIDEO_EXTENSIONS = ('.mp4', '.mkv', '.mov', '.avi', '.webm', '.m4v')
@@ -56,18 +54,6 @@ FORMATS_WITHOUT_ALPHA = ('.jpg', '.jpeg')
 
 class InputError(ValueError):
     """An input that cannot be super-resolved or an output that cannot be written; the message names the file."""
-
-
-def load_upscaler(path=None, device='cpu', precision='auto', tile=DEFAULT_TILE, tile_overlap=DEFAULT_TILE_OVERLAP,
-                  allow_unsafe_pickle=False):
-    """A checkpoint from train_srresnet.py or train_srgan.py (None: the shipped model) -> inference.Upscaler.
-    precision: 'auto', 'fp32' or 'half' (see inference.pick_amp_dtype)."""
-    if path is None or Path(path) == DEFAULT_MODEL:
-        path = DEFAULT_MODEL
-        if not path.is_file():
-            raise CheckpointError(f'no shipped model yet ({path} is missing); pass --model PATH, '
-                                  f'a checkpoint written by train_srresnet.py or train_srgan.py')
-    return inference.load_upscaler(path, device, precision, tile, tile_overlap, allow_unsafe_pickle)
 
 
 class TileBar:

@@ -33,7 +33,6 @@ sys.path.insert(0, str(REPO))
 import inference  # noqa: E402
 import metrics  # noqa: E402
 import speedups  # noqa: E402
-import super_resolve  # noqa: E402
 import utils  # noqa: E402
 from checkpoints import model_config_from_state_dict, save_checkpoint  # noqa: E402
 from inference import DEFAULT_TILE, DEFAULT_TILE_OVERLAP, Upscaler  # noqa: E402
@@ -178,7 +177,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model_path = args.model or (super_resolve.DEFAULT_MODEL if super_resolve.DEFAULT_MODEL.is_file() else None)
+    model_path = args.model or (inference.DEFAULT_MODEL if inference.DEFAULT_MODEL.is_file() else None)
     if model_path is not None:
         model = inference.load_generator(model_path)  # the plain model: each path below rewrites its own copy
         config, s = model_config_from_state_dict(model.state_dict()), model.scaling_factor

@@ -72,10 +72,10 @@ def test_visualize_sr_grid_with_one_model(checkpoint, tmp_path):
 
 
 def test_visualize_sr_without_the_shipped_model_says_what_to_do(monkeypatch, tmp_path):
-    monkeypatch.setattr(super_resolve, 'DEFAULT_MODEL', tmp_path / 'weights' / 'srresnet_x4.pt')
+    monkeypatch.setattr(inference, 'DEFAULT_MODEL', tmp_path / 'weights' / 'srresnet_x4.pt')
     with pytest.raises(CheckpointError, match='--model PATH'):
         super_resolve.visualize_sr(Image.fromarray(_photo(64, 64)),
-                                   srresnet_checkpoint=super_resolve.DEFAULT_MODEL, device='cpu')
+                                   srresnet_checkpoint=inference.DEFAULT_MODEL, device='cpu')
     with pytest.raises(SystemExit, match='no shipped model yet.*--model PATH'):
         super_resolve.main([str(tmp_path / 'any.png')])
 
@@ -235,7 +235,7 @@ def test_blend_weights_of_neighbours_sum_to_one():
 
 
 def test_out_of_memory_halves_the_tile(checkpoint):
-    upscaler = super_resolve.load_upscaler(checkpoint)
+    upscaler = inference.load_upscaler(checkpoint)
     model, s = upscaler.model, upscaler.scaling_factor
 
     lr_img = torch.randn(3, 48, 64)
