@@ -52,6 +52,10 @@ def load_checkpoint(path, allow_unsafe_pickle=False, map_location='cpu', unsafe_
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f'{path}: no such checkpoint file')
+    what = what_file_is(path)
+    if what is not None:
+        raise CheckpointError(f'{path} is {what}, not a checkpoint: expected a .pt file written by train_srresnet.py, '
+                              f'train_srgan.py or checkpoints.py')
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
@@ -67,6 +71,41 @@ def load_checkpoint(path, allow_unsafe_pickle=False, map_location='cpu', unsafe_
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f'{path}: expected a checkpoint dict, found {type(checkpoint).__name__}')
     return checkpoint
+
+
+# the first bytes of files people pass by mistake where a checkpoint is expected
+_SIGNATURES = ((b'\x89PNG', 'a PNG image'), (b'\xff\xd8\xff', 'a JPEG image'), (b'GIF8', 'a GIF image'),
+               (b'BM', 'a BMP image'), (b'II*\x00', 'a TIFF image'), (b'MM\x00*', 'a TIFF image'),
+               (b'\x89HDF', 'an HDF5 file (Keras .h5?)'), (b'\x1f\x8b', 'a gzip archive'), (b'7z', 'a 7-zip archive'))
+
+
+def what_file_is(path):
+    """None when `path` may be a torch.save file (a zip archive, or a legacy pickle stream), else what it is in a
+    few words ('an empty file', 'a PNG image', 'a text file starting "..."'), for the one-line error."""
+    with open(path, 'rb') as f:
+        head = f.read(64)
+    if head.startswith(b'PK\x03\x04') or head.startswith(b'\x80'):  # torch.save's zip; a pickle (protocol >= 2)
+        return None
+    if not head:
+        return 'an empty file (0 bytes)'
+    for signature, what in _SIGNATURES:
+        if head.startswith(signature):
+            return what
+    if head[:4] == b'RIFF' and head[8:12] == b'WEBP':
+        return 'a WebP image'
+    if head[4:8] == b'ftyp':
+        return 'a video (MP4/MOV)'
+    if len(head) >= 9 and int.from_bytes(head[:8], 'little') < 1e8 and head[8:9] == b'{':
+        return 'a safetensors file (convert it with safetensors.torch.load_file and torch.save)'
+    for cut in range(4):  # the 64 bytes may end inside a multi-byte character
+        try:
+            text = head[:len(head) - cut].decode('utf-8')
+        except UnicodeDecodeError:
+            continue
+        if all(c.isprintable() or c.isspace() for c in text):
+            first = text.strip().splitlines()[0][:40] if text.strip() else ''
+            return f'a text file (starting "{first}")'
+    return 'a file of an unknown format'
 
 
 def _first_line(error):
@@ -113,29 +152,53 @@ def model_config_from_state_dict(state_dict):
             'n_channels': first.shape[0], 'n_blocks': n_blocks, 'scaling_factor': 2 ** n_subpixel}
 
 
+MODEL_CONFIG_KEYS = ('large_kernel_size', 'small_kernel_size', 'n_channels', 'n_blocks', 'scaling_factor')
+
+
 def model_config(checkpoint):
     """The generator's architecture: as recorded, else recovered from its weights."""
-    return checkpoint.get('model_config') or model_config_from_state_dict(generator_state_dict(checkpoint))
+    config = checkpoint.get('model_config') or model_config_from_state_dict(generator_state_dict(checkpoint))
+    if not (isinstance(config, dict) and set(config) <= set(MODEL_CONFIG_KEYS)
+            and all(isinstance(v, int) for v in config.values())):
+        raise CheckpointError(f'its "model_config" is not an SRResNet architecture ({config!r:.80}); pass a '
+                              f'checkpoint written by train_srresnet.py or train_srgan.py')
+    return config
 
 
 def generator_state_dict(checkpoint, average=True):
     """The SRResNet-layout state_dict (no 'net.' prefix) of the generator in any of this repo's checkpoints:
     train_srresnet.py's ({'model': ...}) or train_srgan.py's ({'generator': ...}). average: when the run kept a
     moving average ({'ema': ...}, --ema-decay), that, which is what its validation measured; False: the trained
-    weights themselves (to resume training)."""
+    weights themselves (to resume training). A CheckpointError when there are none, or they are not an SRResNet's."""
     for key in ('ema', 'model', 'generator')[0 if average else 1:]:
         if key in checkpoint:
-            return {k.removeprefix('net.'): v for k, v in checkpoint[key].items()}
-    raise CheckpointError('checkpoint holds no generator weights (no "model" or "generator" entry); '
+            entry = checkpoint[key]
+            state_dict = {k.removeprefix('net.'): v for k, v in entry.items()} if isinstance(entry, dict) else {}
+            if not all(k in state_dict for k in ('conv_block1.conv_block.0.weight', 'conv_block2.conv_block.0.weight')):
+                found = f'keys such as {", ".join(list(state_dict)[:2])}' if state_dict else type(entry).__name__
+                raise CheckpointError(f'its "{key}" entry is not an SRResNet\'s weights (found {found}); pass a '
+                                      f'checkpoint written by train_srresnet.py or train_srgan.py')
+            return state_dict
+    raise CheckpointError('it holds no generator weights (no "model" or "generator" entry); '
                           'pass a checkpoint written by train_srresnet.py or train_srgan.py')
+
+
+def generator_of(checkpoint, path, average=True):
+    """-> (model_config, SRResNet-layout state_dict) of the generator in `checkpoint`, read from `path`; a
+    CheckpointError naming the file when it holds none (see generator_state_dict)."""
+    try:
+        return model_config(checkpoint), generator_state_dict(checkpoint, average)
+    except CheckpointError as e:
+        raise CheckpointError(f'{path}: {e}') from None
 
 
 def export_generator(path, output_path):
     """Write the generator of a training checkpoint as a small inference checkpoint: fp32 weights, the
     architecture, and where they came from (iteration, the run's flags); no optimizer or RNG state."""
     checkpoint = load_checkpoint(path, unsafe_flag=None)
-    state_dict = {k: v.float() if v.is_floating_point() else v for k, v in generator_state_dict(checkpoint).items()}
-    save_checkpoint({'kind': checkpoint.get('kind', 'srresnet'), 'model_config': model_config(checkpoint),
+    config, state_dict = generator_of(checkpoint, path)
+    state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+    save_checkpoint({'kind': checkpoint.get('kind', 'srresnet'), 'model_config': config,
                      'model': state_dict, 'iteration': checkpoint.get('iteration'),
                      'best_psnr': checkpoint.get('best_psnr'), 'config': checkpoint.get('config', {})}, output_path)
 

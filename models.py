@@ -19,7 +19,7 @@ import urllib.error
 import torch
 from torch import nn
 
-from checkpoints import generator_state_dict, load_checkpoint
+from checkpoints import generator_of, load_checkpoint
 
 # Where an offline user gets the VGG19 weights from: torchvision's URL for VGG19_Weights.IMAGENET1K_V1 (a test
 # checks it against torchvision's; written out so that importing this module does not import torchvision.models).
@@ -128,7 +128,7 @@ class Generator(nn.Module):
         if isinstance(srresnet_checkpoint, dict):
             state_dict = srresnet_checkpoint
         else:
-            state_dict = generator_state_dict(load_checkpoint(srresnet_checkpoint))
+            _, state_dict = generator_of(load_checkpoint(srresnet_checkpoint), srresnet_checkpoint)
         self.net.load_state_dict(state_dict)
 
     def forward(self, lr_imgs):  # (N, 3, h, w) ImageNet-normalised -> (N, 3, h * s, w * s) in [-1, 1]

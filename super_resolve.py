@@ -41,9 +41,10 @@ from tqdm import tqdm
 
 import inference
 from checkpoints import CheckpointError
-from inference import DEFAULT_MODEL, DEFAULT_TILE, DEFAULT_TILE_OVERLAP, load_upscaler
-from utils import (IMAGE_EXTENSIONS, ImageLoadError, atomic_path, convert_image, crop_to_multiple, downsample,
-                   load_image, pick_device, read_image)
+from inference import (DEFAULT_MODEL, DEFAULT_TILE, DEFAULT_TILE_OVERLAP, MIN_TILE, MIN_TILE_OVERLAP, load_upscaler,
+                       tiling)
+from utils import (IMAGE_EXTENSIONS, ImageLoadError, WriteError, atomic_path, convert_image, crop_to_multiple,
+                   downsample, load_image, number, pick_device, read_image)
 
 DEFAULT_OUTPUT_DIR = 'results'
 MIN_INPUT_SIZE = 8  # smaller inputs are mostly padding for the 9x9 kernels: a thumbnail given by mistake
@@ -174,7 +175,9 @@ def save_image(img, path, icc_profile=None):
                 _save_16_bit_colour(img, Path(tmp_path), icc_profile)
             else:
                 img.save(tmp_path, format=fmt, **options)
-    except (OSError, ValueError, KeyError) as e:  # e.g. a mode the format cannot hold, a full disk
+    except WriteError as e:  # a full disk, no permission, Pillow's 'cannot write mode P as JPEG'
+        raise InputError(str(e)) from None
+    except (ValueError, KeyError) as e:  # e.g. a mode the format cannot hold
         raise InputError(f'{path}: could not write ({e})') from None
 
 
@@ -434,7 +437,7 @@ def output_path(in_path, folder, output, suffix, ext):
     """Where one input's result goes: `output` itself when it names a file, else output/<subfolders>/<stem>
     <suffix><ext>, keeping the layout below a folder given as input."""
     output = Path(output)
-    if output.suffix and not output.is_dir():
+    if names_one_file(output):
         return output
     subfolder = in_path.parent.relative_to(folder) if folder is not None else Path()
     is_video = in_path.suffix.lower() in VIDEO_EXTENSIONS
@@ -457,12 +460,14 @@ def parse_args(argv=None):
     parser.add_argument('--model', default=None,
                         help='generator checkpoint from train_srresnet.py or train_srgan.py '
                              '[default: the shipped weights/srresnet_x4.pt]')
-    parser.add_argument('--tile', type=int, default=DEFAULT_TILE,
-                        help='LR tile side for tiled inference (0: the whole image at once); smaller uses less '
-                             'memory, and it is halved automatically on out-of-memory [default: %(default)s]')
-    parser.add_argument('--tile-overlap', type=int, default=DEFAULT_TILE_OVERLAP,
-                        help='LR pixels shared by neighbouring tiles, cross-faded so no seam shows '
-                             '[default: %(default)s]')
+    parser.add_argument('--tile', type=number(int, minimum=0), default=DEFAULT_TILE,
+                        help=f'LR tile side for tiled inference, at least {MIN_TILE} (0: the whole image at once); '
+                             f'smaller uses less memory, and it is halved automatically on out-of-memory '
+                             f'[default: %(default)s]')
+    parser.add_argument('--tile-overlap', type=number(int, minimum=0), default=None,
+                        help=f'LR pixels shared by neighbouring tiles, cross-faded so no seam shows: from '
+                             f'{MIN_TILE_OVERLAP} to half the tile [default: {DEFAULT_TILE_OVERLAP}, or half the tile '
+                             f'when less]')
     precision = parser.add_mutually_exclusive_group()
     precision.add_argument('--fp32', dest='precision', action='store_const', const='fp32',
                            help='full precision [default: bf16 where the CPU/GPU runs it natively, else fp32]')
@@ -473,7 +478,7 @@ def parse_args(argv=None):
     parser.add_argument('--ext', default=None,
                         help="output image format in a folder, e.g. '.png' [default: the input's]")
     parser.add_argument('--overwrite', action='store_true', help='replace existing outputs [default: skip them]')
-    parser.add_argument('--batch-size', type=int, default=4,
+    parser.add_argument('--batch-size', type=number(int, minimum=1), default=4,
                         help='video frames super-resolved together [default: %(default)s]')
     parser.add_argument('--device', default='auto',
                         help="'auto' (CUDA, then MPS, then CPU), 'cpu', 'cuda:1', ... [default: %(default)s]")
@@ -485,8 +490,12 @@ def parse_args(argv=None):
     parser.add_argument('--srgan', default=None, help='(--grid) the SRGAN checkpoint for its panel')
     parser.add_argument('--halve', action='store_true', help='(--grid) halve each image first, for large images')
     args = parser.parse_args(argv)
-    if args.tile < 0 or args.tile_overlap < 0 or args.batch_size < 1:
-        parser.error('--tile and --tile-overlap must be >= 0, --batch-size >= 1')
+    try:
+        args.tile, args.tile_overlap = tiling(args.tile, args.tile_overlap)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.halve and not args.grid:
+        parser.error('--halve applies to --grid only (it halves each image before drawing the grid)')
     if args.ext is not None and not args.ext.startswith('.'):
         args.ext = f'.{args.ext}'
     return args
@@ -498,34 +507,67 @@ def main(argv=None):
     if not inputs and not missing:
         raise SystemExit(f'error: no images or videos found in {" ".join(args.inputs)}')
     output = args.output or DEFAULT_OUTPUT_DIR
-    if Path(output).suffix and not Path(output).is_dir():
-        if len(inputs) + len(missing) > 1:
-            raise SystemExit(f'error: -o {output} names one file but {len(inputs) + len(missing)} inputs were '
-                             f'given; pass a folder')
-    else:  # an output folder inside an input folder: do not upscale the previous run's results again
-        kept = [(path, folder) for path, folder in inputs
-                if folder is None or Path(output).resolve() not in path.resolve().parents]
-        if inputs and not kept:
-            raise SystemExit(f'error: every input is inside the output folder {output}; choose an -o outside the '
-                             f'input folders')
-        inputs = kept
+    inputs = check_output(output, inputs, len(inputs) + len(missing))
     upscaler, srgan = load_upscalers(args)
     suffix = args.suffix if args.suffix is not None else ('_grid' if args.grid else f'_x{upscaler.scaling_factor}')
     ext = '.png' if args.grid and args.ext is None else args.ext
     plan = [(in_path, output_path(in_path, folder, output, suffix, ext)) for in_path, folder in inputs]
     check_plan(plan)
-
-    def note(message):
-        tqdm.write(message, file=sys.stderr)
-
     failed = [f'{pattern}: no such file or folder' for pattern in missing]
     for message in failed:
         note(f'error: {message}')
-    skipped = 0
-    for in_path, out_path in tqdm(plan, unit='file', desc='super-resolving', disable=len(inputs) < 2):
+    counts = {'written': 0, 'skipped': 0}
+    try:
+        upscale_plan(plan, args, (upscaler, srgan), counts, failed)
+    except KeyboardInterrupt:  # the file being written is not left half-written (atomic writes)
+        note(f'stopped (Ctrl-C): {counts["written"]} written, {counts["skipped"]} skipped, {len(failed)} failed, '
+             f'{len(plan) - counts["written"] - counts["skipped"] - len(failed) + len(missing)} not done; the same '
+             f'command goes on from there (it skips what exists)')
+        raise SystemExit(130) from None
+    summary = f'{counts["written"]} written, {counts["skipped"]} skipped (already there), {len(failed)} failed'
+    if failed:
+        raise SystemExit(f'error: {summary}')
+    note(summary)
+
+
+def note(message):
+    """A line to stderr that does not break a progress bar."""
+    tqdm.write(message, file=sys.stderr)
+
+
+def check_output(output, inputs, n_inputs):
+    """-o as a file or a folder, checked against the inputs before any work -> the inputs to upscale (those inside an
+    output folder, the results of an earlier run, left out)."""
+    if names_one_file(output):
+        if n_inputs > 1:
+            raise SystemExit(f'error: -o {output} names one file but {n_inputs} inputs were given; pass a folder')
+        if Path(output).is_file() and not Path(output).suffix:
+            raise SystemExit(f'error: -o {output} is an existing file, not a folder or an image name; pass a folder '
+                             f'or a new file name such as out.png')
+        return inputs
+    # an output folder inside an input folder: do not upscale the previous run's results again
+    kept = [(path, folder) for path, folder in inputs
+            if folder is None or Path(output).resolve() not in path.resolve().parents]
+    if inputs and not kept:
+        raise SystemExit(f'error: every input is inside the output folder {output}; choose an -o outside the '
+                         f'input folders')
+    return kept
+
+
+def names_one_file(output):
+    """True when -o names one output file: an existing file, or a name with an extension that is not a folder."""
+    output = Path(output)
+    return output.is_file() or (bool(output.suffix) and not output.is_dir())
+
+
+def upscale_plan(plan, args, upscalers, counts, failed):
+    """Upscale each (input, output) of the plan, counting into `counts` ('written', 'skipped') and appending each
+    failure (one line) to `failed`: a bad file is reported and passed over."""
+    upscaler, srgan = upscalers
+    for in_path, out_path in tqdm(plan, unit='file', desc='super-resolving', disable=len(plan) < 2):
         if out_path.exists() and not args.overwrite:
             note(f'skip: {out_path} exists (pass --overwrite to replace it)')
-            skipped += 1
+            counts['skipped'] += 1
             continue
         try:
             if args.grid:
@@ -533,18 +575,13 @@ def main(argv=None):
             elif in_path.suffix.lower() in VIDEO_EXTENSIONS:
                 super_resolve_video(upscaler, in_path, out_path, args.batch_size, note)
             else:  # one image: the file bar is off, so a large one shows its tiles instead
-                super_resolve_file(upscaler, in_path, out_path, note, progress=len(inputs) < 2)
+                super_resolve_file(upscaler, in_path, out_path, note, progress=len(plan) < 2)
         except (ImageLoadError, InputError) as e:
             note(f'error: {e}')
             failed.append(str(e))
             continue
         note(f'wrote {out_path}')
-
-    done = len(inputs) + len(missing) - len(failed) - skipped
-    summary = f'{done} written, {skipped} skipped (already there), {len(failed)} failed'
-    if failed:
-        raise SystemExit(f'error: {summary}')
-    note(summary)
+        counts['written'] += 1
 
 
 def check_plan(plan):
@@ -566,7 +603,7 @@ def check_plan(plan):
 def load_upscalers(args):
     """--model (and --srgan with --grid) -> (Upscaler, SRGAN Upscaler or None); errors are one line."""
     device = pick_device(args.device)
-    settings = dict(device=device, precision=args.precision, tile=args.tile or None, tile_overlap=args.tile_overlap,
+    settings = dict(device=device, precision=args.precision, tile=args.tile, tile_overlap=args.tile_overlap,
                     allow_unsafe_pickle=args.unsafe_pickle)
     try:
         upscaler = load_upscaler(args.model, **settings)

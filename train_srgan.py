@@ -29,11 +29,11 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from checkpoints import CheckpointError, generator_state_dict, load_checkpoint
+from checkpoints import CheckpointError, generator_of, load_checkpoint
 from models import Discriminator, Generator, TruncatedVGG19, VGGWeightsUnavailable
 from training import (TrainingState, make_grad_scaler, make_optimizer, prepare_model, setup_run, train_loop,
                       training_argument_parser)
-from utils import convert_image
+from utils import convert_image, number
 
 VGG_FEATURE_SCALE = 1 / 12.75  # the paper rescales the VGG feature maps by this before the MSE
 CONTENT_LAYERS = {'vgg54': (5, 4), 'vgg22': (2, 2)}  # phi(i, j): j-th conv (after ReLU) before the i-th max-pool
@@ -54,7 +54,8 @@ def get_args(argv=None):
     parser.add_argument('--vgg-weights', default='imagenet',
                         help="'imagenet' (torchvision's IMAGENET1K_V1, downloaded once), a local copy of that file, "
                              "or 'none': random weights, for tests only (an untrained VGG is no perceptual loss)")
-    parser.add_argument('--adversarial-weight', type=float, default=1e-3, help='weight of the adversarial loss')
+    parser.add_argument('--adversarial-weight', type=number(float, minimum=0), default=1e-3,
+                        help='weight of the adversarial loss')
     return parser.parse_args(argv)
 
 
@@ -160,6 +161,20 @@ def build_vgg(args, run):
     return vgg.to(run.device, memory_format=run.memory_format)
 
 
+def keep_the_loss(args, config):
+    """A resumed run keeps the loss it started with (the checkpoint's config records it): --content-loss auto
+    becomes the run's; another --content-loss or --adversarial-weight would make the rest another experiment than
+    the one the checkpoint describes, so it is refused."""
+    if args.content_loss == 'auto':
+        args.content_loss = config['content_loss']
+    for name in ('content_loss', 'adversarial_weight'):
+        if name in config and getattr(args, name) != config[name]:
+            flag = '--' + name.replace('_', '-')
+            raise SystemExit(f'error: the run being resumed trains with {flag} {config[name]}, not '
+                             f'{getattr(args, name)}; resume it with {flag} {config[name]}, or start a new run in '
+                             f'another --output-dir (--srresnet-checkpoint gives it the same start)')
+
+
 def generator_start(args, run):
     """-> (model_config, SRResNet weights or None): the generator's architecture and the weights it starts from:
     the run being resumed (restore_run loads them), the SRResNet checkpoint (the paper), or random ('none')."""
@@ -172,19 +187,17 @@ def generator_start(args, run):
                     scaling_factor=args.scaling_factor), None
     try:
         srresnet = load_checkpoint(args.srresnet_checkpoint, allow_unsafe_pickle=args.unsafe_pickle)
-        return srresnet['model_config'], generator_state_dict(srresnet)
+        return generator_of(srresnet, args.srresnet_checkpoint)
     except CheckpointError as e:
         raise SystemExit(f'error: {e}' + ('; train one first with train_srresnet.py, or pass '
                                           '--srresnet-checkpoint PATH' if 'no such' in str(e) else '')) from None
-    except KeyError:
-        raise SystemExit(f'error: {args.srresnet_checkpoint} is not a train_srresnet.py checkpoint') from None
 
 
 def main(argv=None):
     args = get_args(argv)
     run = setup_run(args, kind='srgan')
-    if run.checkpoint is not None and args.content_loss == 'auto':
-        args.content_loss = run.checkpoint['config']['content_loss']  # a resumed run keeps the loss it started with
+    if run.checkpoint is not None:
+        keep_the_loss(args, run.checkpoint['config'])
 
     model_config, srresnet_weights = generator_start(args, run)
     if model_config['scaling_factor'] != args.scaling_factor:

@@ -23,17 +23,18 @@ import torch.nn.functional as F
 from models import SRResNet
 from training import (TrainingState, freeze_batchnorm, make_grad_scaler, make_optimizer, prepare_model, setup_run,
                       train_loop, training_argument_parser)
+from utils import number
 
 
 def get_args(argv=None):
     parser = training_argument_parser(__doc__, output_dir='runs/srresnet', iterations=1_000_000, lr_decay_at=None)
-    parser.add_argument('--freeze-bn-at', type=int, default=None,
+    parser.add_argument('--freeze-bn-at', type=number(int, minimum=0), default=None,
                         help='from this iteration on, BatchNorm uses and keeps its running statistics (as in eval '
                              'mode) while the weights train on; default: never, as the paper; may be changed when '
                              'resuming')
     # the architecture (the paper's; fewer blocks make quick experiments and tests cheaper)
-    parser.add_argument('--n-blocks', type=int, default=16, help='residual blocks')
-    parser.add_argument('--n-channels', type=int, default=64, help='channels of the residual blocks')
+    parser.add_argument('--n-blocks', type=number(int, minimum=1), default=16, help='residual blocks')
+    parser.add_argument('--n-channels', type=number(int, minimum=1), default=64, help='channels of the residual blocks')
     return parser.parse_args(argv)
 
 

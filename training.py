@@ -34,7 +34,8 @@ from checkpoints import (CheckpointError, PickledCheckpointError, generator_stat
 from datasets import InfiniteSampler, SRDataset, test_set_names
 from inference import Upscaler
 from metrics import evaluate_image
-from utils import ImageLoadError, autocast_dtype, convert_image, pick_device, seed_everything
+from utils import (ImageLoadError, WriteError, atomic_path, autocast_dtype, convert_image, number, pick_device,
+                   seed_everything)
 
 CHECKPOINT_FILE, BEST_CHECKPOINT_FILE, LOG_FILE = 'last.pt', 'best.pt', 'log.jsonl'
 # flags that may differ when resuming; a run continued with another value of one of these is noted as such
@@ -61,38 +62,38 @@ def training_argument_parser(description, output_dir, iterations, lr_decay_at):
     add = parser.add_argument
     add('--data-folder', default='./data', help='where train_images.json and the test lists are')
     add('--output-dir', default=output_dir, help='checkpoints, log, samples and plots go here')
-    add('--iterations', type=int, default=iterations, help='training iterations (optimizer steps)')
-    add('--batch-size', type=int, default=16, help='HR crops per step, per process (DDP: x N)')
-    add('--lr', type=float, default=1e-4, help='Adam learning rate; may be changed when resuming')
-    add('--lr-decay-at', type=int, default=lr_decay_at,
+    add('--iterations', type=number(int, minimum=1), default=iterations, help='training iterations (optimizer steps)')
+    add('--batch-size', type=number(int, minimum=1), default=16, help='HR crops per step, per process (DDP: x N)')
+    add('--lr', type=number(float, above=0), default=1e-4, help='Adam learning rate; may be changed when resuming')
+    add('--lr-decay-at', type=number(int, minimum=0), default=lr_decay_at,
         help='multiply the lr by 0.1 from this iteration on' + ('' if lr_decay_at else ' (default: never, as the '
                                                                                      'paper)')
              + '; may be changed when resuming')
-    add('--beta1', type=float, default=0.9, help="Adam's beta1; may be changed when resuming")
-    add('--crop-size', type=int, default=96, help='side of the HR training crops')
+    add('--beta1', type=number(float, minimum=0, below=1), default=0.9, help="Adam's beta1; may be changed when resuming")
+    add('--crop-size', type=number(int, minimum=8), default=96, help='side of the HR training crops')
     add('--scaling-factor', type=int, default=4, choices=[2, 4, 8], help='upscaling factor')
-    add('--blur-sigma', type=float, default=0.0,
+    add('--blur-sigma', type=number(float, minimum=0), default=0.0,
         help='Gaussian blur (sigma in HR pixels) before bicubic downsampling; 0: none, as the paper')
     add('--augment', action='store_true',
         help='flip and rotate the training crops by multiples of 90 degrees (not in the paper)')
-    add('--workers', type=int, default=min(4, os.cpu_count() or 1),
+    add('--workers', type=number(int, minimum=0), default=min(4, os.cpu_count() or 1),
         help='DataLoader worker processes (0: load in the training process)')
     add('--cache-images', action='store_true',
         help='decode every training image once into RAM (uint8): for small sets such as 291')
-    add('--ema-decay', type=float, default=0.0,
+    add('--ema-decay', type=number(float, minimum=0, below=1), default=0.0,
         help='also keep an exponential moving average of the (generator) weights and BatchNorm statistics with '
              'this decay per iteration (e.g. 0.999); validation, best.pt, eval.py, super_resolve.py and '
              'train_srgan.py then use the average; 0: none, as the paper')
-    add('--checkpoint-every', type=int, default=1000, help=f'write {CHECKPOINT_FILE} this often')
-    add('--val-every', type=int, default=5000,
+    add('--checkpoint-every', type=number(int, minimum=1), default=1000, help=f'write {CHECKPOINT_FILE} this often')
+    add('--val-every', type=number(int, minimum=1), default=5000,
         help=f'validate (PSNR/SSIM, sample sheet, {BEST_CHECKPOINT_FILE}) this often')
     add('--val-set', default='auto',
         help="test list for validation: a name (Set5 -> Set5_test_images.json), 'none', or 'auto': Set5 if "
              "listed, else demo, else the first list found")
-    add('--log-every', type=int, default=10, help='log averaged values this often')
+    add('--log-every', type=number(int, minimum=1), default=10, help='log averaged values this often')
     add('--resume', default=None, metavar='PATH|auto',
         help=f'continue a run from a checkpoint; auto: {CHECKPOINT_FILE} in --output-dir if present')
-    add('--seed', type=int, default=0, help='seeds weights, data order and crops')
+    add('--seed', type=number(int, minimum=0, below=2 ** 31), default=0, help='seeds weights, data order and crops')
     add('--device', default='auto', help='auto (CUDA, else MPS, else CPU), or e.g. cuda:1, cpu')
     add('--no-amp', action='store_true',
         help='train in fp32 (default: bf16 autocast where supported, else fp16 + GradScaler on GPUs)')
@@ -143,11 +144,8 @@ class Run:
 def setup_run(args, kind):
     """Check the flags, start DDP when run under torchrun, pick the device and mixed precision, seed, and read the
     checkpoint to resume from. -> Run."""
-    for name in ('iterations', 'batch_size', 'checkpoint_every', 'val_every', 'log_every'):
-        if getattr(args, name) < 1:
-            raise SystemExit(f'error: --{name.replace("_", "-")} must be at least 1')
-    if not 0 <= args.ema_decay < 1:
-        raise SystemExit(f'error: --ema-decay must be at least 0 and below 1 (e.g. 0.999), got {args.ema_decay}')
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise SystemExit(f'error: --output-dir {args.output_dir} is a file; choose a folder')
     if args.crop_size % args.scaling_factor:
         raise SystemExit(f'error: --crop-size {args.crop_size} must be divisible by --scaling-factor '
                          f'{args.scaling_factor}')
@@ -421,11 +419,14 @@ def train_loop(run, state, train_step, sr_model):
             state.iteration += 1
 
             stopping = stop.requested(run)
-            monitor.after_step(values, lr, sr_model, stopping)
+            monitor.after_step(values, lr, (sr_model, lr_imgs), stopping)
             if stopping:
                 monitor.bar.write(f'stopped by {stop.signal_name or "a signal to another process"} at iteration '
                                   f'{state.iteration}; continue with --resume auto')
                 break
+    except WriteError as e:  # a full disk: the checkpoint before it is whole (atomic writes)
+        raise SystemExit(f'error: {e}; {monitor.last_good()}. Free some space (or choose another --output-dir) '
+                         f'and continue with --resume auto') from None
     finally:
         # the workers ignore SIGTERM (see _ignore_stop_signals), so one left running when an error ends the program
         # would hang it at exit, where multiprocessing terminates and joins them: shut them down here
@@ -469,13 +470,19 @@ class Monitor:
             self.val_dataset = SRDataset(args.data_folder, 'test', args.crop_size, args.scaling_factor,
                                          'imagenet-norm', '[-1, 1]', test_data_name=self.val_set,
                                          blur_sigma=args.blur_sigma)
-        self.log = TrainingLog(args.output_dir, run.start_iteration) if run.is_main else None
+        try:
+            self.log = TrainingLog(args.output_dir, run.start_iteration) if run.is_main else None
+        except WriteError as e:
+            raise SystemExit(f'error: {e}') from None
         self.bar = tqdm(total=args.iterations, initial=run.start_iteration, disable=not run.is_main,
                         dynamic_ncols=True, desc=os.path.basename(os.path.normpath(args.output_dir)))
         self.sums, self.count, self.data_time, self.interval_start = {}, 0, 0.0, time.perf_counter()
+        self.finished = False  # the last iteration is done and saved
 
-    def after_step(self, values, lr, sr_model, stopping):
+    def after_step(self, values, lr, model_and_batch, stopping):
+        """model_and_batch: the SRResNet being trained (a Generator's .net) and the step's LR batch."""
         args, iteration = self.run.args, self.state.iteration
+        sr_model, lr_imgs = model_and_batch
         self.bar.update(1)
         self.count += 1
         for name, value in values.items():
@@ -486,11 +493,12 @@ class Monitor:
         if iteration % args.log_every == 0 or validating or saving:
             self.write_row(lr)
         if (validating or saving) and self.run.is_main:
-            self.check_finite_weights()
+            self.check_weights(sr_model, lr_imgs)
         if validating and self.run.is_main:
             self.validate(sr_model if self.state.ema is None else self.state.ema)
         if saving and self.run.is_main:
             save_run(os.path.join(args.output_dir, CHECKPOINT_FILE), self.run, self.state)
+            self.finished = finished
         if self.count == 0:  # just logged: time the next interval from here, validation and saving excluded
             self.interval_start = time.perf_counter()
 
@@ -514,18 +522,25 @@ class Monitor:
         self.bar.set_postfix({k: f'{v:.4g}' for k, v in row.items() if k not in {'iteration', 'lr'}}, refresh=False)
         self.sums, self.count, self.data_time = {}, 0, 0.0
 
-    def check_finite_weights(self):
-        """Weights wrecked by a diverging step (its own loss still finite) must never reach a checkpoint."""
+    def check_weights(self, sr_model, lr_imgs):
+        """Weights wrecked by a diverging step (whose loss, computed before it, was still finite) must never reach a
+        checkpoint: they must be finite, and compute a finite output from the last batch, as the next step would."""
         for name, model in self.state.models.items():
             if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
                 self.diverged(f'non-finite {name} weights')
+        if not gives_finite_output(sr_model, self.state.models.get('discriminator'), lr_imgs, self.run.amp_dtype):
+            self.diverged('weights that compute a non-finite output')
 
     def diverged(self, what):
-        last = os.path.join(self.run.args.output_dir, CHECKPOINT_FILE)
-        kept = (f'{last} (iteration {load_checkpoint(last)["iteration"]}) is the last good state'
-                if os.path.isfile(last) else 'nothing was saved')
         raise SystemExit(f'error: {what} at iteration {self.state.iteration}; the training diverged and stopped '
-                         f'without saving: {kept}. Try a lower --lr, or --no-amp')
+                         f'without saving: {self.last_good()}. Try a lower --lr, or --no-amp')
+
+    def last_good(self):
+        """Which checkpoint holds the run's last good state, in words."""
+        last = os.path.join(self.run.args.output_dir, CHECKPOINT_FILE)
+        if not os.path.isfile(last):
+            return f'no {CHECKPOINT_FILE} was saved yet'
+        return f'{last} (iteration {load_checkpoint(last)["iteration"]}) is the last good state'
 
     def validate(self, model):
         """PSNR/SSIM on the validation set, a sample sheet, and best.pt when the PSNR is the best so far."""
@@ -544,10 +559,23 @@ class Monitor:
             return
         self.log.close()
         output_dir, iteration = self.run.args.output_dir, self.state.iteration
-        if iteration == self.run.args.iterations:
-            if plot_loss_curves(os.path.join(output_dir, LOG_FILE), os.path.join(output_dir, 'loss_curves.png')):
-                print(f'loss curves: {output_dir}/loss_curves.png')
+        if self.finished:
+            try:
+                if plot_loss_curves(os.path.join(output_dir, LOG_FILE), os.path.join(output_dir, 'loss_curves.png')):
+                    print(f'loss curves: {output_dir}/loss_curves.png')
+            except WriteError as e:  # the run itself is saved: say so, and go on
+                print(f'note: {e}', file=sys.stderr)
             print(f'done: {iteration} iterations, {output_dir}/{CHECKPOINT_FILE}')
+
+
+@torch.no_grad()
+def gives_finite_output(sr_model, discriminator, lr_imgs, amp_dtype):
+    """Whether the SRResNet (in its current mode) makes a finite SR batch from lr_imgs, and the discriminator (None
+    for none) a finite output from that. Runs copies, so BatchNorm's running statistics are left as they are."""
+    with torch.autocast(lr_imgs.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        sr_imgs = copy.deepcopy(sr_model)(lr_imgs)  # (N, 3, H, W) in [-1, 1] when sound
+        outputs = [sr_imgs] if discriminator is None else [sr_imgs, copy.deepcopy(discriminator)(sr_imgs)]
+    return all(torch.isfinite(output).all() for output in outputs)
 
 
 class StopSignals:
@@ -636,8 +664,8 @@ def _save_sheet(rows, path, gap=4, header=16):
     for r, row in enumerate(rows):
         for column, img in enumerate(row):
             sheet.paste(img, (column * (size + gap), header + r * (size + gap)))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    sheet.save(path)
+    with atomic_path(path) as tmp_path:
+        sheet.save(tmp_path, format='PNG')
 
 
 class TrainingLog:
@@ -646,14 +674,10 @@ class TrainingLog:
     are dropped, so the file reads as one uninterrupted run."""
 
     def __init__(self, output_dir, start_iteration):
-        os.makedirs(output_dir, exist_ok=True)
         self.path = os.path.join(output_dir, LOG_FILE)
-        rows = []
-        if start_iteration > 0 and os.path.isfile(self.path):
-            with open(self.path) as f:
-                rows = [line for line in f if line.strip() and json.loads(line)['iteration'] <= start_iteration]
-        with open(self.path, 'w') as f:
-            f.writelines(rows)
+        rows = read_log(self.path) if start_iteration > 0 and os.path.isfile(self.path) else []
+        with atomic_path(self.path) as tmp_path, open(tmp_path, 'w') as f:
+            f.writelines(json.dumps(row) + '\n' for row in rows if row['iteration'] <= start_iteration)
         self.file = open(self.path, 'a')
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -662,8 +686,11 @@ class TrainingLog:
             self.tensorboard = None
 
     def write(self, row):
-        self.file.write(json.dumps(row) + '\n')
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(row) + '\n')
+            self.file.flush()
+        except OSError as e:
+            raise WriteError(f'could not write {self.path}: {e.strerror}') from None
         if self.tensorboard is not None:
             for name, value in row.items():
                 if name != 'iteration':
@@ -676,8 +703,15 @@ class TrainingLog:
 
 
 def read_log(path):
+    """The rows of a log.jsonl; a last line cut short by a kill while it was written is left out."""
+    rows = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:  # a line cut short by a kill while it was written
+                continue
+    return rows
 
 
 def plot_loss_curves(log_path, png_path):
@@ -702,6 +736,9 @@ def plot_loss_curves(log_path, png_path):
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel('iteration')
     fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_path(png_path) as tmp_path:
+            fig.savefig(tmp_path, dpi=100, format='png')
+    finally:
+        plt.close(fig)
     return True

@@ -12,10 +12,14 @@ Value ranges used throughout (the habit of this repo: every tensor's range is wr
     'y-channel'     float tensor, (H, W) or (N, H, W), BT.601 luma in [16, 235] on the 0-255 scale
 """
 
+import argparse
 import contextlib
 import dataclasses
+import errno
+import math
 import os
 import random
+import shutil
 import warnings
 
 import numpy as np
@@ -347,22 +351,70 @@ def seed_everything(seed):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Flags
+
+def number(kind, minimum=None, above=None, below=None):
+    """An argparse type: a finite int or float (`kind`) >= minimum, > above and < below (None: no bound), so a bad
+    flag value is one usage line at parse time rather than a traceback from a library later."""
+    bounds = [f'>= {minimum}' if minimum is not None else '', f'> {above}' if above is not None else '',
+              f'< {below}' if below is not None else '']
+    expected = ('an integer' if kind is int else 'a number') + ' ' + ' and '.join(b for b in bounds if b)
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            try:  # an integer written as 1e6 (the paper's iteration counts)
+                value = int(float(text)) if kind is int and float(text).is_integer() else None
+            except (ValueError, OverflowError):
+                value = None
+            if value is None:
+                raise argparse.ArgumentTypeError(f'{text!r} is not {expected.strip()}') from None
+        if not (math.isfinite(value) and (minimum is None or value >= minimum) and (above is None or value > above)
+                and (below is None or value < below)):
+            raise argparse.ArgumentTypeError(f'{text} is not {expected.strip()}')
+        return value
+    return parse
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Files
+
+class WriteError(OSError):
+    """A file that could not be written (a full disk, a file-size limit, a folder that is a file, no permission);
+    the message says which file and why, in one line."""
+
 
 @contextlib.contextmanager
 def atomic_path(path):
     """A temporary name beside `path` (same extension) to write to: renamed to `path` when the block ends, removed
-    if it raises. A crash, a full disk or a stop while writing leaves the previous file at `path` intact."""
+    if it raises. A crash, a full disk or a stop while writing leaves the previous file at `path` intact. A failed
+    write (OSError, or torch.save's RuntimeError 'unexpected pos') is raised as a WriteError."""
     path = os.fspath(path)
     folder, name = os.path.split(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     stem, ext = os.path.splitext(name)
     tmp_path = os.path.join(folder, f'.{stem}.partial{os.getpid()}{ext}')
     try:
+        os.makedirs(folder, exist_ok=True)
         yield tmp_path
         with open(tmp_path, 'rb') as f:
             os.fsync(f.fileno())  # on disk before the rename, so a power cut cannot leave an empty file
         os.replace(tmp_path, path)  # atomic on POSIX and Windows
+    except (OSError, RuntimeError) as e:
+        torch_write_failure = any(text in str(e) for text in ('inline_container', 'PytorchStreamWriter'))
+        if isinstance(e, WriteError) or not (isinstance(e, OSError) or torch_write_failure):
+            raise
+        raise WriteError(f'could not write {path}: {_write_failure(e, folder)}') from None
     finally:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
+
+
+def _write_failure(error, folder):
+    """Why a write failed, with the free space where it was written (a full disk is the usual cause)."""
+    if isinstance(error, (FileExistsError, NotADirectoryError)):
+        return f'{error.filename} is a file, where a folder is needed'
+    if isinstance(error, OSError) and error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return error.strerror or str(error)  # no permission, a read-only disk; Pillow's 'cannot write mode P as JPEG'
+    reason = error.strerror if isinstance(error, OSError) else 'the write stopped part-way'  # torch's writer
+    return f'{reason} ({shutil.disk_usage(folder).free / 2 ** 20:.0f} MB free there)'

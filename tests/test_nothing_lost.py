@@ -106,7 +106,7 @@ def test_divergence_on_a_fresh_run_says_nothing_was_saved(demo_data, tmp_path):
     with pytest.raises(SystemExit) as stop:
         train_srresnet.main(['--data-folder', str(demo_data), '--output-dir', str(tmp_path), *SMALL,
                              '--iterations', '6', '--lr', '1e30'])
-    assert 'the training diverged' in str(stop.value) and 'nothing was saved' in str(stop.value)
+    assert 'the training diverged' in str(stop.value) and 'no last.pt was saved yet' in str(stop.value)
     assert not (tmp_path / 'last.pt').exists()
 
 
@@ -115,15 +115,30 @@ def test_non_finite_weights_never_reach_a_checkpoint(demo_data, tmp_path, monkey
     monkeypatch.setattr(training, 'save_run', lambda *a: pytest.fail('saved non-finite weights'))
     original = training.Monitor.after_step
 
-    def wreck_then_step(self, values, lr, sr_model, stopping):  # a step whose own loss was finite wrecked the weights
+    def wreck_then_step(self, values, lr, model_and_batch, stopping):  # a step whose own loss was finite wrecked them
         with torch.no_grad():
-            next(sr_model.parameters()).fill_(float('nan'))
-        return original(self, values, lr, sr_model, stopping)
+            next(model_and_batch[0].parameters()).fill_(float('nan'))
+        return original(self, values, lr, model_and_batch, stopping)
     monkeypatch.setattr(training.Monitor, 'after_step', wreck_then_step)
     with pytest.raises(SystemExit, match='non-finite model weights at iteration 1; the training diverged'):
         train_srresnet.main(['--data-folder', str(demo_data), '--output-dir', str(tmp_path), *SMALL,
                              '--iterations', '2', '--checkpoint-every', '1'])
     assert not (tmp_path / 'last.pt').exists()
+
+
+def test_finite_but_wrecked_weights_never_reach_a_checkpoint(demo_data, tmp_path):
+    """--lr 1e6: the first step's loss (computed before it) is finite, its weights are finite but wrecked, and the
+    next step's loss is not: last.pt must keep the state before them, and resume from it."""
+    args = ['--data-folder', str(demo_data), '--output-dir', str(tmp_path), *SMALL, '--checkpoint-every', '1']
+    train_srresnet.main([*args, '--iterations', '2'])
+    with pytest.raises(SystemExit) as stop:
+        train_srresnet.main([*args, '--iterations', '6', '--resume', 'auto', '--lr', '1e6'])
+    assert str(stop.value).startswith('error: weights that compute a non-finite output at iteration 3; the training '
+                                      'diverged and stopped without saving: ')
+    assert f'{tmp_path / "last.pt"} (iteration 2) is the last good state' in str(stop.value)
+    assert load_checkpoint(tmp_path / 'last.pt')['iteration'] == 2
+    train_srresnet.main([*args, '--iterations', '4', '--resume', 'auto'])  # the state kept is a good one
+    assert load_checkpoint(tmp_path / 'last.pt')['iteration'] == 4
 
 
 def test_resuming_a_finished_run_says_there_is_nothing_to_do(demo_data, tmp_path, capsys):
@@ -147,7 +162,7 @@ def test_half_written_checkpoints_of_a_killed_run_are_removed(demo_data, tmp_pat
 
 def test_an_empty_checkpoint_file_is_one_line(tmp_path):
     (tmp_path / 'empty.pt').write_bytes(b'')
-    with pytest.raises(SystemExit, match=r'empty.pt: not a PyTorch checkpoint or damaged \(\w+'):
+    with pytest.raises(SystemExit, match=r'empty.pt is an empty file \(0 bytes\), not a checkpoint'):
         checkpoint_tool(['export', str(tmp_path / 'empty.pt'), str(tmp_path / 'out.pt')])
 
 

@@ -435,15 +435,15 @@ def test_grid_with_checkpoints_of_different_scales_is_one_line_error(checkpoint,
 
 
 def test_one_large_image_shows_a_bar_of_tiles(checkpoint, tmp_path, capsys):
-    Image.fromarray(_photo(48, 40)).save(tmp_path / 'big.png')
-    Image.fromarray(_photo(48, 40, seed=1)).save(tmp_path / 'other.png')
-    # --tile 16, overlap 4: ceil((48 - 4) / 12) = 4 columns x ceil((40 - 4) / 12) = 3 rows
+    Image.fromarray(_photo(80, 48)).save(tmp_path / 'big.png')
+    Image.fromarray(_photo(80, 48, seed=1)).save(tmp_path / 'other.png')
+    # --tile 32, overlap 16: ceil((80 - 16) / 16) = 4 columns x ceil((48 - 16) / 16) = 2 rows
     super_resolve.main([str(tmp_path / 'big.png'), '-o', str(tmp_path / 'big_x4.png'), '--model', str(checkpoint),
-                        '--tile', '16', '--tile-overlap', '4'])
+                        '--tile', '32', '--tile-overlap', '16'])
     err = capsys.readouterr().err
-    assert 'big.png:   0%|          | 0/12 ' in err and 'tile/s' in err
+    assert 'big.png:   0%|          | 0/8 ' in err and 'tile/s' in err
     super_resolve.main([str(tmp_path / 'big.png'), str(tmp_path / 'other.png'), '-o', str(tmp_path / 'out'),
-                        '--model', str(checkpoint), '--tile', '16', '--tile-overlap', '4'])
+                        '--model', str(checkpoint), '--tile', '32', '--tile-overlap', '16'])
     err = capsys.readouterr().err
     assert 'tile' not in err.replace('--tile', '') and '2/2' in err  # several files: the file bar alone
 
