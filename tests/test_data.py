@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from conftest import REPO
+import create_data_lists as cdl
 from create_data_lists import create_data_lists, folder_name
 from datasets import SRDataset
 from utils import convert_image
@@ -28,7 +29,7 @@ def messy_folder(tmp_path):
     good = [write_png(root / 'a.png', (120, 110)), write_png(root / 'sub' / 'deeper' / 'B.PNG', (100, 130), 1)]
     Image.open(good[0]).save(root / 'sub' / 'c.JPEG')
     good.append(str(root / 'sub' / 'c.JPEG'))
-    Image.open(good[0]).save(root / 'd.webp', lossless=True)
+    write_png(root / 'd.webp', (110, 120), 2)  # its own picture: a lossless copy of a.png would be a duplicate
     good.append(str(root / 'd.webp'))
     data = open(good[0], 'rb').read()
     (root / 'truncated.png').write_bytes(data[:len(data) // 3])
@@ -72,6 +73,113 @@ def test_the_cli_and_its_errors(messy_folder, tmp_path):
     assert run.returncode == 1 and run.stderr.strip() == f'error: {tmp_path / "nowhere"} is not a folder'
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Test images in the training list (found by their pixels), a test set given twice, duplicate training images
+
+@pytest.fixture
+def sr_folders(tmp_path):
+    """data/T91 (two training images), data/Set5 (two test images), data/Set14 (one): small random pictures."""
+    data = tmp_path / 'data'
+    for name, seed in [('T91/t1.png', 1), ('T91/t2.png', 2), ('Set5/baby.png', 3), ('Set5/bird.png', 4),
+                       ('Set14/zebra.png', 5)]:
+        write_png(data / name, (24, 20), seed)
+    return data
+
+
+def refusal(*args, **kwargs):
+    """The one-line error create_data_lists exits with."""
+    with pytest.raises(SystemExit) as error:
+        create_data_lists(*args, **kwargs)
+    message = str(error.value.code)
+    assert message.startswith('error: ') and '\n' not in message
+    return message
+
+
+def test_the_same_folder_for_train_and_test_is_refused_in_one_line(sr_folders, tmp_path):
+    out = tmp_path / 'lists'
+    out.mkdir()
+    (out / 'train_images.json').write_text('["mine.png"]')  # the user's earlier list stays as it was
+    run = subprocess.run([sys.executable, 'create_data_lists.py', '--train-folders', str(sr_folders / 'Set5'),
+                          '--test-folders', str(sr_folders / 'Set5'), '--min-size', '16', '--output-folder',
+                          str(out)], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 1 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert run.stderr.startswith('error: 2 of 2 training images are also test images (Set5: 2;')
+    assert f"{sr_folders / 'Set5' / 'baby.png'} is Set5's baby.png" in run.stderr
+    assert 'do not contain the test folders' in run.stderr and '--allow-test-overlap' in run.stderr
+    assert 'move the copies' not in run.stderr  # these are the test set itself: never advise removing them
+    assert sorted(os.listdir(out)) == ['train_images.json'] and (out / 'train_images.json').read_text() == \
+        '["mine.png"]'
+
+
+def test_a_training_folder_that_holds_the_test_folders_is_refused(sr_folders, tmp_path):
+    message = refusal([str(sr_folders)], [str(sr_folders / 'Set5'), str(sr_folders / 'Set14')], 16,
+                      str(tmp_path / 'lists'))
+    assert '3 of 5 training images are also test images (Set5: 2, Set14: 1;' in message
+    assert f"{sr_folders / 'Set5' / 'baby.png'} is Set5's baby.png, " \
+           f"{sr_folders / 'Set14' / 'zebra.png'} is Set14's zebra.png" in message  # one example from each set
+    assert not (tmp_path / 'lists').exists()
+
+
+def test_a_renamed_copy_of_a_test_image_in_the_training_folders_is_caught(sr_folders, tmp_path):
+    """By pixels, not names or bytes: a lossless re-save (PNG -> BMP) and a symbolic link are the test image."""
+    Image.open(sr_folders / 'Set5' / 'bird.png').save(sr_folders / 'T91' / 'holiday.bmp')
+    (sr_folders / 'T91' / 'link.png').symlink_to(sr_folders / 'Set14' / 'zebra.png')
+    message = refusal([str(sr_folders / 'T91')], [str(sr_folders / 'Set5'), str(sr_folders / 'Set14')], 16,
+                      str(tmp_path / 'lists'))
+    assert '2 of 4 training images are also test images (Set5: 1, Set14: 1;' in message
+    assert f"{sr_folders / 'T91' / 'holiday.bmp'} is Set5's bird.png" in message
+    assert 'move the copies of test images out of the training folders' in message
+    assert not (tmp_path / 'lists').exists()
+
+
+def test_allow_test_overlap_writes_the_lists_with_a_warning(sr_folders, tmp_path, capsys):
+    out = tmp_path / 'lists'
+    summary = create_data_lists([str(sr_folders)], [str(sr_folders / 'Set5')], 16, str(out),
+                                allow_test_overlap=True)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith('warning:')]
+    assert len(warnings) == 1 and warnings[0].startswith('warning: 2 of 5 training images are also test images')
+    assert 'listed anyway (--allow-test-overlap)' in warnings[0]
+    assert summary == {str(out / 'train_images.json'): 5, str(out / 'Set5_test_images.json'): 2}
+    assert str(sr_folders / 'Set5' / 'baby.png') in json.load(open(out / 'train_images.json'))
+
+
+def test_duplicate_training_images_are_listed_once_with_a_note(sr_folders, tmp_path, capsys):
+    """A lossless copy under another name, and one file reached through nested training folders."""
+    train = sr_folders / 'T91'
+    Image.open(train / 't1.png').save(train / 't1_copy.webp', lossless=True)
+    write_png(train / 'sub' / 't3.png', (24, 20), 6)
+    out = tmp_path / 'lists'
+    summary = create_data_lists([str(train), str(train / 'sub')], [], 16, str(out))
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith('note:')]
+    assert len(notes) == 1 and notes[0].startswith('note: 2 training images found twice (the same pixels), '
+                                                   'listed once, e.g.')
+    assert f"{train / 't1_copy.webp'} (the same as {train / 't1.png'})" in notes[0]
+    assert json.load(open(out / 'train_images.json')) == [str(train / name) for name in ('t1.png', 't2.png',
+                                                                                         'sub/t3.png')]
+    assert summary == {str(out / 'train_images.json'): 3}
+
+
+@pytest.mark.parametrize('folders, expected', [
+    (['Set5', 'Set5'], 'the test folder {0} is given twice in --test-folders; give each test set once'),
+    (['Set5', 'T91/../Set5/'], 'the test folder {0} is given twice in --test-folders (also as {1})'),
+    (['Set5', 'T91/Set5'], 'the test folders {0} and {1} are both named Set5'),
+])
+def test_a_test_set_given_twice_is_refused_before_any_work(sr_folders, tmp_path, monkeypatch, folders, expected):
+    write_png(sr_folders / 'T91' / 'Set5' / 'other.png', (24, 20), 7)
+    monkeypatch.setattr(cdl, 'check_image', None)  # nothing is decoded before the refusal
+    message = refusal([str(sr_folders / 'T91')], [str(sr_folders / f) for f in folders], 16, str(tmp_path / 'o'))
+    assert message.startswith('error: ' + expected.format(*[sr_folders / f for f in folders]))
+    assert not (tmp_path / 'o').exists()
+
+
+def test_pixel_digest_is_the_pixels_not_the_file():
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    assert cdl.pixel_digest(rgb) == cdl.pixel_digest(rgb.copy(order='F'))  # the layout in memory does not count
+    assert cdl.pixel_digest(rgb) != cdl.pixel_digest(rgb.reshape(4, 3, 3))  # the same bytes in another shape
+    assert cdl.pixel_digest(rgb) != cdl.pixel_digest(rgb.astype(np.uint16))
+
+
 @pytest.mark.parametrize('folder, name', [('/data/Set5', 'Set5'), ('/data/Set5/', 'Set5'), ('Set14//', 'Set14'),
                                           ('C:\\data\\BSD100\\', 'BSD100'), ('D:/sr/DIV2K_valid_HR', 'DIV2K_valid_HR')])
 def test_test_sets_are_named_after_their_folder(folder, name):
@@ -105,10 +213,16 @@ def test_demo_lists_and_dataset(tmp_path):
         SRDataset(str(tmp_path), 'test', None, 4, '[0, 1]', '[0, 1]', test_data_name='Set5')
 
 
-def test_shared_data_lists(shared_data, tmp_path):
+def test_shared_data_lists(shared_data, tmp_path, capsys):
+    """The 291 images of T91 + BSD200 share none with the three test sets; t20 is under 96 pixels, and t65 is t36
+    again (the same bytes), listed once."""
     summary = create_data_lists([str(shared_data / 'T91'), str(shared_data / 'BSD200')],
-                                [str(shared_data / 'Set5'), str(shared_data / 'Set14')], 96, str(tmp_path), 2)
+                                [str(shared_data / name) for name in ('Set5', 'Set14', 'BSD100')], 96, str(tmp_path), 2)
     counts = {os.path.basename(k): v for k, v in summary.items()}
-    assert counts == {'train_images.json': 290, 'Set5_test_images.json': 5, 'Set14_test_images.json': 14}
+    assert counts == {'train_images.json': 289, 'Set5_test_images.json': 5, 'Set14_test_images.json': 14,
+                      'BSD100_test_images.json': 100}
+    t65, t36 = shared_data / 'T91' / 't65.png', shared_data / 'T91' / 't36.png'
+    assert f'note: 1 training image found twice (the same pixels), listed once, e.g. {t65} (the same as ' \
+           f'{t36})' in capsys.readouterr().out
     bridge = SRDataset(str(tmp_path), 'test', None, 4, '[0, 1]', '[0, 1]', 'Set14')[2][1]  # grayscale bridge.png
     assert bridge.shape[0] == 3 and torch.equal(bridge[0], bridge[2])
