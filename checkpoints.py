@@ -52,9 +52,13 @@ def load_checkpoint(path, allow_unsafe_pickle=False, map_location='cpu', unsafe_
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f'{path}: no such checkpoint file')
+    how = 'pass a checkpoint written by train_srresnet.py or train_srgan.py'
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
+        if not _written_by_torch_save(path):  # a text file, say: torch.load reads it as a pickle and fails too
+            raise CheckpointError(f'{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle); {how}') \
+                from None
         if not allow_unsafe_pickle:
             how = f'pass {unsafe_flag} once to convert it, or ' if unsafe_flag else ''
             raise PickledCheckpointError(
@@ -63,15 +67,25 @@ def load_checkpoint(path, allow_unsafe_pickle=False, map_location='cpu', unsafe_
                 f'`python checkpoints.py convert {path} converted.pt`.') from None
         checkpoint = convert_tutorial_checkpoint(path, map_location)
     except Exception as e:
-        raise CheckpointError(f'{path}: not a PyTorch checkpoint or damaged ({_first_line(e)})') from None
+        raise CheckpointError(f'{path}: not a PyTorch checkpoint or damaged ({_first_line(e)}); {how}') from None
     if not isinstance(checkpoint, dict):
-        raise CheckpointError(f'{path}: expected a checkpoint dict, found {type(checkpoint).__name__}')
+        raise CheckpointError(f'{path}: expected a checkpoint dict, found {type(checkpoint).__name__}; {how}')
     return checkpoint
 
 
+def _written_by_torch_save(path):
+    """True for a zip archive (torch.save since PyTorch 1.6) or a pickle (the legacy format the original tutorial's
+    checkpoints may use), judged by the first bytes."""
+    with open(path, 'rb') as f:
+        head = f.read(4)
+    return head == b'PK\x03\x04' or head[:1] == b'\x80'  # a pickle starts with its PROTO opcode
+
+
 def _first_line(error):
-    """The first line of an exception's message, or its type when it has none (an empty file's EOFError)."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+    """The exception's type and the first line of its message (a text file's bare "KeyError: 101" says more than
+    "101"), or its type alone when it has none (an empty file's EOFError)."""
+    lines = str(error).strip().splitlines()
+    return f'{type(error).__name__}: {lines[0]}' if lines else type(error).__name__
 
 
 def convert_tutorial_checkpoint(path, map_location='cpu'):

@@ -37,12 +37,19 @@ def load_generator(path, device='cpu', allow_unsafe_pickle=False, checkpoint=Non
     architecture and scale read from the checkpoint. checkpoint: the file's contents when already loaded."""
     if checkpoint is None:
         checkpoint = load_checkpoint(path, allow_unsafe_pickle)
-    config = model_config(checkpoint)
-    model = SRResNet(**config)
+    how = 'pass a checkpoint written by train_srresnet.py or train_srgan.py'
+    try:
+        config = model_config(checkpoint)
+        model = SRResNet(**config)
+    except CheckpointError as e:  # no generator weights in it
+        raise CheckpointError(f'{path}: {e}') from None
+    except (KeyError, TypeError, AttributeError, ValueError) as e:  # another network's weights, a foreign config
+        raise CheckpointError(f'{path}: not an SRResNet / SRGAN generator ({type(e).__name__}: {e}); {how}') from None
     try:
         model.load_state_dict(generator_state_dict(checkpoint))
-    except RuntimeError as e:
-        raise CheckpointError(f'{path}: weights do not fit SRResNet({config}): {str(e).splitlines()[0]}') from None
+    except (RuntimeError, AttributeError) as e:
+        raise CheckpointError(f'{path}: weights do not fit SRResNet({config}): {str(e).splitlines()[0]}; '
+                              f'{how}') from None
     return model.to(device).eval()
 
 
