@@ -23,7 +23,7 @@ import pickle
 
 import torch
 
-from utils import atomic_path
+from utils import atomic_path, run_main
 
 
 class CheckpointError(ValueError):
@@ -56,20 +56,21 @@ def load_checkpoint(path, allow_unsafe_pickle=False, map_location='cpu', unsafe_
     if what is not None:
         raise CheckpointError(f'{path} is {what}, not a checkpoint: expected a .pt file written by train_srresnet.py, '
                               f'train_srgan.py or checkpoints.py')
+    how = 'pass a checkpoint written by train_srresnet.py or train_srgan.py'
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         if not allow_unsafe_pickle:
-            how = f'pass {unsafe_flag} once to convert it, or ' if unsafe_flag else ''
+            option = f'pass {unsafe_flag} once to convert it, or ' if unsafe_flag else ''
             raise PickledCheckpointError(
                 f'{path} holds pickled Python objects (as the original tutorial saved them), and loading it could '
-                f'run code from the file. If you trust it, {how}convert it once with '
+                f'run code from the file. If you trust it, {option}convert it once with '
                 f'`python checkpoints.py convert {path} converted.pt`.') from None
         checkpoint = convert_tutorial_checkpoint(path, map_location)
     except Exception as e:
-        raise CheckpointError(f'{path}: not a PyTorch checkpoint or damaged ({_first_line(e)})') from None
+        raise CheckpointError(f'{path}: not a PyTorch checkpoint or damaged ({_first_line(e)}); {how}') from None
     if not isinstance(checkpoint, dict):
-        raise CheckpointError(f'{path}: expected a checkpoint dict, found {type(checkpoint).__name__}')
+        raise CheckpointError(f'{path}: expected a checkpoint dict, found {type(checkpoint).__name__}; {how}')
     return checkpoint
 
 
@@ -109,8 +110,10 @@ def what_file_is(path):
 
 
 def _first_line(error):
-    """The first line of an exception's message, or its type when it has none (an empty file's EOFError)."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+    """The exception's type and the first line of its message (a text file's bare "KeyError: 101" says more than
+    "101"), or its type alone when it has none (an empty file's EOFError)."""
+    lines = str(error).strip().splitlines()
+    return f'{type(error).__name__}: {lines[0]}' if lines else type(error).__name__
 
 
 def convert_tutorial_checkpoint(path, map_location='cpu'):
@@ -230,4 +233,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_main(main)

@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from datasets import DEMO_TEST_IMAGES, DEMO_TRAIN_IMAGES, TEST_LIST_SUFFIX, demo_images, find_images, folder_name
-from utils import ImageLoadError, atomic_path, read_image
+from utils import ImageLoadError, atomic_path, number, read_image, run_main
 
 
 def check_image(args):
@@ -219,10 +219,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--train-folders', nargs='+', default=[], help='folders of training images (HR)')
     parser.add_argument('--test-folders', nargs='+', default=[], help='folders of test images, one test set each')
-    parser.add_argument('--min-size', type=int, default=100,
+    parser.add_argument('--min-size', type=number(int, minimum=1), default=100,
                         help='skip training images with a side below this (must be >= the training crop, 96)')
     parser.add_argument('--output-folder', default='./data', help='where the JSON lists are written')
-    parser.add_argument('--workers', type=int, default=min(8, os.cpu_count() or 1),
+    parser.add_argument('--workers', type=number(int, minimum=0), default=min(8, os.cpu_count() or 1),
                         help='processes that check images in parallel')
     parser.add_argument('--allow-test-overlap', action='store_true',
                         help='list training images that are also test images (same pixels) with a warning, '
@@ -236,4 +236,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run_main(main)

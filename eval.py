@@ -10,6 +10,7 @@ of HR images), printed as a markdown table beside the paper's numbers.
 
 Why a protocol: the same SR image scores 0.1-0.3 dB apart depending on how the LR image was made, the channel
 measured, the border, 8-bit rounding and the SSIM window. Every number printed says which protocol made it.
+The table goes to stdout, notes and errors to stderr: `python eval.py > table.md` writes the table alone.
 
   --protocol paper (default), the literature's MATLAB protocol, which the paper's Table 2 is compared against:
       HR cropped top-left to a multiple of the scale (MATLAB's modcrop); LR = MATLAB's imresize(HR, 1/s, 'bicubic')
@@ -23,11 +24,20 @@ measured, the border, 8-bit rounding and the SSIM window. Every number printed s
       float SR, neither clamped nor rounded; float Y with 4 px of border removed whatever the scale;
       scikit-image's peak_signal_noise_ratio and structural_similarity(data_range=255) with their defaults
       (a 7x7 uniform window, sample covariance).
+
+The published rows are printed beside the standard test sets only, recognised by their pixels (not their folder's
+name): a folder of other images called Set5 gets none.
+
+Bad inputs do not stop the run: a test image that cannot be read (truncated, not an image, missing, too small for
+the scale) and a checkpoint that cannot be loaded are skipped, everything else is evaluated, a mean over fewer
+images than the set holds says so ('28.42 / 0.8102 (4 of 5 images)'; the CSV has the skipped rows, with the
+reason), and the run ends with one 'error:' line per problem and a non-zero exit status.
 """
 
 import argparse
 import csv
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -42,13 +52,24 @@ from tqdm import tqdm
 
 from checkpoints import CheckpointError, load_checkpoint
 from datasets import DEMO_TEST_IMAGES, TEST_LIST_SUFFIX, demo_images, find_images, folder_name, test_set_names
-from inference import DEFAULT_TILE, DEFAULT_TILE_OVERLAP, Upscaler, load_generator
+from inference import DEFAULT_TILE, DEFAULT_TILE_OVERLAP, MIN_TILE, MIN_TILE_OVERLAP, Upscaler, load_generator, tiling
 from metrics import EVAL_PROTOCOLS, evaluate_image, imresize
-from utils import ImageLoadError, autocast_dtype, convert_image, crop_to_multiple, downsample, pick_device, read_image, to_rgb8
+from utils import (ImageLoadError, autocast_dtype, convert_image, crop_to_multiple, downsample, load_image, number,
+                   pick_device, read_image, run_main, to_rgb8)
 
-# Checkpoints evaluated when none are named: the shipped weights and the training scripts' best checkpoints.
-DEFAULT_CHECKPOINTS = ('weights/srresnet_x4.pt', 'weights/srgan_x4.pt', 'runs/srresnet/best.pt', 'runs/srgan/best.pt')
+# Checkpoints evaluated when none are named: the weights shipped in the repo, found beside eval.py from whatever
+# folder it runs in, and the trainers' best checkpoints, under ./runs of the current folder, where they write them.
+REPO = os.path.dirname(os.path.abspath(__file__))
+SHIPPED_CHECKPOINTS = ('weights/srresnet_x4.pt', 'weights/srgan_x4.pt')  # relative to the repo
+RUN_CHECKPOINTS = ('runs/srresnet/best.pt', 'runs/srgan/best.pt')  # relative to the current folder
 STANDARD_TEST_SETS = ('Set5', 'Set14', 'BSD100')
+# The standard test sets by their pixels, whatever their file names, formats or order: (image count,
+# test_set_digest), computed on ../shared/data. BSD100's 481x321 originals and the 480x320 crops give one digest.
+STANDARD_DIGESTS = {
+    'Set5': (5, 'faf5daeac51e2826fa4adb51e5a12d1e5fac56081af237c8af677a13f54a3fd0'),
+    'Set14': (14, '90854ef616ac07e9610d57d50fa9e70d84d15bf48961c7c4cf2721a0dfa31c14'),
+    'BSD100': (100, 'aef1460f9449894e2437aef58130896c8ad06738c28d118bd9385389efc566b0'),
+}
 LR_KERNELS = {'matlab': "MATLAB's imresize bicubic (antialiased)", 'pillow': "Pillow's bicubic (antialiased)"}
 
 # (PSNR, SSIM) at x4 that others published, printed under ours. Our bicubic under --protocol paper, measured on
@@ -119,41 +140,59 @@ class TestImages(Dataset):
         img = to_rgb8(loaded)  # PIL RGB, 8 bits per channel
         hr_img = crop_to_multiple(img, s, centered=self.protocol == 'tutorial')
         border = s if self.protocol == 'paper' else 4
-        if min(hr_img.width, hr_img.height) < 2 * border + 11:  # the SSIM window must fit inside the border
-            return {'path': path, 'error': f'{path}: {img.width}x{img.height} is too small to measure at x{s}'}
+        min_side = -(-(2 * border + 11) // s) * s  # the SSIM window must fit inside the border, after the crop
+        if min(img.width, img.height) < min_side:
+            return {'path': path, 'error': f'{path}: {img.width}x{img.height} is too small to measure at x{s} '
+                                           f'(it needs {min_side} px a side)'}
         return {'path': path, 'lr_img': make_lr(hr_img, s, self.lr_kernel), 'hr_img': to_uint8_tensor(hr_img),
                 'gray': loaded.gray}
 
 
 def load_models(names, args, device, amp_dtype):
-    """Command-line names -> Models; bicubic runs at --scale, else at the first checkpoint's scale, else x4."""
-    models = []
+    """Command-line names -> (Models, problems): a checkpoint that cannot be loaded is left out, its problem (one
+    line naming the file) kept for the end of the run; when none loads, that is the one error. bicubic runs at
+    --scale, else at the first checkpoint's scale, else x4."""
+    models, problems = [], []
     for name in names:
-        if name == 'bicubic':
-            models.append(Model(name, 'bicubic', 0))
-            continue
         try:
-            checkpoint = load_checkpoint(name, args.unsafe_pickle)  # read once: the weights and what they are
-            network = load_generator(name, device, checkpoint=checkpoint)
+            models.append(Model(name, 'bicubic', 0) if name == 'bicubic' else load_model(name, args, device, amp_dtype))
         except CheckpointError as e:
-            raise SystemExit(f'error: {e}') from None
-        kind = checkpoint.get('kind', 'srresnet')
-        content_loss = (checkpoint.get('config') or {}).get('content_loss') if kind == 'srgan' else None
-        upscaler = Upscaler.for_model(network, args.tile or None, args.tile_overlap, amp_dtype)
-        models.append(Model(name, kind if kind in KIND_NAMES else 'srresnet', upscaler.scaling_factor, upscaler,
-                            content_loss))
+            problems.append(str(e))
+    if not models:
+        numbered = ' '.join(f'({i}) {problem}' for i, problem in enumerate(problems, 1))
+        raise SystemExit(f'error: {problems[0]}' if len(problems) == 1 else
+                         f'error: none of the {len(problems)} models could be loaded: {numbered}')
     checkpoint_scales = [m.scaling_factor for m in models if m.upscaler is not None]
     for model in models:
         if model.upscaler is None:
             model.scaling_factor = args.scale or (checkpoint_scales[0] if checkpoint_scales else 4)
-    return models
+    return models, problems
+
+
+def load_model(path, args, device, amp_dtype):
+    """A checkpoint -> a Model ready for inference; CheckpointError (naming the file) when it cannot be used."""
+    checkpoint = load_checkpoint(path, args.unsafe_pickle)  # read once: the weights and what they are
+    network = load_generator(path, device, checkpoint=checkpoint)
+    kind = checkpoint.get('kind', 'srresnet')
+    content_loss = (checkpoint.get('config') or {}).get('content_loss') if kind == 'srgan' else None
+    upscaler = Upscaler.for_model(network, args.tile, args.tile_overlap, amp_dtype)
+    return Model(path, kind if kind in KIND_NAMES else 'srresnet', upscaler.scaling_factor, upscaler, content_loss)
 
 
 def default_models():
-    found = [path for path in DEFAULT_CHECKPOINTS if os.path.isfile(path)]
-    print(f'models: bicubic{"".join(", " + p for p in found)} (none named; looked for '
-          f'{", ".join(DEFAULT_CHECKPOINTS)})')
+    """bicubic and, of the shipped weights (in the repo) and the trainers' best checkpoints (under ./runs), those
+    that exist; each named relative to the current folder when inside it, else by its absolute path."""
+    candidates = [short_path(os.path.join(REPO, path)) for path in SHIPPED_CHECKPOINTS] + list(RUN_CHECKPOINTS)
+    found = [path for path in candidates if os.path.isfile(path)]
+    print(f'models: bicubic{"".join(", " + p for p in found)} (none named; looked for {", ".join(candidates)})',
+          file=sys.stderr)
     return ['bicubic'] + found
+
+
+def short_path(path):
+    """`path` relative to the current folder when it lies inside it, else absolute."""
+    path, here = os.path.abspath(path), os.path.join(os.getcwd(), '')
+    return path[len(here):] if path.startswith(here) else path
 
 
 def test_sets_to_run(args):
@@ -164,7 +203,8 @@ def test_sets_to_run(args):
         names = [n for n in STANDARD_TEST_SETS if n in listed] + [n for n in listed if n not in STANDARD_TEST_SETS]
         if not names:  # a fresh checkout: the demo photos that scikit-image ships
             print(f'test sets: no lists in {args.data_folder}, so the demo set (scikit-image\'s '
-                  f'{", ".join(DEMO_TEST_IMAGES)}); for Set5, Set14, BSD100 see `python create_data_lists.py --help`')
+                  f'{", ".join(DEMO_TEST_IMAGES)}); for Set5, Set14, BSD100 see `python create_data_lists.py --help`',
+                  file=sys.stderr)
             return [('demo', demo_images(DEMO_TEST_IMAGES))]
     sets = []
     for name in names or []:
@@ -172,8 +212,7 @@ def test_sets_to_run(args):
         if not os.path.isfile(list_path):
             raise SystemExit(f'error: {list_path} not found; write it with `python create_data_lists.py '
                              f'--test-folders path/to/{name}`, or pass --test-folders path/to/{name} here')
-        with open(list_path) as f:
-            sets.append((name, json.load(f)))
+        sets.append((name, read_test_list(list_path)))
     for folder in args.test_folders or []:
         paths, _ = find_images(folder)  # exits with a message when the folder does not exist
         sets.append((folder_name(folder), paths))
@@ -183,9 +222,24 @@ def test_sets_to_run(args):
     return sets
 
 
+def read_test_list(list_path):
+    """A test list written by create_data_lists.py -> its image paths; a list that is not one is a one-line error
+    before any work (a missing image in it is only skipped, when it is met)."""
+    how = 'write it again with `python create_data_lists.py`'
+    try:
+        with open(list_path) as f:
+            paths = json.load(f)
+    except (OSError, ValueError) as e:  # ValueError: not JSON
+        raise SystemExit(f'error: {list_path}: unreadable ({e}); {how}') from None
+    if not (isinstance(paths, list) and all(isinstance(path, str) for path in paths)):
+        raise SystemExit(f'error: {list_path}: not a JSON list of image paths; {how}')
+    return paths
+
+
 def evaluate(models, test_sets, protocol='paper', lr_kernel='matlab', workers=0, save_dir=None):
     """Run every model over every test set. Returns one row per (model, image): dicts with model, kind, scale,
-    protocol, lr_kernel, dataset, image, psnr, ssim, seconds (inference time of that image)."""
+    protocol, lr_kernel, image, psnr, ssim, seconds (inference time of that image), dataset, and skipped: why the
+    image could not be evaluated ('' when it was; psnr, ssim and seconds are then None)."""
     rows = []
     for model in models:  # warm up (allocations, kernel choice), so that the first image is timed fairly
         if model.upscaler is not None:
@@ -196,18 +250,21 @@ def evaluate(models, test_sets, protocol='paper', lr_kernel='matlab', workers=0,
             loader = DataLoader(dataset, batch_size=None, num_workers=workers)  # one image at a time, any size
             for item in tqdm(loader, total=len(dataset), desc=f'{dataset_name} x{s}', unit='img', leave=False,
                              disable=None):
-                if 'error' in item:
-                    raise SystemExit(f'error: {item["error"]}; remove it from the test set')
                 for model in [m for m in models if m.scaling_factor == s]:
                     row, sr_img = evaluate_item(model, item, s, protocol, lr_kernel)
-                    rows.append({**row, 'dataset': dataset_name})
-                    if save_dir is not None:
+                    rows.append({**row, 'dataset': dataset_name, 'skipped': item.get('error', '')})
+                    if save_dir is not None and sr_img is not None:
                         save_sr(sr_img, save_dir, model.label, dataset_name, row['image'])
     return rows
 
 
 def evaluate_item(model, item, s, protocol, lr_kernel):
-    """One model on one test image (a TestImages item) -> (row without the dataset, SR image in [-1, 1])."""
+    """One model on one test image (a TestImages item) -> (row without the dataset, SR image in [-1, 1]); for an
+    image that could not be read, a row without numbers and no SR image."""
+    row = {'model': model.label, 'kind': model.kind, 'scale': s, 'protocol': protocol, 'lr_kernel': lr_kernel,
+           'image': os.path.splitext(os.path.basename(item['path']))[0], 'psnr': None, 'ssim': None, 'seconds': None}
+    if 'error' in item:
+        return row, None
     lr_img, hr_img = item['lr_img'], item['hr_img']  # (3, h, w), (3, h * s, w * s) uint8
     start = time.perf_counter()
     if model.upscaler is None:
@@ -217,12 +274,11 @@ def evaluate_item(model, item, s, protocol, lr_kernel):
         # on out-of-memory the tile is halved for the rest of this image (a note says so)
         sr_img = model.upscaler.upscale(lr_input, on_retry=lambda message: tqdm.write(
             f'note: {item["path"]}: {message}', file=sys.stderr))
-    seconds = time.perf_counter() - start  # upscale returns on the CPU: GPU work done
+    row['seconds'] = time.perf_counter() - start  # upscale returns on the CPU: GPU work done
     psnr, ssim = evaluate_image(sr_img, convert_image(hr_img.double(), '[0, 255]', '[-1, 1]'), s, protocol,
                                 gray=item['gray'])
-    image_name = os.path.splitext(os.path.basename(item['path']))[0]
-    return {'model': model.label, 'kind': model.kind, 'scale': s, 'protocol': protocol, 'lr_kernel': lr_kernel,
-            'image': image_name, 'psnr': psnr.item(), 'ssim': ssim.item(), 'seconds': seconds}, sr_img
+    row['psnr'], row['ssim'] = psnr.item(), ssim.item()
+    return row, sr_img
 
 
 def save_sr(sr_img, save_dir, label, dataset_name, image_name):
@@ -236,37 +292,88 @@ def save_sr(sr_img, save_dir, label, dataset_name, image_name):
                          f'to') from None
 
 
-def markdown_table(models, dataset_names, rows, protocol, lr_kernel):
-    """Mean PSNR / SSIM per model and test set, then the published numbers for the kinds of model present."""
-    def cell(values):
-        return f'{values[0]:.2f} / {values[1]:.4f}' if values else '-'
-
-    lines = [f'| model | scale | {" | ".join(f"{name} PSNR / SSIM" for name in dataset_names)} | s / image '
-             f'| measured by |',
-             '|---|---|' + '---|' * len(dataset_names) + '---|---|']
+def markdown_table(models, columns, rows, protocol, lr_kernel):
+    """columns: (test set name, the standard set it holds or None), one per column. Mean PSNR / SSIM per model and
+    test set, a mean over fewer images than the set holds marked '(n of N images)'; then the published numbers for
+    the kinds of model present, in the columns of the standard test sets."""
+    names = [name for name, _ in columns]
+    lines = [f'| model | scale | {" | ".join(f"{name} PSNR / SSIM" for name in names)} | s / image | measured by |',
+             '|---|---|' + '---|' * len(names) + '---|---|']
     for model in models:
         mine = [r for r in rows if r['model'] == model.label and r['scale'] == model.scaling_factor]
-        means = []
-        for name in dataset_names:
-            of_set = [r for r in mine if r['dataset'] == name]
-            means.append((np.mean([r['psnr'] for r in of_set]), np.mean([r['ssim'] for r in of_set]))
-                         if of_set else None)
-        seconds = np.mean([r['seconds'] for r in mine])
+        cells = ' | '.join(mean_cell([r for r in mine if r['dataset'] == name]) for name in names)
+        seconds = [r['seconds'] for r in mine if not r['skipped']]
         variant = f'-{model.content_loss.upper()}' if model.content_loss else ''  # SRGAN-MSE, SRGAN-VGG54
         label = model.label if model.kind == 'bicubic' else f'{model.label} ({KIND_NAMES[model.kind]}{variant})'
-        lines.append(f'| {label} | x{model.scaling_factor} | {" | ".join(cell(m) for m in means)} | {seconds:.3f} '
+        lines.append(f'| {label} | x{model.scaling_factor} | {cells} | {f"{np.mean(seconds):.3f}" if seconds else "-"} '
                      f'| this eval.py, --protocol {protocol}, {lr_kernel} LR |')
+    return '\n'.join(lines + published_rows(models, [standard for _, standard in columns], protocol))
 
+
+def mean_cell(rows):
+    """'PSNR / SSIM', the means over `rows` (one model, one test set), with '(n of N images)' when some were
+    skipped: such a mean is not the test set's."""
+    done = [r for r in rows if not r['skipped']]
+    cell = f'{np.mean([r["psnr"] for r in done]):.2f} / {np.mean([r["ssim"] for r in done]):.4f}' if done else '-'
+    return cell if len(done) == len(rows) else f'{cell} ({len(done)} of {len(rows)} image{"s" * (len(rows) > 1)})'
+
+
+def published_rows(models, standard_sets, protocol):
+    """Table rows of the numbers published at x4 for the kinds of model present, in the columns whose test set
+    is a standard one (standard_sets: its name or None per column)."""
+    if not any(standard_sets):
+        return []
     kinds = [kind for kind in KIND_NAMES if any(m.kind == kind and m.scaling_factor == 4 for m in models)]
-    canonical = [SET_ALIASES.get(name.lower()) for name in dataset_names]
-    if any(canonical):
-        for source in ('paper', 'tutorial') if protocol == 'tutorial' else ('paper',):
-            who, table = REFERENCES[source]
-            for kind in kinds:
-                if kind in table:
-                    cells = ' | '.join(cell(table[kind].get(name)) for name in canonical)
-                    lines.append(f'| *{KIND_NAMES[kind]} ({source})* | x4 | {cells} | | {who} |')
-    return '\n'.join(lines)
+    lines = []
+    for source in ('paper', 'tutorial') if protocol == 'tutorial' else ('paper',):
+        who, table = REFERENCES[source]
+        for kind in [kind for kind in kinds if kind in table]:
+            values = [table[kind].get(name) for name in standard_sets]
+            cells = ' | '.join(f'{v[0]:.2f} / {v[1]:.4f}' if v else '-' for v in values)
+            lines.append(f'| *{KIND_NAMES[kind]} ({source})* | x4 | {cells} | | {who} |')
+    return lines
+
+
+def test_set_digest(paths):
+    """sha256 of a test set's pixels as they are measured at x4 (8-bit RGB, cropped top-left to a multiple of 4),
+    image by image, sorted: the same images give the same digest whatever their file names, formats or order.
+    None when an image cannot be read."""
+    digests = []
+    for path in paths:
+        try:
+            img = crop_to_multiple(load_image(path), 4)  # PIL RGB
+        except ImageLoadError:
+            return None
+        digests.append(hashlib.sha256(f'{img.width}x{img.height}'.encode() + img.tobytes()).hexdigest())
+    return hashlib.sha256(''.join(sorted(digests)).encode()).hexdigest()
+
+
+def standard_set(name, paths):
+    """'Set5', 'Set14' or 'BSD100' when `paths` hold that standard test set, by its pixels, else None: what the
+    published numbers were measured on. A set named like one that holds other images gets a note saying so."""
+    for standard, (count, digest) in STANDARD_DIGESTS.items():
+        if len(paths) == count and test_set_digest(paths) == digest:
+            return standard
+    if name.lower() in SET_ALIASES:
+        print(f'note: {name} is not the standard {SET_ALIASES[name.lower()]} (other images), so the published '
+              f'numbers are not printed beside it', file=sys.stderr)
+    return None
+
+
+def report_problems(model_problems, rows):
+    """After the table: one 'error:' line per model and test image skipped (stderr), then a one-line summary as the
+    exit message (status 1). Nothing when there were none."""
+    image_problems = list(dict.fromkeys(f'{r["skipped"]}; left out of {r["dataset"]}: replace it or remove it from '
+                                        f'the test set' for r in rows if r['skipped']))
+    if not model_problems and not image_problems:
+        return
+    for problem in model_problems + image_problems:
+        print(f'error: {problem}', file=sys.stderr)
+    counts = [f'{n} {what}{"" if n == 1 else "s"}'
+              for n, what in ((len(image_problems), 'image'), (len(model_problems), 'model')) if n]
+    marked = ', and marks each mean over fewer images "(n of N images)"' if image_problems else ''
+    them = 'it' if len(image_problems) + len(model_problems) == 1 else 'them'
+    raise SystemExit(f'error: {" and ".join(counts)} skipped; the table above leaves {them} out{marked}')
 
 
 def write_csv(rows, path):
@@ -299,12 +406,15 @@ def check_outputs(csv_path, save_dir):
             raise SystemExit(f'error: --save-dir {save_dir}: not writable; pass a folder you can write to')
 
 
-def main():
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('models', nargs='*', metavar='MODEL',
                         help="checkpoints (train_srresnet.py's, train_srgan.py's, the tutorial's with "
-                             "--unsafe-pickle) and/or 'bicubic' [default: bicubic and those of "
-                             f"{', '.join(DEFAULT_CHECKPOINTS)} that exist]")
+                             "--unsafe-pickle) and/or 'bicubic'; one that cannot be loaded is skipped (reported at "
+                             "the end) [default: bicubic and those that exist of the shipped "
+                             f"{', '.join(SHIPPED_CHECKPOINTS)} (in the repo, wherever eval.py is run from) and "
+                             f"{', '.join(RUN_CHECKPOINTS)} (under the current folder, where the trainers write "
+                             "them)]")
     parser.add_argument('--test-sets', nargs='+', default=None, metavar='NAME',
                         help='test lists in --data-folder (Set5 -> Set5_test_images.json) [default: every list '
                              'there, unless --test-folders is given]')
@@ -319,45 +429,59 @@ def main():
     parser.add_argument('--scale', type=int, choices=[2, 3, 4, 8], default=None,
                         help="bicubic's upscaling factor [default: the first checkpoint's, else 4]; checkpoints "
                              'always run at their own scale')
-    parser.add_argument('--tile', type=int, default=DEFAULT_TILE,
-                        help=f'LR tile side for inference in bounded memory; 0: whole images [default: {DEFAULT_TILE}]')
-    parser.add_argument('--tile-overlap', type=int, default=DEFAULT_TILE_OVERLAP,
-                        help=f'LR pixels shared by neighbouring tiles [default: {DEFAULT_TILE_OVERLAP}]')
+    parser.add_argument('--tile', type=number(int, minimum=0), default=DEFAULT_TILE,
+                        help=f'LR tile side for inference in bounded memory, at least {MIN_TILE}; 0: whole images '
+                             f'[default: {DEFAULT_TILE}]')
+    parser.add_argument('--tile-overlap', type=number(int, minimum=0), default=None,
+                        help=f'LR pixels shared by neighbouring tiles, from {MIN_TILE_OVERLAP} to half the tile '
+                             f'[default: {DEFAULT_TILE_OVERLAP}, or half the tile when less]')
     parser.add_argument('--device', default='auto', help="'auto' (CUDA, then MPS, then CPU), 'cpu', 'cuda:1', ...")
     parser.add_argument('--amp', action='store_true',
                         help='autocast (bf16 where supported, else fp16): faster, numbers may move ~0.01 dB')
-    parser.add_argument('--workers', type=int, default=2, help='DataLoader processes making LR images (0: none)')
-    parser.add_argument('--csv', default=None, metavar='PATH', help='also write one row per model and image here')
+    parser.add_argument('--workers', type=number(int, minimum=0), default=2,
+                        help='DataLoader processes making LR images (0: none)')
+    parser.add_argument('--csv', default=None, metavar='PATH',
+                        help='also write one row per model and image here (a skipped image: no numbers, and why)')
     parser.add_argument('--save-dir', default=None, metavar='DIR',
                         help='save SR images as DIR/<model>/<test set>/<image>.png')
     parser.add_argument('--unsafe-pickle', action='store_true',
                         help="load the original tutorial's pickled checkpoints (this runs code from the file: only "
                              'for files you trust)')
     args = parser.parse_args()
-    if args.tile < 0 or args.tile_overlap < 0 or args.workers < 0:
-        raise SystemExit('error: --tile, --tile-overlap and --workers must be 0 or more')
+    try:
+        args.tile, args.tile_overlap = tiling(args.tile, args.tile_overlap)
+    except ValueError as e:
+        parser.error(str(e))
+    return args
+
+
+def main():
+    args = parse_args()
     lr_kernel = args.lr_kernel or ('matlab' if args.protocol == 'paper' else 'pillow')
     check_outputs(args.csv, args.save_dir)
 
     device = pick_device(args.device)
     amp_dtype = autocast_dtype(device) if args.amp else None
     if args.amp and amp_dtype is None:
-        print(f'note: --amp: no fast autocast dtype on {device}, running in fp32')
+        print(f'note: --amp: no fast autocast dtype on {device}, running in fp32', file=sys.stderr)
     test_sets = test_sets_to_run(args)
-    models = load_models(args.models or default_models(), args, device, amp_dtype)
+    models, model_problems = load_models(args.models or default_models(), args, device, amp_dtype)
+    columns = [(name, standard_set(name, paths)) for name, paths in test_sets]
 
     rows = evaluate(models, test_sets, args.protocol, lr_kernel, args.workers, args.save_dir)
 
-    print(f'\nProtocol {args.protocol}: {EVAL_PROTOCOLS[args.protocol]}.')
+    # stdout: the results alone (python eval.py > table.md); notes and errors go to stderr
+    print(f'Protocol {args.protocol}: {EVAL_PROTOCOLS[args.protocol]}.')
     precision = f'autocast {str(amp_dtype).split(".")[-1]}' if amp_dtype else 'fp32'
     print(f'LR images: {LR_KERNELS[lr_kernel]} of the HR; device {device}, {precision}.\n')
-    print(markdown_table(models, [name for name, _ in test_sets], rows, args.protocol, lr_kernel))
+    print(markdown_table(models, columns, rows, args.protocol, lr_kernel))
     if args.csv:
         write_csv(rows, args.csv)
         print(f'\nper-image results: {args.csv}')
     if args.save_dir:
         print(f'SR images: {args.save_dir}/')
+    report_problems(model_problems, rows)
 
 
 if __name__ == '__main__':
-    main()
+    run_main(main)

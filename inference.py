@@ -47,7 +47,8 @@ def load_generator(path, device='cpu', allow_unsafe_pickle=False, checkpoint=Non
         model = SRResNet(**config)
         model.load_state_dict(state_dict)
     except (RuntimeError, ValueError) as e:
-        raise CheckpointError(f'{path}: weights do not fit SRResNet({config}): {str(e).splitlines()[0]}') from None
+        raise CheckpointError(f'{path}: weights do not fit SRResNet({config}): {str(e).splitlines()[0]}; pass a '
+                              f'checkpoint written by train_srresnet.py or train_srgan.py') from None
     return model.to(device).eval()
 
 

@@ -44,7 +44,7 @@ from checkpoints import CheckpointError
 from inference import (DEFAULT_MODEL, DEFAULT_TILE, DEFAULT_TILE_OVERLAP, MIN_TILE, MIN_TILE_OVERLAP, load_upscaler,
                        tiling)
 from utils import (IMAGE_EXTENSIONS, ImageLoadError, WriteError, atomic_path, convert_image, crop_to_multiple,
-                   downsample, load_image, number, pick_device, read_image)
+                   downsample, load_image, number, pick_device, read_image, run_main)
 
 DEFAULT_OUTPUT_DIR = 'results'
 MIN_INPUT_SIZE = 8  # smaller inputs are mostly padding for the 9x9 kernels: a thumbnail given by mistake
@@ -620,4 +620,4 @@ def load_upscalers(args):
 
 
 if __name__ == '__main__':
-    main()
+    run_main(main)

@@ -33,7 +33,7 @@ from checkpoints import CheckpointError, generator_of, load_checkpoint
 from models import Discriminator, Generator, TruncatedVGG19, VGGWeightsUnavailable
 from training import (TrainingState, make_grad_scaler, make_optimizer, prepare_model, setup_run, train_loop,
                       training_argument_parser)
-from utils import convert_image, number
+from utils import convert_image, number, run_main
 
 VGG_FEATURE_SCALE = 1 / 12.75  # the paper rescales the VGG feature maps by this before the MSE
 CONTENT_LAYERS = {'vgg54': (5, 4), 'vgg22': (2, 2)}  # phi(i, j): j-th conv (after ReLU) before the i-th max-pool
@@ -226,4 +226,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_main(main)

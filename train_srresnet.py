@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from models import SRResNet
 from training import (TrainingState, freeze_batchnorm, make_grad_scaler, make_optimizer, prepare_model, setup_run,
                       train_loop, training_argument_parser)
-from utils import number
+from utils import number, run_main
 
 
 def get_args(argv=None):
@@ -82,4 +82,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_main(main)

@@ -20,6 +20,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import warnings
 
 import numpy as np
@@ -352,6 +353,16 @@ def seed_everything(seed):
 
 # ----------------------------------------------------------------------------------------------------------------
 # Flags
+
+def run_main(main):
+    """Run a script's main(): Ctrl-C ends it with one line and exit status 130 (128 + SIGINT), not a traceback.
+    What it wrote is whole: every file is written atomically."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        print('\nstopped (Ctrl-C)', file=sys.stderr)
+        raise SystemExit(130) from None
+
 
 def number(kind, minimum=None, above=None, below=None):
     """An argparse type: a finite int or float (`kind`) >= minimum, > above and < below (None: no bound), so a bad

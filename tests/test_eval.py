@@ -302,7 +302,7 @@ def test_command_line_errors_are_one_line(tmp_path, monkeypatch, capsys):
     (tmp_path / 'x.png').write_bytes(b'')
     for args, message in ((['missing.pt', '--test-folders', str(tmp_path)], 'missing.pt: no such checkpoint'),
                           (['bicubic', '--test-sets', 'Set5', '--data-folder', str(tmp_path)], 'Set5_test_images.json'),
-                          (['bicubic', '--test-folders', str(tmp_path), '--workers', '0'], 'x.png: not an image')):
+                          (['bicubic', '--test-folders', str(tmp_path), '--workers', '0'], '1 image skipped')):
         monkeypatch.setattr(sys, 'argv', ['eval.py', *args])
         with pytest.raises(SystemExit) as exit_info:  # Python prints a string exit code as one line, status 1
             eval_py.main()
@@ -311,23 +311,32 @@ def test_command_line_errors_are_one_line(tmp_path, monkeypatch, capsys):
 
 
 def test_a_fresh_checkout_evaluates_the_demo_set(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys, 'argv', ['eval.py', 'bicubic', '--data-folder', str(tmp_path / 'none'), '--workers', '0'])
+    monkeypatch.setattr(sys, 'argv', ['eval.py', 'bicubic', '--data-folder', str(tmp_path / 'none'), '--workers', '0',
+                                      '--csv', str(tmp_path / 'rows.csv')])
     eval_py.main()
-    out = capsys.readouterr().out
-    assert 'the demo set' in out and '| bicubic | x4 | ' in out and 'demo PSNR / SSIM' in out
+    out, err = capsys.readouterr()
+    assert '| bicubic | x4 | ' in out and 'demo PSNR / SSIM' in out
+    assert 'the demo set' in err  # a note: stderr, so that `python eval.py > table.md` holds the results alone
+    assert_results_alone(out, [f'per-image results: {tmp_path / "rows.csv"}'])
+
+
+def assert_results_alone(stdout, written=()):
+    """stdout holds the table's caption (protocol, LR images), the table, and the files written: no notes."""
+    for line in stdout.splitlines():
+        assert (not line or line.startswith(('Protocol ', 'LR images: ', '|')) or line in written), line
 
 
 def test_eval_goes_through_the_upscaler_and_retries_out_of_memory(tiny_checkpoint, tmp_path, capsys):
     network = load_generator(tiny_checkpoint)
 
-    Image.fromarray(_photo(128, 160).permute(1, 2, 0).numpy()).save(tmp_path / 'a.png')  # LR 32 x 40
+    Image.fromarray(_photo(256, 320).permute(1, 2, 0).numpy()).save(tmp_path / 'a.png')  # LR 64 x 80
     test_sets = [('t', [str(tmp_path / 'a.png')])]
-    small = Upscaler(SmallMemory(network, 24 * 24), 4, tile=None, tile_overlap=4)
+    small = Upscaler(SmallMemory(network, 48 * 48), 4, tile=None, tile_overlap=16)
     rows = eval_py.evaluate([eval_py.Model('small', 'srresnet', 4, small)], test_sets)
-    assert 'out of memory; trying again with --tile 20' in capsys.readouterr().err
-    tiled = Upscaler(network, 4, tile=20, tile_overlap=4)
+    assert 'out of memory; trying again with --tile 40' in capsys.readouterr().err
+    tiled = Upscaler(network, 4, tile=40, tile_overlap=16)
     expected = eval_py.evaluate([eval_py.Model('tiled', 'srresnet', 4, tiled)], test_sets)
-    assert rows[0]['psnr'] == pytest.approx(expected[0]['psnr'], abs=1e-9)  # the same tiles as --tile 20
+    assert rows[0]['psnr'] == pytest.approx(expected[0]['psnr'], abs=1e-9)  # the same tiles as --tile 40
 
 
 def test_unwritable_csv_and_save_dir_are_one_line_errors(tmp_path, monkeypatch):
@@ -342,3 +351,152 @@ def test_unwritable_csv_and_save_dir_are_one_line_errors(tmp_path, monkeypatch):
         assert message in exit_info.value.code and '\n' not in exit_info.value.code
     with pytest.raises(SystemExit, match='error: --csv .*: cannot write it'):  # and when writing, should it fail
         eval_py.write_csv([{'psnr': 1.0}], str(tmp_path / 'a_file' / 'rows.csv'))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad inputs are skipped and reported at the end; defaults from any folder; the published rows; stdout and stderr
+
+def _save(img_uint8, path):
+    """(3, H, W) uint8 -> an image file at `path`."""
+    Image.fromarray(img_uint8.permute(1, 2, 0).numpy()).save(path)
+    return path
+
+
+def _run(monkeypatch, capsys, *args):
+    """eval.py ARGS --workers 0, in this process -> (the exit message, None when it ended well; stdout; stderr).
+    Anything but a SystemExit (a traceback) fails the test."""
+    monkeypatch.setattr(sys, 'argv', ['eval.py', *map(str, args), '--workers', '0'])
+    try:
+        eval_py.main()
+        code = None
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _bad_checkpoints(folder):
+    """Checkpoints that cannot be loaded -> {path: what the error line says}."""
+    torch.manual_seed(0)
+    (folder / 'empty.pt').write_bytes(b'')
+    (folder / 'notes.pt').write_text('not a checkpoint\n')
+    torch.save({'epoch': 1, 'model': SRResNet(n_channels=8, n_blocks=1)}, folder / 'tutorial.pth.tar')  # pickled
+    save_checkpoint({'kind': 'srgan', 'discriminator': {'w': torch.zeros(1)}}, folder / 'discriminator.pt')
+    save_checkpoint({'kind': 'srresnet', 'model': {'conv.weight': torch.zeros(1)}}, folder / 'other_net.pt')
+    return {folder / 'missing.pt': 'no such checkpoint file', folder / 'empty.pt': 'not a PyTorch checkpoint',
+            folder / 'notes.pt': 'not a PyTorch checkpoint', folder / 'tutorial.pth.tar': '--unsafe-pickle',
+            folder / 'discriminator.pt': 'no generator weights', folder / 'other_net.pt': 'not an SRResNet'}
+
+
+def test_bad_images_and_models_are_skipped_and_reported_at_the_end(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / 'mine'
+    folder.mkdir()
+    good = [_save(_photo(40, 48, seed), folder / f'good{seed}.png') for seed in (1, 2)]
+    bad_images = [folder / 'truncated.png', folder / 'text.png', folder / 'small.png', tmp_path / 'gone.png']
+    bad_images[0].write_bytes(good[0].read_bytes()[:300])
+    bad_images[1].write_text('not an image')
+    _save(_photo(12, 16), bad_images[2])  # x4 measures 20 px a side at least: 4 px of border, an 11 px window
+    (tmp_path / 'listed_test_images.json').write_text(json.dumps([str(good[1]), str(bad_images[3])]))  # gone.png
+    bad_models = _bad_checkpoints(tmp_path)
+
+    code, out, err = _run(monkeypatch, capsys, 'bicubic', *bad_models, tiny_checkpoint, '--test-sets', 'listed',
+                          '--data-folder', tmp_path, '--test-folders', folder, '--csv', tmp_path / 'rows.csv')
+    assert code == ('error: 4 images and 6 models skipped; the table above leaves them out, and marks each mean '
+                    'over fewer images "(n of N images)"')
+    errors = [line for line in err.splitlines() if line.startswith('error: ')]
+    assert len(errors) == 10 and 'Traceback' not in err
+    for path, words in bad_models.items():
+        (line,) = [line for line in errors if line.startswith(f'error: {path}')]
+        assert words in line, line
+    for path in bad_images:
+        (line,) = [line for line in errors if line.startswith(f'error: {path}: ')]
+        assert line.endswith(': replace it or remove it from the test set'), line
+
+    with open(tmp_path / 'rows.csv') as f:
+        rows = list(csv.DictReader(f))
+    skipped = [(r['model'], r['dataset'], r['image']) for r in rows if r['skipped']]
+    assert len(skipped) == 2 * 4 and all(r['psnr'] == r['ssim'] == '' for r in rows if r['skipped'])
+    assert {r['model'] for r in rows} == {'bicubic', str(tiny_checkpoint)}
+    table = [line for line in out.splitlines() if line.startswith('| ')][1:]  # the rows under the header
+    assert len(table) == 2  # the models that loaded
+    for line, model in zip(table, ('bicubic', str(tiny_checkpoint))):
+        mine = [r for r in rows if r['model'] == model and not r['skipped']]
+        listed = np.mean([float(r['psnr']) for r in mine if r['dataset'] == 'listed'])
+        folder_mean = np.mean([float(r['psnr']) for r in mine if r['dataset'] == 'mine'])
+        assert f' | {listed:.2f} / ' in line and f' (1 of 2 images) | {folder_mean:.2f} / ' in line, line
+        assert line.count('(2 of 5 images)') == 1, line
+    assert_results_alone(out, [f'per-image results: {tmp_path / "rows.csv"}'])
+
+
+def test_when_no_model_loads_that_is_one_line(tmp_path, monkeypatch, capsys):
+    _save(_photo(40, 48), tmp_path / 'a.png')
+    missing, empty = tmp_path / 'missing.pt', tmp_path / 'empty.pt'
+    empty.write_bytes(b'')
+    code, out, err = _run(monkeypatch, capsys, missing, empty, '--test-folders', tmp_path)
+    assert isinstance(code, str) and '\n' not in code
+    assert code.startswith('error: none of the 2 models could be loaded: (1) ')
+    assert f'{missing}: no such checkpoint file' in code and f'{empty}: not a PyTorch checkpoint' in code
+    assert out == '' and 'error' not in err
+
+
+def test_a_broken_test_list_is_one_line(tmp_path, monkeypatch, capsys):
+    for name, text in (('broken', '["a.png", '), ('numbers', '[1, 2]')):
+        list_path = tmp_path / f'{name}_test_images.json'
+        list_path.write_text(text)
+        code, _, _ = _run(monkeypatch, capsys, 'bicubic', '--test-sets', name, '--data-folder', tmp_path)
+        assert isinstance(code, str) and code.startswith(f'error: {list_path}: ') and '\n' not in code
+        assert code.endswith('write it again with `python create_data_lists.py`')
+
+
+def test_default_models_are_the_repos_weights_and_the_runs_here_from_any_folder(tiny_checkpoint, tmp_path,
+                                                                               monkeypatch, capsys):
+    """Run from another folder, eval.py finds the weights shipped in the repo, and ./runs of the folder it runs in
+    (the trainers' default --output-dir is relative to theirs too)."""
+    shipped = REPO / 'weights' / 'srresnet_x4.pt'
+    assert shipped.is_file()
+    (tmp_path / 'runs' / 'srresnet').mkdir(parents=True)
+    (tmp_path / 'runs' / 'srresnet' / 'best.pt').write_bytes(tiny_checkpoint.read_bytes())
+    (tmp_path / 'images').mkdir()
+    _save(_photo(40, 48), tmp_path / 'images' / 'a.png')
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _run(monkeypatch, capsys, '--test-folders', 'images', '--csv', 'rows.csv')
+    assert code is None
+    with open(tmp_path / 'rows.csv') as f:
+        assert [r['model'] for r in csv.DictReader(f)] == ['bicubic', str(shipped), 'runs/srresnet/best.pt']
+    assert f'| {shipped} (SRResNet) | x4 | ' in out and '| runs/srresnet/best.pt (SRResNet) | x4 | ' in out
+    assert f'models: bicubic, {shipped}, runs/srresnet/best.pt (none named' in err  # a note: stderr
+    assert_results_alone(out, ['per-image results: rows.csv'])
+
+
+def test_no_published_rows_beside_a_folder_of_other_images_named_set5(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / 'Set5'
+    folder.mkdir()
+    for seed, name in enumerate(('baby', 'bird', 'butterfly', 'head', 'woman')):  # Set5's names, other pixels
+        _save(_photo(40, 48, seed), folder / f'{name}.png')
+    code, out, err = _run(monkeypatch, capsys, 'bicubic', '--test-folders', folder)
+    assert code is None and '| bicubic | x4 | ' in out and '| model | scale | Set5 PSNR / SSIM |' in out
+    assert '(paper)' not in out and 'Ledig' not in out
+    assert 'note: Set5 is not the standard Set5' in err
+
+
+def test_the_standard_test_sets_are_recognised_by_their_pixels(shared_data, tmp_path, monkeypatch, capsys):
+    for name in eval_py.STANDARD_TEST_SETS:
+        assert eval_py.standard_set(name, sorted(str(p) for p in (shared_data / name).iterdir())) == name
+    # whatever the folder's name, the files' names and format; pixels beyond a multiple of 4 are not measured
+    copy = tmp_path / 'my copy'
+    copy.mkdir()
+    for i, path in enumerate(sorted((shared_data / 'Set5').glob('*.png'))):
+        img = np.asarray(Image.open(path))
+        if i == 0:
+            img = np.concatenate([img, img[-1:]], axis=0)  # one more row: 513 x 512, cropped back to 512 at x4
+        Image.fromarray(img).save(copy / f'{i}.bmp')
+    paths = sorted(str(p) for p in copy.iterdir())
+    assert eval_py.standard_set('my copy', paths) == 'Set5'
+    code, out, _ = _run(monkeypatch, capsys, 'bicubic', '--test-folders', copy)
+    assert code is None and '| *bicubic (paper)* | x4 | 28.43 / 0.8211 | | Ledig et al. 2017, Table 2 |' in out
+    # four of its images, or one pixel changed: not the set the published numbers were measured on
+    assert eval_py.standard_set('Set5', paths[1:]) is None
+    img = np.asarray(Image.open(paths[1])).copy()
+    img[10, 10] ^= 1
+    Image.fromarray(img).save(paths[1])
+    assert eval_py.standard_set('Set5', paths) is None

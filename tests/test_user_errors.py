@@ -295,3 +295,18 @@ def test_resuming_srgan_with_another_loss_is_refused(demo_data, tmp_path):
         with pytest.raises(SystemExit, match=f'error: the run being resumed trains with {message}'):
             train_srgan.main([*args, *flags, '--iterations', '2', '--resume', 'auto', '--vgg-weights', 'none'])
     assert load_checkpoint(tmp_path / 'last.pt')['iteration'] == 1
+
+
+@pytest.mark.parametrize('script', ['train_srresnet.py', 'train_srgan.py', 'eval.py', 'super_resolve.py',
+                                    'create_data_lists.py', 'checkpoints.py'])
+def test_ctrl_c_anywhere_in_a_script_is_one_line(script, capsys):
+    """Every script runs its main() through utils.run_main: Ctrl-C (also a training run's second one, which stops
+    without saving) is 'stopped (Ctrl-C)' and exit status 130, not a KeyboardInterrupt traceback."""
+    from utils import run_main
+    assert (REPO / script).read_text().rstrip().endswith("if __name__ == '__main__':\n    run_main(main)")
+
+    def interrupted():
+        raise KeyboardInterrupt
+    with pytest.raises(SystemExit) as stop:
+        run_main(interrupted)
+    assert stop.value.code == 130 and capsys.readouterr().err.strip() == 'stopped (Ctrl-C)'
