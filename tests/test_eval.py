@@ -383,8 +383,8 @@ def _bad_checkpoints(folder):
     torch.save({'epoch': 1, 'model': SRResNet(n_channels=8, n_blocks=1)}, folder / 'tutorial.pth.tar')  # pickled
     save_checkpoint({'kind': 'srgan', 'discriminator': {'w': torch.zeros(1)}}, folder / 'discriminator.pt')
     save_checkpoint({'kind': 'srresnet', 'model': {'conv.weight': torch.zeros(1)}}, folder / 'other_net.pt')
-    return {folder / 'missing.pt': 'no such checkpoint file', folder / 'empty.pt': 'not a PyTorch checkpoint',
-            folder / 'notes.pt': 'not a PyTorch checkpoint', folder / 'tutorial.pth.tar': '--unsafe-pickle',
+    return {folder / 'missing.pt': 'no such checkpoint file', folder / 'empty.pt': 'is an empty file (0 bytes)',
+            folder / 'notes.pt': 'is a text file', folder / 'tutorial.pth.tar': '--unsafe-pickle',
             folder / 'discriminator.pt': 'no generator weights', folder / 'other_net.pt': 'not an SRResNet'}
 
 
@@ -435,7 +435,7 @@ def test_when_no_model_loads_that_is_one_line(tmp_path, monkeypatch, capsys):
     code, out, err = _run(monkeypatch, capsys, missing, empty, '--test-folders', tmp_path)
     assert isinstance(code, str) and '\n' not in code
     assert code.startswith('error: none of the 2 models could be loaded: (1) ')
-    assert f'{missing}: no such checkpoint file' in code and f'{empty}: not a PyTorch checkpoint' in code
+    assert f'{missing}: no such checkpoint file' in code and f'{empty} is an empty file (0 bytes)' in code
     assert out == '' and 'error' not in err
 
 

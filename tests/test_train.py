@@ -150,7 +150,7 @@ def test_short_srgan_run_from_the_srresnet_with_lr_decay(srresnet_run, demo_data
     # resumed (the generator comes from the run now, not from --srresnet-checkpoint): the schedule carries on;
     # with --ema-decay the average starts from the resumed generator and is what the checkpoint serves
     run_script('train_srgan.py', '--data-folder', demo_data, '--output-dir', output_dir, *SMALL,
-               '--srresnet-checkpoint', 'nowhere.pt', '--vgg-weights', 'none', '--content-loss', 'vgg22',
+               '--srresnet-checkpoint', 'nowhere.pt', '--vgg-weights', 'none',
                '--iterations', 4, '--lr-decay-at', 2, '--val-set', 'none', '--resume', 'auto', '--ema-decay', 0.5)
     assert [row['lr'] for row in train_rows(output_dir)] == [1e-4, 1e-4, 1e-5, 1e-5]
     resumed = load_checkpoint(output_dir / 'last.pt')
@@ -291,20 +291,6 @@ def test_ddp_two_processes_gloo(demo_data, tmp_path):
     torchrun('--iterations', 5, '--resume', 'auto')
     assert [row['iteration'] for row in train_rows(output_dir)] == [1, 2, 3, 4, 5]
     assert load_checkpoint(output_dir / 'last.pt')['iteration'] == 5
-
-
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(demo_data, tmp_path):
-    # lr 1e30: after one Adam step the weights are ~1e30 and the next forward overflows to inf/NaN
-    result = run_script('train_srresnet.py', '--data-folder', demo_data, '--output-dir', tmp_path, *SMALL,
-                        '--n-blocks', '1', '--iterations', 6, '--checkpoint-every', 1, '--val-set', 'none',
-                        '--lr', 1e30, check=False)
-    assert result.returncode != 0
-    message = last_line(result)
-    assert message.startswith('error: non-finite loss at iteration') and 'last good state' in message
-    stopped_at = int(message.split('iteration ')[1].split(';')[0])
-    checkpoint = load_checkpoint(tmp_path / 'last.pt')
-    assert checkpoint['iteration'] == stopped_at - 1
-    assert all(torch.isfinite(v).all() for v in checkpoint['model'].values())
 
 
 def test_tutorial_pickles_need_unsafe_pickle(demo_data, tmp_path):
