@@ -4,7 +4,9 @@ the endless, resumable, rank-sharded stream of training samples that the trainer
 lists are found (image folders, the test lists of a data folder, the demo photos shipped with scikit-image).
 """
 
+import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -14,7 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from utils import IMAGE_EXTENSIONS, ImageTransforms, load_image
+from utils import IMAGE_EXTENSIONS, ImageTransforms, atomic_path, load_image
 
 # The embedded default: natural photos that scikit-image's wheel ships, so the pipeline runs with no download.
 DEMO_TRAIN_IMAGES = ['coffee.png', 'rocket.jpg', 'motorcycle_left.png', 'hubble_deep_field.jpg', 'ihc.png',
@@ -117,6 +119,102 @@ class InfiniteSampler(Sampler):
 
     def __len__(self):  # what DataLoader asks of samplers; the stream itself never ends
         return 2 ** 62
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The training stream at speed: images decoded once, HR crops as uint8, the LR made on the training device
+
+class TrainingCrops(Dataset):
+    """Random HR training crops as uint8, for the LR to be made in batches on the training device (see
+    utils.downsample_batch): index (image index, crop seed), as InfiniteSampler yields them -> ((crop, crop, 3) uint8
+    tensor, flip/rotation code 0-7 for utils.transpose_batch; always 0 without augment). The crop's position and code
+    come from random.Random(crop_seed) in the order SRDataset draws them, so both cut the same crops.
+    images: an ImageCache (decoded once), or the image paths (decoded on every call: run it in DataLoader workers)."""
+
+    def __init__(self, images, crop_size, augment=False):
+        self.images, self.crop_size, self.augment = images, crop_size, augment
+        self.names = images.names if isinstance(images, ImageCache) else images
+
+    def __len__(self):
+        return len(self.names)
+
+    def __getitem__(self, index):
+        i, crop_seed = index
+        img = self.images[i] if isinstance(self.images, ImageCache) else np.asarray(load_image(self.images[i]))
+        (height, width), size = img.shape[:2], self.crop_size
+        if width < size or height < size:
+            raise ValueError(f'{self.names[i]}: {width}x{height} is smaller than the {size}x{size} training crop; '
+                             f'rebuild the data lists with a larger --min-size')
+        rng = random.Random(crop_seed)
+        left, top = rng.randint(0, width - size), rng.randint(0, height - size)
+        code = rng.randrange(8) if self.augment else 0
+        return torch.from_numpy(np.ascontiguousarray(img[top:top + size, left:left + size])), code
+
+
+class ImageCache:
+    """Images decoded once (utils.load_image: RGB, 8 bits) into one file of their pixels, one after the other, that
+    every process memory-maps: DataLoader workers and the DDP ranks of a machine share its pages through the
+    operating system, nothing is copied per process, and no crop decodes a file again.
+    cache[i]: image i as a read-only (H, W, 3) uint8 array. Build it with ImageCache.build."""
+
+    def __init__(self, path):
+        with open(path + '.json') as f:
+            index = json.load(f)
+        self.path, self.names, self.shapes, self.offsets = path, index['names'], index['shapes'], index['offsets']
+        self.made_from = index['key']  # see ImageCache.key
+        self.pixels = np.memmap(path, dtype=np.uint8, mode='r')
+
+    def __len__(self):
+        return len(self.names)
+
+    def __getitem__(self, i):
+        (height, width), start = self.shapes[i], self.offsets[i]
+        return self.pixels[start:start + height * width * 3].reshape(height, width, 3)
+
+    @property
+    def nbytes(self):
+        return self.pixels.size
+
+    @staticmethod
+    def key(paths):
+        """What the cache was made from: the paths with their sizes and modification times."""
+        stats = [(path, os.stat(path).st_size, os.stat(path).st_mtime_ns) for path in paths]
+        return hashlib.sha256(json.dumps(stats).encode()).hexdigest()
+
+    @classmethod
+    def build(cls, paths, path):
+        """Decode `paths` into the cache file `path` (and its index, path + '.json'), unless one made from the same
+        files is there already; both written atomically. -> ImageCache."""
+        key = cls.key(paths)
+        try:
+            cache = cls(path)
+            if cache.made_from == key and cache.nbytes == cache.offsets[-1] + 3 * math.prod(cache.shapes[-1]):
+                return cache
+        except (OSError, ValueError, KeyError, AttributeError):
+            pass  # none yet, or an old or partial one: made again
+        shapes, offsets, offset = [], [], 0
+        with atomic_path(path) as tmp_path, open(tmp_path, 'wb') as f:
+            for image_path in paths:
+                pixels = np.asarray(load_image(image_path))  # (H, W, 3) uint8
+                f.write(pixels.tobytes())
+                shapes.append(pixels.shape[:2])
+                offsets.append(offset)
+                offset += pixels.size
+        with atomic_path(path + '.json') as tmp_path, open(tmp_path, 'w') as f:
+            json.dump({'key': key, 'names': list(paths), 'shapes': shapes, 'offsets': offsets}, f)
+        return cls(path)
+
+
+def decoded_size(paths, budget):
+    """Bytes the images take decoded as RGB (H * W * 3, from their headers alone), or None as soon as the sum passes
+    `budget` (a set of 350k ImageNet photos is not read to the end)."""
+    total = 0
+    for path in paths:
+        with Image.open(path) as img:
+            total += img.width * img.height * 3
+        if total > budget:
+            return None
+    return total
 
 
 # ----------------------------------------------------------------------------------------------------------------

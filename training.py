@@ -31,13 +31,16 @@ from tqdm import tqdm
 import speedups
 from checkpoints import (CheckpointError, PickledCheckpointError, generator_state_dict, load_checkpoint,
                          save_checkpoint)
-from datasets import InfiniteSampler, SRDataset, test_set_names
+from datasets import ImageCache, InfiniteSampler, SRDataset, TrainingCrops, decoded_size, test_set_names
 from inference import Upscaler
 from metrics import evaluate_image
-from utils import (ImageLoadError, WriteError, atomic_path, autocast_dtype, convert_image, number, pick_device,
-                   seed_everything)
+from utils import (ImageLoadError, WriteError, atomic_path, autocast_dtype, convert_image, downsample_batch, number,
+                   pick_device, seed_everything, transpose_batch)
 
 CHECKPOINT_FILE, BEST_CHECKPOINT_FILE, LOG_FILE = 'last.pt', 'best.pt', 'log.jsonl'
+CACHE_FILE = 'train_images.cache'  # the decoded training images (datasets.ImageCache), beside train_images.json
+CACHE_RAM_FRACTION = 0.5  # --image-cache auto decodes once when the decoded images take at most this share of RAM
+
 # flags that may differ when resuming; a run continued with another value of one of these is noted as such
 NOTED_ON_RESUME = ('batch_size', 'crop_size', 'seed', 'lr', 'beta1', 'lr_decay_at', 'blur_sigma', 'augment',
                    'no_amp', 'ema_decay')
@@ -76,10 +79,17 @@ def training_argument_parser(description, output_dir, iterations, lr_decay_at):
         help='Gaussian blur (sigma in HR pixels) before bicubic downsampling; 0: none, as the paper')
     add('--augment', action='store_true',
         help='flip and rotate the training crops by multiples of 90 degrees (not in the paper)')
-    add('--workers', type=number(int, minimum=0), default=min(4, os.cpu_count() or 1),
-        help='DataLoader worker processes (0: load in the training process)')
-    add('--cache-images', action='store_true',
-        help='decode every training image once into RAM (uint8): for small sets such as 291')
+    add('--image-cache', choices=['auto', 'on', 'off'], default='auto',
+        help=f'decode the training images once into a memory-mapped file ({CACHE_FILE} beside the lists) that every '
+             f'worker and DDP rank shares; auto: when, decoded, they take at most {CACHE_RAM_FRACTION * 100:.0f}%% '
+             f"of this machine's memory (291 images: yes; the paper's 350k ImageNet photos: no, they are decoded from disk "
+             f'in workers)')
+    add('--cache-images', dest='image_cache', action='store_const', const='on', help='the same as --image-cache on')
+    add('--workers', type=number(int, minimum=0), default=None,
+        help='DataLoader worker processes (0: load in the training process). Default: none when the images are '
+             'cached (a crop is a copy); else the cores left after the compute threads (the CPU: PyTorch\'s '
+             f'{torch.get_num_threads()} threads; a GPU: 1), at most 8: {default_workers(torch.device("cpu"))} '
+             f'here on the CPU, {default_workers(torch.device("cuda"))} with a GPU')
     add('--ema-decay', type=number(float, minimum=0, below=1), default=0.0,
         help='also keep an exponential moving average of the (generator) weights and BatchNorm statistics with '
              'this decay per iteration (e.g. 0.999); validation, best.pt, eval.py, super_resolve.py and '
@@ -332,20 +342,90 @@ def set_rng_state(state):
 # The data stream, and the moving average of the weights
 
 def make_train_loader(run):
-    """An endless DataLoader of (lr_imgs, hr_imgs) batches: (N, 3, crop/s, crop/s) ImageNet-normalised and
-    (N, 3, crop, crop) in [-1, 1], starting where the resumed run stopped (see datasets.InfiniteSampler)."""
+    """The run's endless stream of training data, from where the resumed run stopped (datasets.InfiniteSampler).
+    -> (an iterator of loader items, to_batch: an item -> (lr_imgs, hr_imgs) on the device: (N, 3, crop/s, crop/s)
+    ImageNet-normalised and (N, 3, crop, crop) in [-1, 1]). Says in one line which way the data comes, and why:
+
+    the default: uint8 HR crops (datasets.TrainingCrops) cut from the images decoded once into a memory-mapped cache
+    when they fit (see choose_image_cache; else decoded from disk in DataLoader workers), moved to the device, where
+    the flips/rotations (--augment) and one antialiased bicubic resize of the whole batch make the LR;
+    --blur-sigma: SRDataset's Pillow path per sample (Pillow's Gaussian blur, then its bicubic), in workers."""
     args = run.args
     try:
         dataset = SRDataset(args.data_folder, 'train', args.crop_size, args.scaling_factor, 'imagenet-norm',
-                            '[-1, 1]', blur_sigma=args.blur_sigma, augment=args.augment,
-                            cache_images=args.cache_images)
+                            '[-1, 1]', blur_sigma=args.blur_sigma, augment=args.augment)
     except (FileNotFoundError, ValueError, ImageLoadError) as e:
         raise SystemExit(f'error: {e}') from None
+    cache, why = choose_image_cache(run, dataset.images)
+    workers = default_workers(run.device) if args.workers is None else args.workers
+    if args.blur_sigma > 0:
+        dataset.cache, to_batch, how = cache, lambda item: item, 'the LR made by Pillow per sample (--blur-sigma)'
+    else:
+        dataset, to_batch = TrainingCrops(cache or dataset.images, args.crop_size, args.augment), crops_to_batch(run)
+        workers, how = 0 if cache is not None and args.workers is None else workers, f'the LR made on {run.device}'
+    if run.is_main:  # above the progress bar
+        tqdm.write(f'training data: {len(dataset)} images, {why}; {how}, {workers} DataLoader worker(s)')
     sampler = InfiniteSampler(len(dataset), seed=args.seed, start=run.start_iteration * args.batch_size,
                               rank=run.rank, world_size=run.world_size)
-    return DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                      pin_memory=run.device.type == 'cuda', drop_last=True, persistent_workers=args.workers > 0,
-                      worker_init_fn=_ignore_stop_signals)
+    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=workers,
+                        pin_memory=run.device.type == 'cuda', drop_last=True, persistent_workers=workers > 0,
+                        worker_init_fn=_ignore_stop_signals)
+    return iter(loader), to_batch
+
+
+def choose_image_cache(run, paths):
+    """--image-cache auto|on|off -> (datasets.ImageCache or None, why, in a few words). auto: decode once when the
+    decoded images take at most CACHE_RAM_FRACTION of this machine's memory. The cache is written beside the lists
+    (train_images.cache, made again when the images change), else in --output-dir; under DDP rank 0 makes it."""
+    args = run.args
+    if args.image_cache == 'off':
+        return None, 'decoded from disk for every crop (--image-cache off)'
+    budget = CACHE_RAM_FRACTION * physical_memory()
+    size = decoded_size(paths, budget if args.image_cache == 'auto' else float('inf'))
+    if size is None:
+        return None, (f'decoded from disk for every crop (decoded, they would take more than {budget / 2 ** 30:.1f} '
+                      f'GB, {CACHE_RAM_FRACTION:.0%} of this machine\'s memory; --image-cache on decodes them once)')
+    if run.world_size > 1 and not run.is_main:
+        torch.distributed.barrier()  # rank 0 decodes, the others map its file
+    for folder in (args.data_folder, args.output_dir):
+        try:
+            cache = ImageCache.build(paths, os.path.join(folder, CACHE_FILE))
+            break
+        except WriteError as e:  # a read-only data folder, a full disk
+            cache, why = None, f'decoded from disk for every crop (the cache could not be written: {e})'
+    if run.world_size > 1 and run.is_main:
+        torch.distributed.barrier()
+    if cache is None:
+        return None, why
+    return cache, f'decoded once into {cache.path} ({size / 2 ** 30:.2f} GB, memory-mapped)'
+
+
+def physical_memory():
+    """This machine's RAM in bytes (8 GB where the OS does not say)."""
+    try:
+        return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2 ** 30
+
+
+def default_workers(device):
+    """DataLoader workers where they help: the cores left after the compute threads (PyTorch's threads when
+    training on the CPU; one thread drives a GPU), at most 8. On a 2-core CPU: none."""
+    compute_threads = torch.get_num_threads() if device.type == 'cpu' else 1
+    return max(0, min(8, (os.cpu_count() or 1) - compute_threads))
+
+
+def crops_to_batch(run):
+    """-> a function: the loader's (uint8 HR crops (N, crop, crop, 3), flip/rotation codes (N,)) -> (lr_imgs,
+    hr_imgs) made on the run's device: one transfer of uint8, then the augmentation and the LR in batch."""
+    def to_batch(item):
+        hr_crops, codes = item
+        hr_imgs = hr_crops.to(run.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, c, c)
+        if run.args.augment:
+            hr_imgs = transpose_batch(hr_imgs, codes)
+        lr_imgs = downsample_batch(hr_imgs, run.args.scaling_factor)  # (N, 3, c / s, c / s) in [0, 1], 8-bit values
+        return convert_image(lr_imgs, '[0, 1]', 'imagenet-norm'), convert_image(hr_imgs, '[0, 1]', '[-1, 1]')
+    return to_batch
 
 
 def _ignore_stop_signals(worker_id):
@@ -399,14 +479,14 @@ def train_loop(run, state, train_step, sr_model):
     monitor = Monitor(run, state)
     if args.ema_decay and run.is_main:
         state.ema = make_ema(sr_model)
-    batches = iter(make_train_loader(run))  # starts the workers (their crops depend on the sampler's seeds alone)
+    batches, to_batch = make_train_loader(run)  # starts the workers (their crops depend on the sampler's seeds alone)
     if run.checkpoint is not None:
         restore_run(run, state)  # the RNGs included, as they were when the checkpoint was written
     stop = StopSignals()
     try:
         while state.iteration < args.iterations:
             start = time.perf_counter()
-            lr_imgs, hr_imgs = next_batch(batches, run)
+            lr_imgs, hr_imgs = next_batch(batches, to_batch, run)
             monitor.data_time += time.perf_counter() - start
             lr = run.lr_at(state.iteration)
             for optimizer in state.optimizers.values():
@@ -442,11 +522,12 @@ def train_loop(run, state, train_step, sr_model):
         raise SystemExit(128 + stop.signal_number if stop.signal_number else 1)
 
 
-def next_batch(batches, run):
-    """The next (lr_imgs, hr_imgs) on the device in the run's memory format; a training image that cannot be used
-    (named in the message, also when a DataLoader worker found it) ends the program in one error line."""
+def next_batch(batches, to_batch, run):
+    """The next (lr_imgs, hr_imgs) on the device in the run's memory format (see make_train_loader); a training image
+    that cannot be used (named in the message, also when a DataLoader worker found it) ends the program in one
+    error line."""
     try:
-        lr_imgs, hr_imgs = next(batches)
+        lr_imgs, hr_imgs = to_batch(next(batches))
     except ValueError as e:  # ImageLoadError too
         text = str(e).strip()
         if 'Original Traceback' in text:  # a worker's: '...Original Traceback ...\nValueError: <message>'

@@ -14,6 +14,13 @@ Speed (one process, the variants interleaved repeat by repeat so that background
             autocast in utils.autocast_dtype's dtype (bf16 on CPUs with AVX-512 BF16/AMX and on Ampere+ GPUs),
             channels_last, fused Adam (+ --compile to add torch.compile)
 
+End to end: the training scripts as a user runs them (default flags, lists of T91 + BSD200 from ../shared, else the
+demo photos), per iteration from their own log (data wait + step, after the first log row), beside the bare
+default step of the same model on tensors already in memory, timed in this process between the script runs:
+
+    python benchmarks/train_step.py --end-to-end 60             # both trainers, 60 iterations a run, 3 rounds
+    python benchmarks/train_step.py --end-to-end 20 --models srresnet --repeats 1 --steps 2   # a smoke test
+
 Quality (same seed, same iterations, default vs --no-amp; Set5 PSNR of both, each evaluated in fp32):
 
     python benchmarks/train_step.py --quality 200 --train-folders ../shared/data/T91 ../shared/data/BSD200 \\
@@ -21,6 +28,7 @@ Quality (same seed, same iterations, default vs --no-amp; Set5 PSNR of both, eac
 """
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -157,6 +165,46 @@ def speed(args):
               flush=True)
 
 
+def end_to_end(args):
+    """Per-iteration time of train_srresnet.py / train_srgan.py with their default flags vs the bare default step,
+    interleaved round by round; prints end-to-end / step (target on a 2-core CPU: <= 1.05)."""
+    device = pick_device(args.device)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with tempfile.TemporaryDirectory() as tmp:
+        data = os.path.join(tmp, 'data')
+        folders = (['--train-folders', *args.train_folders, '--test-folders', args.set5]
+                   if all(os.path.isdir(f) for f in args.train_folders) else [])  # else the demo photos
+        subprocess.run([sys.executable, os.path.join(repo, 'create_data_lists.py'), '--output-folder', data,
+                        *folders], check=True, stdout=subprocess.DEVNULL)
+        print(f'{device}, {torch.get_num_threads()} threads, batch {args.batch_size}, 24 -> 96, {args.end_to_end} '
+              f'iterations a run, {args.repeats} rounds; medians')
+        print('| script | end to end ms/iteration | data wait ms | bare step ms | end to end / step |\n'
+              '|---|---|---|---|---|')
+        for name in args.models:
+            step = make_variants(name, device, args.batch_size, compile_models=False)['default']
+            for _ in range(args.warmup):
+                step()
+            scripts, steps = [], []
+            for round_ in range(args.repeats):
+                scripts.append(_script_iteration_ms(name, repo, data, os.path.join(tmp, f'{name}{round_}'), args))
+                steps.append(time_steps(step, args.steps, device)[0] * 1000)
+            total, wait = (statistics.median(row[i] for row in scripts) for i in (0, 1))
+            bare = statistics.median(steps)
+            print(f'| train_{name}.py | {total:.0f} | {wait:.1f} | {bare:.0f} | {total / bare:.3f} |', flush=True)
+
+
+def _script_iteration_ms(name, repo, data, output_dir, args):
+    """One run of a training script with its default flags -> (ms per iteration, of which waiting for data), the
+    means of its log rows after the first (start-up, first batches) and before the last (the final checkpoint)."""
+    flags = ['--srresnet-checkpoint', 'none', '--vgg-weights', 'none'] if name == 'srgan' else []
+    subprocess.run([sys.executable, os.path.join(repo, f'train_{name}.py'), '--data-folder', data, '--output-dir',
+                    output_dir, '--iterations', str(args.end_to_end), '--batch-size', str(args.batch_size),
+                    '--val-set', 'none', *flags], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(os.path.join(output_dir, 'log.jsonl')) as f:
+        rows = [json.loads(line) for line in f if '"step_ms"' in line][1:-1]
+    return (statistics.mean(r['data_ms'] + r['step_ms'] for r in rows), statistics.mean(r['data_ms'] for r in rows))
+
+
 def quality(args):
     """Train SRResNet twice from the same seed (default, --no-amp), then Set5 PSNR of both in fp32."""
     from datasets import SRDataset
@@ -196,6 +244,8 @@ def main():
     parser.add_argument('--device', default='auto')
     parser.add_argument('--threads', type=int, default=0, help='torch threads (0: PyTorch default)')
     parser.add_argument('--compile', action='store_true', help='torch.compile the default variant')
+    parser.add_argument('--end-to-end', type=int, default=0, metavar='N',
+                        help='instead: time the training scripts (N iterations a run) against the bare step')
     parser.add_argument('--quality', type=int, default=0, metavar='N',
                         help='instead of timing: train N iterations default vs --no-amp and compare Set5 PSNR')
     parser.add_argument('--train-folders', nargs='+', default=['../shared/data/T91', '../shared/data/BSD200'])
@@ -203,6 +253,8 @@ def main():
     args = parser.parse_args()
     if args.quality:
         quality(args)
+    elif args.end_to_end:
+        end_to_end(args)
     else:
         speed(args)
 
