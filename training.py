@@ -13,10 +13,12 @@ Each script keeps what makes it itself: its models, its optimizers and its train
 import argparse
 import copy
 import dataclasses
+import importlib.util
 import json
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -38,6 +40,7 @@ from utils import (ImageLoadError, WriteError, atomic_path, autocast_dtype, conv
                    pick_device, seed_everything, transpose_batch)
 
 CHECKPOINT_FILE, BEST_CHECKPOINT_FILE, LOG_FILE = 'last.pt', 'best.pt', 'log.jsonl'
+COMPILE_MIN_ITERATIONS = 5000  # --compile auto: compiling (~1 min on a CPU) pays for itself long before this
 CACHE_FILE = 'train_images.cache'  # the decoded training images (datasets.ImageCache), beside train_images.json
 CACHE_RAM_FRACTION = 0.5  # --image-cache auto decodes once when the decoded images take at most this share of RAM
 
@@ -77,6 +80,9 @@ def training_argument_parser(description, output_dir, iterations, lr_decay_at):
     add('--scaling-factor', type=int, default=4, choices=[2, 4, 8], help='upscaling factor')
     add('--blur-sigma', type=number(float, minimum=0), default=0.0,
         help='Gaussian blur (sigma in HR pixels) before bicubic downsampling; 0: none, as the paper')
+    add('--pillow-lr', action='store_true',
+        help="make each LR with Pillow, one sample at a time (SRDataset, the reference; slower): by default the LR of "
+             "a whole batch is made on the training device, within rounding of Pillow's (57.7 dB from it at x4)")
     add('--augment', action='store_true',
         help='flip and rotate the training crops by multiples of 90 degrees (not in the paper)')
     add('--image-cache', choices=['auto', 'on', 'off'], default='auto',
@@ -107,8 +113,10 @@ def training_argument_parser(description, output_dir, iterations, lr_decay_at):
     add('--device', default='auto', help='auto (CUDA, else MPS, else CPU), or e.g. cuda:1, cpu')
     add('--no-amp', action='store_true',
         help='train in fp32 (default: bf16 autocast where supported, else fp16 + GradScaler on GPUs)')
-    add('--compile', action='store_true',
-        help='torch.compile the models (minutes to start; pays off on GPUs, not measurably on CPUs)')
+    add('--compile', choices=['auto', 'on', 'off'], nargs='?', const='on', default='auto',
+        help=f'torch.compile the models (a minute or more to start, then faster steps); auto: on when at least '
+             f'{COMPILE_MIN_ITERATIONS} iterations are left to run and a compiler is there (a C++ compiler for the '
+             f'CPU, Triton for CUDA), saying so; its cache is kept in --output-dir, so a resumed run starts fast')
     add('--sync-bn', action='store_true', help='DDP: BatchNorm statistics over all GPUs')
     return parser
 
@@ -176,9 +184,30 @@ def setup_run(args, kind):
     amp_dtype = None if args.no_amp else autocast_dtype(device)
     run = Run(args, kind, device, amp_dtype, rank, world_size)
     run.checkpoint = _checkpoint_to_resume(run)
+    args.compile = choose_compile(run)
     if run.is_main:
         _remove_partial_checkpoints(args.output_dir)
     return run
+
+
+def choose_compile(run):
+    """--compile auto|on|off -> whether to torch.compile (see the flag's help); a note says why when auto decides.
+    Compiling keeps its cache in --output-dir/compile_cache, where a resumed run finds it."""
+    args = run.args
+    if args.compile in (True, False):  # already decided (a Run set up again)
+        return args.compile
+    compiler = {'cpu': any(shutil.which(c) for c in (os.environ.get('CXX', 'g++'), 'c++', 'clang++')),
+                'cuda': importlib.util.find_spec('triton') is not None}.get(run.device.type, False)
+    left = args.iterations - run.start_iteration
+    compile_ = args.compile == 'on' or (args.compile == 'auto' and compiler and left >= COMPILE_MIN_ITERATIONS)
+    if args.compile == 'auto' and run.is_main:
+        why = (f'{left} iterations to run' if compiler else f'no compiler for {run.device.type} here')
+        print(f'--compile auto: {"on" if compile_ else "off"} ({why}; on from {COMPILE_MIN_ITERATIONS} with a '
+              f'compiler)')
+    if compile_:
+        os.environ.setdefault('TORCHINDUCTOR_CACHE_DIR', os.path.join(os.path.abspath(args.output_dir),
+                                                                      'compile_cache'))
+    return compile_
 
 
 def _remove_partial_checkpoints(output_dir):
@@ -349,7 +378,7 @@ def make_train_loader(run):
     the default: uint8 HR crops (datasets.TrainingCrops) cut from the images decoded once into a memory-mapped cache
     when they fit (see choose_image_cache; else decoded from disk in DataLoader workers), moved to the device, where
     the flips/rotations (--augment) and one antialiased bicubic resize of the whole batch make the LR;
-    --blur-sigma: SRDataset's Pillow path per sample (Pillow's Gaussian blur, then its bicubic), in workers."""
+    --blur-sigma (Pillow's Gaussian blur, then its bicubic) and --pillow-lr: SRDataset's Pillow path per sample."""
     args = run.args
     try:
         dataset = SRDataset(args.data_folder, 'train', args.crop_size, args.scaling_factor, 'imagenet-norm',
@@ -358,8 +387,9 @@ def make_train_loader(run):
         raise SystemExit(f'error: {e}') from None
     cache, why = choose_image_cache(run, dataset.images)
     workers = default_workers(run.device) if args.workers is None else args.workers
-    if args.blur_sigma > 0:
-        dataset.cache, to_batch, how = cache, lambda item: item, 'the LR made by Pillow per sample (--blur-sigma)'
+    if args.blur_sigma > 0 or args.pillow_lr:
+        reason = '--blur-sigma' if args.blur_sigma > 0 else '--pillow-lr'
+        dataset.cache, to_batch, how = cache, lambda item: item, f'the LR made by Pillow per sample ({reason})'
     else:
         dataset, to_batch = TrainingCrops(cache or dataset.images, args.crop_size, args.augment), crops_to_batch(run)
         workers, how = 0 if cache is not None and args.workers is None else workers, f'the LR made on {run.device}'

@@ -21,10 +21,11 @@ default step of the same model on tensors already in memory, timed in this proce
     python benchmarks/train_step.py --end-to-end 60             # both trainers, 60 iterations a run, 3 rounds
     python benchmarks/train_step.py --end-to-end 20 --models srresnet --repeats 1 --steps 2   # a smoke test
 
-Quality (same seed, same iterations, default vs --no-amp; Set5 PSNR of both, each evaluated in fp32):
+Quality (same seed, same iterations, default vs default + one flag; Set5 PSNR of both, each evaluated in fp32):
 
     python benchmarks/train_step.py --quality 200 --train-folders ../shared/data/T91 ../shared/data/BSD200 \\
-                                    --set5 ../shared/data/Set5
+                                    --set5 ../shared/data/Set5                # vs --no-amp
+    python benchmarks/train_step.py --quality 300 --against=--pillow-lr      # the LR made by Pillow per sample
 """
 
 import argparse
@@ -206,7 +207,8 @@ def _script_iteration_ms(name, repo, data, output_dir, args):
 
 
 def quality(args):
-    """Train SRResNet twice from the same seed (default, --no-amp), then Set5 PSNR of both in fp32."""
+    """Train SRResNet twice from the same seed (default, and with --against's flag: --no-amp, --pillow-lr,
+    --compile), then Set5 PSNR of both in fp32."""
     from datasets import SRDataset
     from inference import load_generator
     from training import validate
@@ -217,12 +219,12 @@ def quality(args):
                         '--train-folders', *args.train_folders, '--test-folders', args.set5], check=True,
                        stdout=subprocess.DEVNULL)
         results = {}
-        for variant, flags in (('default', []), ('fp32 (--no-amp)', ['--no-amp'])):
-            output_dir = os.path.join(tmp, variant.split()[0])
+        for variant, flags in (('default', []), (args.against, [args.against])):
+            output_dir = os.path.join(tmp, variant.strip('-'))
             start = time.perf_counter()
             subprocess.run([sys.executable, os.path.join(repo, 'train_srresnet.py'), '--data-folder', data,
                             '--output-dir', output_dir, '--iterations', str(args.quality), '--seed', '0',
-                            '--val-set', 'none', '--workers', '1', '--cache-images', *flags], check=True,
+                            '--val-set', 'none', *flags], check=True,
                            stderr=subprocess.DEVNULL)
             minutes = (time.perf_counter() - start) / 60
             set5 = SRDataset(data, 'test', 96, 4, 'imagenet-norm', '[-1, 1]', test_data_name='Set5')
@@ -248,6 +250,8 @@ def main():
                         help='instead: time the training scripts (N iterations a run) against the bare step')
     parser.add_argument('--quality', type=int, default=0, metavar='N',
                         help='instead of timing: train N iterations default vs --no-amp and compare Set5 PSNR')
+    parser.add_argument('--against', default='--no-amp', choices=['--no-amp', '--pillow-lr', '--compile'],
+                        help='(--quality) the flag the second run adds; write it --against=--pillow-lr')
     parser.add_argument('--train-folders', nargs='+', default=['../shared/data/T91', '../shared/data/BSD200'])
     parser.add_argument('--set5', default='../shared/data/Set5')
     args = parser.parse_args()

@@ -83,7 +83,7 @@ def test_the_image_cache_is_made_once_and_again_when_an_image_changes(tmp_path):
 def _run(data_folder, output_dir, **flags):
     """A Run with the flags make_train_loader reads."""
     args = dict(data_folder=str(data_folder), output_dir=str(output_dir), crop_size=48, scaling_factor=4,
-                blur_sigma=0.0, augment=True, image_cache='auto', workers=None, seed=3, batch_size=4)
+                blur_sigma=0.0, augment=True, image_cache='auto', workers=None, seed=3, batch_size=4, pillow_lr=False)
     return training.Run(argparse.Namespace(**{**args, **flags}), 'srresnet', torch.device('cpu'), None)
 
 
@@ -102,8 +102,8 @@ def test_every_way_of_making_batches_gives_the_same_hr_crops(demo_data, tmp_path
     streamed = _batches(_run(demo_data, tmp_path, image_cache='off', workers=1))
     assert 'decoded from disk for every crop (--image-cache off); the LR made on cpu, 1 DataLoader worker(s)' in (
         capsys.readouterr().out)
-    reference = _batches(_run(demo_data, tmp_path, blur_sigma=1e-9))  # SRDataset's Pillow path
-    assert 'the LR made by Pillow per sample (--blur-sigma)' in capsys.readouterr().out
+    reference = _batches(_run(demo_data, tmp_path, pillow_lr=True))  # SRDataset's Pillow path
+    assert 'the LR made by Pillow per sample (--pillow-lr)' in capsys.readouterr().out
     for (lr_c, hr_c), (lr_s, hr_s), (lr_r, hr_r) in zip(cached, streamed, reference):
         assert hr_c.shape == (4, 3, 48, 48) and lr_c.shape == (4, 3, 12, 12)
         assert torch.equal(hr_c, hr_s) and torch.equal(lr_c, lr_s)
@@ -142,3 +142,19 @@ def test_workers_by_default_only_where_cores_are_left(monkeypatch):
         monkeypatch.setattr(os, 'cpu_count', lambda: cores)
         assert training.default_workers(torch.device('cpu')) == cpu
         assert training.default_workers(torch.device('cuda')) == gpu
+
+
+@pytest.mark.parametrize('flag, iterations, device, compiler, expected', [
+    ('auto', 4, 'cpu', True, False), ('auto', 200_000, 'cpu', True, True), ('auto', 200_000, 'cpu', False, False),
+    ('auto', 200_000, 'mps', True, False), ('on', 4, 'cpu', True, True), ('off', 200_000, 'cpu', True, False)])
+def test_compile_by_default_only_for_long_runs_with_a_compiler(flag, iterations, device, compiler, expected,
+                                                              tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(training.shutil, 'which', lambda name: '/usr/bin/g++' if compiler else None)
+    monkeypatch.setenv('TORCHINDUCTOR_CACHE_DIR', 'x')  # restored to what it was (unset) after the test
+    monkeypatch.delenv('TORCHINDUCTOR_CACHE_DIR')
+    args = argparse.Namespace(compile=flag, iterations=iterations, output_dir=str(tmp_path))
+    assert training.choose_compile(training.Run(args, 'srresnet', torch.device(device), None)) is expected
+    note = capsys.readouterr().out
+    assert note.startswith(f'--compile auto: {"on" if expected else "off"} (') if flag == 'auto' else note == ''
+    if expected:  # the compile cache lives with the run, so a resumed run finds it
+        assert os.environ['TORCHINDUCTOR_CACHE_DIR'] == str(tmp_path / 'compile_cache')
