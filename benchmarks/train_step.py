@@ -19,7 +19,8 @@ demo photos), per iteration from their own log (data wait + step, after the firs
 default step of the same model on tensors already in memory, timed in this process between the script runs:
 
     python benchmarks/train_step.py --end-to-end 60             # both trainers, 60 iterations a run, 3 rounds
-    python benchmarks/train_step.py --end-to-end 20 --models srresnet --repeats 1 --steps 2   # a smoke test
+    python benchmarks/train_step.py --end-to-end 3 --log-every 1 --models srresnet --batch-size 2 --repeats 1 \\
+                                    --steps 1 --warmup 0                                     # a smoke test
 
 Quality (same seed, same iterations, default vs default + one flag; Set5 PSNR of both, each evaluated in fp32):
 
@@ -200,7 +201,8 @@ def _script_iteration_ms(name, repo, data, output_dir, args):
     flags = ['--srresnet-checkpoint', 'none', '--vgg-weights', 'none'] if name == 'srgan' else []
     subprocess.run([sys.executable, os.path.join(repo, f'train_{name}.py'), '--data-folder', data, '--output-dir',
                     output_dir, '--iterations', str(args.end_to_end), '--batch-size', str(args.batch_size),
-                    '--val-set', 'none', *flags], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    '--val-set', 'none', '--log-every', str(args.log_every), *flags], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with open(os.path.join(output_dir, 'log.jsonl')) as f:
         rows = [json.loads(line) for line in f if '"step_ms"' in line][1:-1]
     return (statistics.mean(r['data_ms'] + r['step_ms'] for r in rows), statistics.mean(r['data_ms'] for r in rows))
@@ -248,6 +250,7 @@ def main():
     parser.add_argument('--compile', action='store_true', help='torch.compile the default variant')
     parser.add_argument('--end-to-end', type=int, default=0, metavar='N',
                         help='instead: time the training scripts (N iterations a run) against the bare step')
+    parser.add_argument('--log-every', type=int, default=10, help="(--end-to-end) the scripts' --log-every")
     parser.add_argument('--quality', type=int, default=0, metavar='N',
                         help='instead of timing: train N iterations default vs --no-amp and compare Set5 PSNR')
     parser.add_argument('--against', default='--no-amp', choices=['--no-amp', '--pillow-lr', '--compile'],

@@ -55,8 +55,9 @@ def test_train_step_quality_benchmark(shared_data):
 
 
 def test_train_step_end_to_end_benchmark_times_the_script_beside_the_step(demo_data):
-    out = run_benchmark('benchmarks/train_step.py', '--end-to-end', 40, '--models', 'srresnet', '--batch-size', 2,
-                        '--repeats', 1, '--steps', 1, '--warmup', 0, '--train-folders', demo_data / 'none')
+    out = run_benchmark('benchmarks/train_step.py', '--end-to-end', 3, '--log-every', 1, '--models', 'srresnet',
+                        '--batch-size', 2, '--repeats', 1, '--steps', 1, '--warmup', 0, '--train-folders',
+                        demo_data / 'none')
     (row,) = table_rows(out, 'train_srresnet.py')
     end_to_end, data_wait, step, ratio = map(float, row[1:])
     assert 0 <= data_wait < end_to_end and step > 0
