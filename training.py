@@ -683,9 +683,13 @@ class Monitor:
 def gives_finite_output(sr_model, discriminator, lr_imgs, amp_dtype):
     """Whether the SRResNet (in its current mode) makes a finite SR batch from lr_imgs, and the discriminator (None
     for none) a finite output from that. Runs copies, so BatchNorm's running statistics are left as they are."""
+    models = [copy.deepcopy(model) for model in (sr_model, discriminator) if model is not None]
+    for module in (m for model in models for m in model.modules() if isinstance(m, nn.SyncBatchNorm)):
+        module.eval()  # in training mode it would wait for the other DDP ranks, which do not run this
     with torch.autocast(lr_imgs.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        sr_imgs = copy.deepcopy(sr_model)(lr_imgs)  # (N, 3, H, W) in [-1, 1] when sound
-        outputs = [sr_imgs] if discriminator is None else [sr_imgs, copy.deepcopy(discriminator)(sr_imgs)]
+        outputs = [models[0](lr_imgs)]  # (N, 3, H, W) in [-1, 1] when sound
+        if len(models) > 1:
+            outputs.append(models[1](outputs[0]))
     return all(torch.isfinite(output).all() for output in outputs)
 
 
