@@ -226,7 +226,7 @@ def quality(args):
             start = time.perf_counter()
             subprocess.run([sys.executable, os.path.join(repo, 'train_srresnet.py'), '--data-folder', data,
                             '--output-dir', output_dir, '--iterations', str(args.quality), '--seed', '0',
-                            '--val-set', 'none', *flags], check=True,
+                            '--batch-size', str(args.batch_size), '--val-set', 'none', *flags], check=True,
                            stderr=subprocess.DEVNULL)
             minutes = (time.perf_counter() - start) / 60
             set5 = SRDataset(data, 'test', 96, 4, 'imagenet-norm', '[-1, 1]', test_data_name='Set5')

@@ -47,8 +47,8 @@ def test_inference_benchmark_runs_every_path_on_the_shipped_model():
 
 
 def test_train_step_quality_benchmark(shared_data):
-    out = run_benchmark('benchmarks/train_step.py', '--quality', 2, '--train-folders', shared_data / 'Set14',
-                        '--set5', shared_data / 'Set5')
+    out = run_benchmark('benchmarks/train_step.py', '--quality', 2, '--batch-size', 2, '--train-folders',
+                        shared_data / 'Set14', '--set5', shared_data / 'Set5')
     psnrs = [float(x) for x in re.findall(r'Set5 PSNR (\d+\.\d+) dB', out)]
     assert len(psnrs) == 2 and all(10 < psnr < 35 for psnr in psnrs)
     assert 'difference:' in out
