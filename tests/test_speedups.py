@@ -154,7 +154,10 @@ def test_for_inference_is_the_same_function_on_a_copy(scale):
     with torch.no_grad():
         torch.testing.assert_close(fast(lr_imgs), model(lr_imgs), atol=2e-5, rtol=0)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())  # folded
-    assert fast.conv_block3[0].weight.shape == (3 * 4, 16 * 4, 5, 5)  # the tail before the shuffle, computed once
+    # the tail before the shuffle, computed once; on the CPU padded with zero filters to 16 outputs, 12 used
+    assert fast.conv_block3[0].weight.shape == (16, 16 * 4, 5, 5)
+    assert isinstance(fast.conv_block3[1], speedups.FirstChannels) and fast.conv_block3[1].n == 3 * 4
+    assert not fast.conv_block3[0].weight[12:].any() and not fast.conv_block3[0].bias[12:].any()
     # the model it was given is untouched: same modules, same weights
     assert isinstance(model.conv_block3.conv_block[0], torch.nn.Conv2d) and len(model.conv_block3.conv_block) == 2
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
@@ -169,3 +172,74 @@ def test_for_inference_of_a_training_model_is_the_same_function():
     with torch.no_grad():
         torch.testing.assert_close(speedups.for_inference(model)(lr_imgs), model(lr_imgs), atol=2e-5, rtol=0)
     assert isinstance(model.conv_block3, speedups.TailBeforeShuffle)  # still the training model
+
+
+def _srresnet_with_batchnorm_statistics(seed=0, **config):
+    torch.manual_seed(seed)
+    model = SRResNet(**config)
+    for module in model.modules():  # BatchNorm statistics that are not the identity, so folding them matters
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2)
+            module.weight.data.uniform_(0.5, 1.5)
+    for prelu in (m for m in model.modules() if isinstance(m, torch.nn.PReLU)):
+        prelu.weight.data.uniform_(-0.6, 0.6)  # negative slopes too: leaky_relu_ must take them
+    return model.eval()
+
+
+def test_for_inference_computes_in_place_and_leaves_its_input_alone():
+    """Each piece of the inference rewrite against the module it replaces, exactly: the in-place PReLU (one
+    slope, read once) and residual addition, and the tail padded to 16 outputs; and a forward that works in place
+    inside never writes into the images it is given."""
+    model = _srresnet_with_batchnorm_statistics(n_channels=16, n_blocks=2, scaling_factor=4)
+    fast = speedups.for_inference(model)
+    prelus = [m for m in fast.modules() if isinstance(m, speedups.InferencePReLU)]
+    assert len(prelus) == 1 + 2 + 2 and not any(isinstance(m, torch.nn.PReLU) for m in fast.modules())
+    assert all(isinstance(block, speedups.InplaceResidualBlock) for block in fast.residual_blocks)
+    lr_imgs = torch.randn(2, 3, 11, 9).contiguous(memory_format=torch.channels_last)
+    before = lr_imgs.clone()
+    with torch.inference_mode():
+        sr_imgs = fast(lr_imgs)
+        unpadded = copy.deepcopy(fast)
+        unpadded.conv_block3 = speedups.TailBeforeShuffle(model.conv_block3, 2).fixed(pad_to=1)
+        torch.testing.assert_close(sr_imgs, unpadded(lr_imgs), atol=1e-6, rtol=0)  # the zero filters change nothing
+        torch.testing.assert_close(sr_imgs, model(lr_imgs), atol=2e-5, rtol=0)
+    assert torch.equal(lr_imgs, before)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('slope', [0.25, -0.6, 0.1])
+def test_inference_prelu_is_nn_prelu_in_place(dtype, slope):
+    torch.manual_seed(0)
+    prelu = torch.nn.PReLU(init=slope)
+    fast = speedups.InferencePReLU(prelu)
+    x = torch.randn(2, 8, 5, 6).contiguous(memory_format=torch.channels_last)
+    x[0, :, 0] = 0
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        expected = prelu(x)
+        inputs = x.to(dtype)
+        output = fast(inputs)
+    assert output.dtype == dtype and output.data_ptr() == inputs.data_ptr()  # in place
+    torch.testing.assert_close(output, expected, atol=0, rtol=0)  # the slope rounded to bf16 as F.prelu does
+    with torch.enable_grad():  # a gradient wanted: out of place, and still the same function
+        inputs = x.clone().requires_grad_()
+        output = fast(inputs)
+        output.sum().backward()
+    torch.testing.assert_close(output, F.prelu(x, prelu.weight), atol=0, rtol=0)
+    assert torch.equal(inputs.grad, torch.where(x > 0, 1.0, torch.tensor(slope).float()))
+    assert set(fast.state_dict()) == {'weight'}
+
+
+def test_inplace_residual_block_is_the_residual_block():
+    from models import ResidualBlock
+    torch.manual_seed(0)
+    block = ResidualBlock(n_channels=8).eval()
+    x = torch.randn(2, 8, 7, 6)
+    with torch.no_grad():
+        expected = block(x)
+        fast = speedups.InplaceResidualBlock(block)
+        torch.testing.assert_close(fast(x), expected, atol=0, rtol=0)
+    assert set(fast.state_dict()) == set(block.state_dict())
+    inputs = x.clone().requires_grad_()
+    fast(inputs).sum().backward()  # with a gradient wanted it adds out of place, so autograd still works
+    assert inputs.grad is not None
