@@ -125,7 +125,10 @@ def conv_before_pixel_shuffle(weight, bias, r):
     channels become 256 -> 12, 5x5). The work is about the same, but 3 output channels at full size use the vector
     units poorly and 12 at half size use them well. Exact up to float rounding."""
     out_channels, in_channels, k, _ = weight.shape
-    index = _conv_before_pixel_shuffle_index(k, r, weight.device)  # (r^2, r^2, k'^2) into the k^2 taps + a zero
+    index_of = _conv_before_pixel_shuffle_index
+    if torch.compiler.is_compiling():  # torch.compile traces the function itself (it warns about caches)
+        index_of = index_of.__wrapped__
+    index = index_of(k, r, weight.device)  # (r^2, r^2, k'^2) into the k^2 taps + a zero
     taps = F.pad(weight.flatten(2), (0, 1))[:, :, index]  # (C_out, C_in, r^2 (a, b), r^2 (u, v), k'^2)
     side = math.isqrt(index.shape[-1])  # k'
     weight = taps.transpose(1, 2).reshape(out_channels * r * r, in_channels * r * r, side, side)

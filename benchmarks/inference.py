@@ -5,7 +5,12 @@ Inference speed of super_resolve.py's paths (inference.Upscaler) against the ori
     python benchmarks/inference.py --fit-steps 40          # a quickly fitted SRResNet: PSNR differences mean more
     python benchmarks/inference.py --model weights/srresnet_x4.pt
     python benchmarks/inference.py --memory                # + peak RSS of the CLI upscaling 1000x1000 -> 4000x4000
+    python benchmarks/inference.py --whole-process --repeats 3   # the CLI's whole process on a 512x512 photo
+                                                           # against the tutorial's forward of it alone
+    git worktree add ../before be5b579                     # + an older checkout's CLI in the same rounds
+    python benchmarks/inference.py --whole-process --repeats 3 --before ../before
     python benchmarks/inference.py --size 32 --tile 24 --repeats 1 --memory --memory-size 64   # smallest: a smoke test
+    python benchmarks/inference.py --whole-process --whole-process-size 32 --repeats 1          # (the same)
 
 Every path super-resolves the same LR image (Set5 baby from ../shared, else scikit-image's astronaut, resized
 so the LR is --size pixels a side); the paths run interleaved, --repeats times each after a warm-up, and the
@@ -13,10 +18,18 @@ best time is kept (the machine may be shared). Columns: wall seconds per image, 
 speed-up over the tutorial's forward; CPU seconds per image (all threads; steadier than wall time when other jobs
 share the cores, e.g. with --threads 1) and that speed-up; PSNR against the HR (Y channel, as eval.py), its
 difference from the tutorial's, and the mean absolute difference of the outputs on the 0-255 scale.
+
+--whole-process times what a user waits for: `python super_resolve.py photo.png -o out.png` from start to exit
+(Python and torch start-up, model load, PNG encoding included), the photo being the test image at 512x512, against
+the original tutorial's fp32 forward of the same image alone (`model(lr)` under torch.no_grad, NCHW, the whole
+image; its process start-up and model load not counted). They run in turn, --repeats rounds (with --before, an
+older checkout's CLI in each round too), and each ratio is taken round by round (the median is printed), which
+keeps it meaningful when other jobs share the cores.
 """
 
 import argparse
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -142,6 +155,48 @@ def run_device(device, state_dict, config, lr_img, hr_img, repeats, tile):
               f'| {psnr - psnrs[0]:+.4f} | {mad:.4f} |')
 
 
+def whole_process_vs_tutorial(model_path, size, repeats, before=None):
+    """The whole `python super_resolve.py photo.png -o out.png` process against the tutorial's fp32 forward of the
+    same size x size photo alone, in turn, --repeats rounds; before: another checkout (a folder) whose
+    super_resolve.py runs in the same rounds. Prints the medians and the ratios, taken round by round."""
+    photo, name = hr_image(size, 1)
+    model = inference.load_generator(model_path)  # the plain model, fp32, NCHW: the tutorial's visualize_sr
+    lr = utils.convert_image(photo, 'pil', 'imagenet-norm')[None]  # (1, 3, size, size)
+    clis = {'python super_resolve.py photo.png -o out.png (whole process)': REPO}
+    if before is not None:
+        clis[f'the same, {before} (whole process)'] = Path(before)
+    times = {what: [] for what in [*clis, "the tutorial's fp32 forward alone (no_grad, NCHW, whole image)",
+                                   'of which its last 9x9 convolution (conv_block3)']}
+    tails = times['of which its last 9x9 convolution (conv_block3)']  # 64 -> 3 channels at full size
+    model.conv_block3.register_forward_pre_hook(lambda *_: tails.append(-time.perf_counter()))
+    model.conv_block3.register_forward_hook(lambda *_: tails.append(tails.pop() + time.perf_counter()))
+    with tempfile.TemporaryDirectory() as folder:
+        photo.save(Path(folder) / 'photo.png')
+        for _ in range(repeats):
+            for what, checkout in clis.items():
+                start = time.perf_counter()
+                subprocess.run([sys.executable, str(checkout / 'super_resolve.py'), str(Path(folder) / 'photo.png'),
+                                '-o', str(Path(folder) / 'out.png'), '--overwrite', '--model', str(model_path),
+                                '--device', 'cpu'], check=True, capture_output=True, cwd=checkout)
+                times[what].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            with torch.no_grad():
+                model(lr)  # (1, 3, 4 size, 4 size)
+            times["the tutorial's fp32 forward alone (no_grad, NCHW, whole image)"].append(time.perf_counter() - start)
+    s = model.scaling_factor
+    print(f'\nWhole process, CPU ({torch.get_num_threads()} threads here): {name}, {size}x{size} -> '
+          f'{size * s}x{size * s} PNG, {repeats} rounds')
+    print('| what | s (median) | runs (s) |')
+    print('|---|---:|---|')
+    for what, runs in times.items():
+        print(f'| {what} | {statistics.median(runs):.2f} | {" ".join(f"{t:.2f}" for t in runs)} |')
+    tutorial = times["the tutorial's fp32 forward alone (no_grad, NCHW, whole image)"]
+    for what, checkout in clis.items():
+        ratios = [t / c for c, t in zip(times[what], tutorial)]
+        print(f"{checkout}: the whole process is {statistics.median(ratios):.2f}x as fast as the tutorial's forward "
+              f'alone (tutorial / whole process, median of the rounds: {" ".join(f"{r:.2f}" for r in ratios)})')
+
+
 def peak_rss_of_cli(model_path, lr_size=1000, extra=()):
     """Peak RSS (GB) and wall time of `python super_resolve.py` upscaling an lr_size^2 image, in a child process."""
     with tempfile.TemporaryDirectory() as folder:
@@ -155,7 +210,7 @@ def peak_rss_of_cli(model_path, lr_size=1000, extra=()):
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2, elapsed  # kB on Linux
 
 
-def main():
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--model', default=None, help='a checkpoint (default: the shipped model if present, '
@@ -165,14 +220,25 @@ def main():
     parser.add_argument('--size', type=int, default=256, help='LR side in pixels')
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--tile', type=int, default=160,
-                        help="LR tile of the 'tiled' rows (160: 2x2 tiles of 140 for a 256 LR, the 1.2x overlap "
-                             "overhead a 1000x1000 image has at super_resolve.py's default tile)")
+                        help="LR tile of the 'tiled' rows (160: 2x2 tiles of 140 for a 256 LR, 1.2x the work, "
+                             "as 3x3 tiles of 187 for a 512x512 image or 5x5 of 220 for 1000x1000 at tile 256)")
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: all cores)')
     parser.add_argument('--memory', action='store_true',
                         help='also measure the peak RSS of the CLI upscaling 1000x1000 -> 4000x4000 on the CPU')
     parser.add_argument('--memory-size', type=int, default=1000, help='LR side of the --memory image')
+    parser.add_argument('--whole-process', action='store_true',
+                        help="instead of the table of paths, time the CLI's whole process on a photo against the "
+                             "tutorial's forward of it alone, --repeats pairs")
+    parser.add_argument('--whole-process-size', type=int, default=512, help='side of the --whole-process photo')
+    parser.add_argument('--before', default=None, metavar='FOLDER',
+                        help='(--whole-process) another checkout, e.g. an older commit from `git worktree add`, '
+                             'whose super_resolve.py runs in the same rounds')
     parser.add_argument('--cpu-only', action='store_true')
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -193,26 +259,28 @@ def main():
     state_dict = model.state_dict()
     lr_img = utils.convert_image(utils.downsample(hr_img, s), 'pil', 'imagenet-norm')  # (3, size, size)
 
-    print(f'model: {what}, {sum(p.numel() for p in model.parameters()):,} parameters')
-    print(f'input: {image_name}, LR {args.size}x{args.size} -> SR {args.size * s}x{args.size * s}; '
-          f"'tiled' rows: tile {args.tile}, overlap {DEFAULT_TILE_OVERLAP}; DEFAULT: tile "
-          f'{DEFAULT_TILE} (the whole image up to that size); best of {args.repeats}; '
-          f'torch {torch.__version__}')
+    print(f'model: {what}, {sum(p.numel() for p in model.parameters()):,} parameters; torch {torch.__version__}')
     devices = [torch.device('cpu')]
     if torch.cuda.is_available() and not args.cpu_only:
         devices.append(torch.device('cuda'))
-    for device in devices:
-        run_device(device, state_dict, config, lr_img, hr_img, args.repeats, args.tile)
+    if not args.whole_process:
+        print(f'input: {image_name}, LR {args.size}x{args.size} -> SR {args.size * s}x{args.size * s}; '
+              f"'tiled' rows: tile {args.tile}, overlap {DEFAULT_TILE_OVERLAP}; DEFAULT: tile "
+              f'{DEFAULT_TILE} (the whole image up to that size); best of {args.repeats}')
+        for device in devices:
+            run_device(device, state_dict, config, lr_img, hr_img, args.repeats, args.tile)
 
-    if args.memory:
-        with tempfile.TemporaryDirectory() as folder:
-            path = model_path or Path(folder) / 'model.pt'
-            if model_path is None:
-                save_checkpoint({'kind': 'srresnet', 'model_config': config, 'model': state_dict}, path)
+    with tempfile.TemporaryDirectory() as folder:
+        path = model_path or Path(folder) / 'model.pt'  # what the CLI loads
+        if model_path is None:
+            save_checkpoint({'kind': 'srresnet', 'model_config': config, 'model': state_dict}, path)
+        if args.memory:
             peak_gb, elapsed = peak_rss_of_cli(path, args.memory_size, extra=['--device', 'cpu'])
-        n, side = args.memory_size, args.memory_size * s
-        print(f'\nCLI, CPU, {n}x{n} -> {side}x{side} PNG, default settings: peak RSS {peak_gb:.2f} GB, '
-              f'{elapsed:.0f} s wall (model load and PNG encoding included)')
+            n, side = args.memory_size, args.memory_size * s
+            print(f'\nCLI, CPU, {n}x{n} -> {side}x{side} PNG, default settings: peak RSS {peak_gb:.2f} GB, '
+                  f'{elapsed:.0f} s wall (model load and PNG encoding included)')
+        if args.whole_process:
+            whole_process_vs_tutorial(path, args.whole_process_size, args.repeats, args.before)
 
 
 if __name__ == '__main__':

@@ -6,13 +6,15 @@ Speed (one process, the variants interleaved repeat by repeat so that background
 
     python benchmarks/train_step.py                        # SRResNet and SRGAN steps, batch 16, 24 -> 96
     python benchmarks/train_step.py --models srresnet --repeats 5
+    python benchmarks/train_step.py --compile --peak       # + the compiled step; each as a fraction of the peak
     python benchmarks/train_step.py --batch-size 2 --repeats 1 --steps 1 --warmup 0   # smallest: a smoke test
 
     plain   the tutorial's loop: the paper's models as models.py has them (nn.PReLU, the 9x9 convolution after the
             pixel shuffle), fp32, NCHW, eager, torch.optim.Adam defaults, losses on the raw outputs
     default train_srresnet.train_step / train_srgan.train_step as the scripts run them: speedups.for_training,
             autocast in utils.autocast_dtype's dtype (bf16 on CPUs with AVX-512 BF16/AMX and on Ampere+ GPUs),
-            channels_last, fused Adam (+ --compile to add torch.compile)
+            channels_last, fused Adam
+    compiled (--compile) the default step, its models torch.compile'd as the scripts' --compile has them
 
 End to end: the training scripts as a user runs them (default flags, lists of T91 + BSD200 from ../shared, else the
 demo photos), per iteration from their own log (data wait + step, after the first log row), beside the bare
@@ -83,18 +85,19 @@ def plain_srgan_step(generator, discriminator, vgg, optimizer_g, optimizer_d, lr
 
 
 def make_variants(name, device, batch_size, compile_models):
-    """{'plain': step(), 'default': step()} for one model, each with its own models, optimizers and batch."""
+    """{'plain': step(), 'default': step()} for one model (+ 'compiled': the default step of torch.compile'd models
+    when compile_models), each with its own models, optimizers and batch."""
     amp_dtype = autocast_dtype(device)
     variants = {}
-    for variant in ('plain', 'default'):
+    for variant in ('plain', 'default', 'compiled') if compile_models else ('plain', 'default'):
         torch.manual_seed(0)
-        memory_format = torch.channels_last if variant == 'default' else torch.contiguous_format
+        memory_format = torch.contiguous_format if variant == 'plain' else torch.channels_last
         lr_imgs = torch.randn(batch_size, 3, 24, 24, device=device).contiguous(memory_format=memory_format)
         hr_imgs = (torch.rand(batch_size, 3, 96, 96, device=device) * 2 - 1).contiguous(memory_format=memory_format)
 
         def prepare(model):
             model = model.to(device, memory_format=memory_format)
-            return torch.compile(model) if compile_models and variant == 'default' else model
+            return torch.compile(model) if variant == 'compiled' else model
 
         def adam(model):
             if variant == 'plain':
@@ -123,8 +126,8 @@ def make_variants(name, device, batch_size, compile_models):
                 step = (lambda *a: lambda: plain_srgan_step(*a))(generator, discriminator, vgg, optimizer_g,
                                                                  optimizer_d, lr_imgs, hr_imgs)
             else:
-                models = train_srgan.SRGANModels(prepare(generator), discriminator, discriminator, vgg, optimizer_g,
-                                                 optimizer_d, scaler)
+                models = train_srgan.SRGANModels(prepare(generator), discriminator, prepare(discriminator), vgg,
+                                                 optimizer_g, optimizer_d, scaler)  # as train_srgan.main has them
                 step = (lambda m: lambda: train_srgan.train_step(m, lr_imgs, hr_imgs, amp_dtype, 1e-3))(models)
         variants[variant] = step
     return variants
@@ -147,10 +150,12 @@ def speed(args):
     device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f'{device}, {torch.get_num_threads()} threads, default autocast dtype: {autocast_dtype(device)}, '
+    amp_dtype = autocast_dtype(device)
+    print(f'{device}, {torch.get_num_threads()} threads, default autocast dtype: {amp_dtype}, '
           f'batch {args.batch_size}, 24 -> 96, {args.repeats} interleaved repeats of {args.steps} steps; medians')
     print('| step | plain (tutorial) ms | default ms | speed-up | plain CPU ms | default CPU ms | CPU-time ratio |\n'
           '|---|---|---|---|---|---|---|')
+    medians = {}
     for name in args.models:
         variants = make_variants(name, device, args.batch_size, args.compile)
         for step in variants.values():  # warm-up: oneDNN / cuDNN kernel choice, compilation
@@ -160,11 +165,53 @@ def speed(args):
         for _ in range(args.repeats):
             for variant, step in variants.items():
                 times[variant].append(time_steps(step, args.steps, device))
-        (plain, plain_cpu), (default, default_cpu) = (
-            [statistics.median(t[i] for t in times[v]) * 1000 for i in (0, 1)] for v in ('plain', 'default'))
-        print(f'| {"SRResNet" if name == "srresnet" else "SRGAN (G + D + VGG54)"} | {plain:.0f} | {default:.0f} | '
+        medians[name] = {v: [statistics.median(t[i] for t in times[v]) * 1000 for i in (0, 1)] for v in times}
+        (plain, plain_cpu), (default, default_cpu) = medians[name]['plain'], medians[name]['default']
+        print(f'| {STEP_NAMES[name]} | {plain:.0f} | {default:.0f} | '
               f'{plain / default:.2f}x | {plain_cpu:.0f} | {default_cpu:.0f} | {plain_cpu / default_cpu:.2f}x |',
               flush=True)
+        medians[name]['flops'] = step_flops(variants['default'])
+    if args.peak or args.compile:
+        print_peak_fractions(medians, device, amp_dtype)
+
+
+STEP_NAMES = {'srresnet': 'SRResNet', 'srgan': 'SRGAN (G + D + VGG54)'}
+
+
+def step_flops(step):
+    """Floating-point operations of one step (convolutions and matrix products, forward and backward), counted by
+    PyTorch's FlopCounterMode on the eager step."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def matmul_peak(device, dtype, n=4096, repeats=5):
+    """FLOP/s of the best of `repeats` n x n matrix products in `dtype` (the machine's practical peak for it)."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    best = float('inf')
+    for _ in range(repeats + 1):  # the first one warms up
+        best = min(best, time_steps(lambda: torch.mm(a, b), 1, device)[0])
+    return 2 * n ** 3 / best
+
+
+def print_peak_fractions(medians, device, amp_dtype):
+    """How close each step comes to the machine's measured matrix-product peak in the step's dtype."""
+    dtype = amp_dtype or torch.float32
+    peak = matmul_peak(device, dtype)
+    print(f'\nmeasured peak: a 4096x4096 matrix product in {dtype} at {peak / 1e12:.3f} TFLOP/s; the steps (their '
+          f'convolutions and matrix products, forward and backward, counted by torch.utils.flop_counter):')
+    compiled = any('compiled' in m for m in medians.values())
+    print('| step | GFLOP | eager ms | eager TFLOP/s | eager % of peak |'
+          + (' compiled ms | compiled TFLOP/s | compiled % of peak |' if compiled else '')
+          + '\n|---|---|---|---|---|' + ('---|---|---|' if compiled else ''))
+    for name, m in medians.items():
+        row = f'| {STEP_NAMES[name]} | {m["flops"] / 1e9:.1f} |'
+        for variant in ('default', 'compiled') if compiled else ('default',):
+            rate = m['flops'] / (m[variant][0] / 1000)
+            row += f' {m[variant][0]:.0f} | {rate / 1e12:.3f} | {100 * rate / peak:.0f}% |'
+        print(row, flush=True)
 
 
 def end_to_end(args):
@@ -247,7 +294,10 @@ def main():
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--device', default='auto')
     parser.add_argument('--threads', type=int, default=0, help='torch threads (0: PyTorch default)')
-    parser.add_argument('--compile', action='store_true', help='torch.compile the default variant')
+    parser.add_argument('--compile', action='store_true',
+                        help='also time the default step with torch.compile (the models the scripts compile)')
+    parser.add_argument('--peak', action='store_true',
+                        help="also print each step's FLOP/s as a fraction of a measured matrix-product peak")
     parser.add_argument('--end-to-end', type=int, default=0, metavar='N',
                         help='instead: time the training scripts (N iterations a run) against the bare step')
     parser.add_argument('--log-every', type=int, default=10, help="(--end-to-end) the scripts' --log-every")

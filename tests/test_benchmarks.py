@@ -11,6 +11,17 @@ import pytest
 from conftest import REPO
 
 
+# The multiply-adds of the default SRResNet step for one 24x24 LR image, layer by layer (in_channels x out_channels x
+# kernel area x pixels), as speedups.for_training runs it: the last 9x9 convolution on 3 channels at 96x96 becomes
+# a 5x5 one from the 256 channels before the last pixel shuffle to 12 at 48x48
+SRRESNET_MACS = (3 * 64 * 81 * 24 ** 2                # the first 9x9 convolution
+                 + 33 * 64 * 64 * 9 * 24 ** 2         # 16 residual blocks x 2, and the one after them
+                 + 64 * 256 * 9 * (24 ** 2 + 48 ** 2)  # the two sub-pixel convolutions (x2 each)
+                 + 256 * 12 * 25 * 48 ** 2)           # the last convolution
+# a training step: 2 FLOPs a multiply-add, the backward twice the forward but the first layer's (no input gradient)
+SRRESNET_GFLOP_PER_IMAGE = (3 * 2 * SRRESNET_MACS - 2 * 3 * 64 * 81 * 24 ** 2) / 1e9  # 7.85
+
+
 def run_benchmark(*args):
     result = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=REPO, timeout=600,
                             env=dict(os.environ, OMP_NUM_THREADS='2'))
@@ -24,12 +35,20 @@ def table_rows(text, first_cell):
 
 
 def test_train_step_benchmark_runs_both_steps():
-    out = run_benchmark('benchmarks/train_step.py', '--batch-size', 2, '--repeats', 1, '--steps', 1, '--warmup', 0)
+    out = run_benchmark('benchmarks/train_step.py', '--batch-size', 2, '--repeats', 1, '--steps', 1, '--warmup', 0,
+                        '--peak')
+    peak = float(re.search(r'matrix product in torch\.\w+ at (\d+\.\d+) TFLOP/s', out).group(1))
     for name in ('SRResNet', 'SRGAN (G + D + VGG54)'):
-        (row,) = table_rows(out, name)
+        (row, peak_row) = table_rows(out, name)
         plain_ms, default_ms, speed_up = float(row[1]), float(row[2]), float(row[3].removesuffix('x'))
         assert plain_ms > 0 and default_ms > 0
         assert speed_up == pytest.approx(plain_ms / default_ms, abs=0.02)  # the ms are printed rounded
+        gflop, eager_ms, tflops, percent = float(peak_row[1]), float(peak_row[2]), float(peak_row[3]), peak_row[4]
+        assert eager_ms == pytest.approx(default_ms, abs=0.51)
+        assert tflops == pytest.approx(gflop / eager_ms, rel=0.05, abs=0.002)  # GFLOP / ms = TFLOP/s
+        assert float(percent.removesuffix('%')) == pytest.approx(100 * tflops / peak, rel=0.05, abs=1)
+    srresnet_gflop = float(table_rows(out, 'SRResNet')[1][1])  # batch 2
+    assert srresnet_gflop == pytest.approx(SRRESNET_GFLOP_PER_IMAGE * 2, rel=0.001)
 
 
 def test_inference_benchmark_runs_every_path_on_the_shipped_model():
@@ -44,6 +63,26 @@ def test_inference_benchmark_runs_every_path_on_the_shipped_model():
     assert all(20 < psnr < 40 for psnr in psnrs)  # every path super-resolves (Set5 baby or the astronaut)
     assert all(abs(psnr - psnrs[0]) < 0.05 for psnr in psnrs)  # and computes the tutorial's function
     assert re.search(r'64x64 -> 256x256 PNG, default settings: peak RSS \d+\.\d+ GB', out)
+
+
+def test_inference_benchmark_times_the_whole_process_against_the_tutorials_forward():
+    """--whole-process, with this checkout as the --before one too: every round times each CLI and the forward."""
+    out = run_benchmark('benchmarks/inference.py', '--whole-process', '--whole-process-size', 32, '--repeats', 2,
+                        '--before', REPO)
+    assert '32x32 -> 128x128 PNG, 2 rounds' in out
+    (cli,) = table_rows(out, 'python super_resolve.py photo.png -o out.png (whole process)')
+    (before,) = table_rows(out, f'the same, {REPO} (whole process)')
+    (tutorial,) = table_rows(out, "the tutorial's fp32 forward alone")
+    (tail,) = table_rows(out, 'of which its last 9x9 convolution')
+    runs = [[float(t) for t in row[2].split()] for row in (cli, before, tutorial, tail)]
+    assert all(len(r) == 2 and all(t > 0 for t in r) for r in runs)
+    assert 0 < float(tail[1]) < float(tutorial[1])
+    ratios = re.findall(r"the whole process is [\d.]+x as fast as the tutorial's forward alone \(tutorial / whole "
+                        r'process, median of the rounds: ([\d. ]+)\)', out)
+    assert len(ratios) == 2
+    for found, cli_runs in zip(ratios, runs[:2]):
+        assert [float(r) for r in found.split()] == pytest.approx([t / c for c, t in zip(cli_runs, runs[2])],
+                                                                  abs=0.01)
 
 
 def test_train_step_quality_benchmark(shared_data):
