@@ -35,6 +35,12 @@ DEFAULT_TILE_OVERLAP = 24
 MIN_TILE = 32
 MIN_TILE_OVERLAP = 16
 DEFAULT_MODEL = Path(__file__).resolve().parent / 'weights' / 'srresnet_x4.pt'  # the SRResNet shipped with the repo
+SCALES = (2, 4, 8)  # a shipped SRResNet for each, weights/srresnet_x<scale>.pt
+
+
+def shipped_model(scale=4):
+    """The path of the SRResNet shipped for `scale` (2, 4 or 8)."""
+    return DEFAULT_MODEL if scale == 4 else DEFAULT_MODEL.with_name(f'srresnet_x{scale}.pt')
 
 
 def load_generator(path, device='cpu', allow_unsafe_pickle=False, checkpoint=None):
@@ -81,15 +87,24 @@ def pick_amp_dtype(device, precision='auto'):
 
 def load_upscaler(path=None, device='cpu', precision='auto', tile=DEFAULT_TILE, tile_overlap=DEFAULT_TILE_OVERLAP,
                   allow_unsafe_pickle=False):
-    """A checkpoint from train_srresnet.py or train_srgan.py (None: the shipped model) -> an Upscaler on `device`
-    (see pick_amp_dtype for `precision`)."""
-    if path is None or Path(path) == DEFAULT_MODEL:
-        path = DEFAULT_MODEL
-        if not path.is_file():
-            raise CheckpointError(f'no shipped model yet ({path} is missing); pass --model PATH, '
-                                  f'a checkpoint written by train_srresnet.py or train_srgan.py')
+    """A checkpoint from train_srresnet.py or train_srgan.py (None: the shipped x4 model; shipped_model(scale) for
+    another) -> an Upscaler on `device` (see pick_amp_dtype for `precision`)."""
+    path = DEFAULT_MODEL if path is None else Path(path)
+    shipped = {shipped_model(s): s for s in SCALES}
+    if path in shipped and not path.is_file():
+        raise CheckpointError(f'no shipped x{shipped[path]} model yet ({path} is missing); pass --model PATH, '
+                              f'a checkpoint written by train_srresnet.py or train_srgan.py')
     model = load_generator(path, device, allow_unsafe_pickle)
     return Upscaler.for_model(model, tile, tile_overlap, pick_amp_dtype(device, precision))
+
+
+def check_scale(model_scale, scale, path):
+    """A CheckpointError when a scale was asked for (not None) and the model at `path` (a --model; None: the shipped
+    one) upscales by another."""
+    if scale is not None and model_scale != scale:
+        raise CheckpointError(f'{path or "the shipped model"} upscales x{model_scale}, not --scale {scale}: pass '
+                              f'--scale {model_scale}, or '
+                              f'a model of x{scale}' + ('' if path is None else ' (or no --model: the shipped one)'))
 
 
 @dataclasses.dataclass

@@ -353,27 +353,34 @@ def _fitted_font(draw, text, size, max_width):
 
 
 def visualize_sr(img, halve=False, srresnet_checkpoint=DEFAULT_MODEL, srgan_checkpoint=None, save_path=None,
-                 device='auto'):
+                 device='auto', scale=None):
     """The tutorial's 2x2 grid: Bicubic / SRResNet / SRGAN / Original HR.
 
     img: an image path or a PIL image, the HR. It is downsampled by the models' scale with Pillow bicubic (the LR
     every panel starts from), then upsampled with bicubic and super-resolved by each model. halve: halve the HR
     first (Lanczos), as the tutorial did for large images. srresnet_checkpoint, srgan_checkpoint: checkpoint paths
     (from train_srresnet.py / train_srgan.py), inference.Upscalers (to choose tiles or precision, or to load an
-    original-tutorial checkpoint with allow_unsafe_pickle), or None to leave that panel saying so.
+    original-tutorial checkpoint with allow_unsafe_pickle), or None to leave that panel saying so. scale: 2, 4 or 8,
+    the shipped SRResNet of that scale when srresnet_checkpoint is left as it is, and a CheckpointError for a
+    checkpoint of another scale (None: the checkpoints' own scale, x4 without any).
     Returns the grid as a PIL RGB image of (2 W + 3 m) x (2 H + 3 m) pixels (W x H: the HR, trimmed to a multiple
     of the scale; m: the label margin); saves it to save_path when given. Needs no display."""
     name = img if isinstance(img, (str, os.PathLike)) else 'image'
     hr_img = load_image(img) if isinstance(img, (str, os.PathLike)) else img.convert('RGB')
     if halve:
         hr_img = hr_img.resize((hr_img.width // 2, hr_img.height // 2), Image.LANCZOS)
+    if scale is not None and srresnet_checkpoint is DEFAULT_MODEL:  # the default: the shipped model of that scale
+        srresnet_checkpoint = inference.shipped_model(scale)
     upscalers = {label: checkpoint if isinstance(checkpoint, inference.Upscaler) else
                  load_upscaler(checkpoint, pick_device(device)) if checkpoint is not None else None
                  for label, checkpoint in (('SRResNet', srresnet_checkpoint), ('SRGAN', srgan_checkpoint))}
+    for label, checkpoint in (('SRResNet', srresnet_checkpoint), ('SRGAN', srgan_checkpoint)):
+        if upscalers[label] is not None:
+            inference.check_scale(upscalers[label].scaling_factor, scale, f'the {label} model ({checkpoint})')
     scales = {u.scaling_factor for u in upscalers.values() if u is not None}
     if len(scales) > 1:
         raise CheckpointError(f'the two checkpoints upscale by different factors ({sorted(scales)})')
-    s = scales.pop() if scales else 4
+    s = scales.pop() if scales else scale or 4
 
     if min(hr_img.width, hr_img.height) < s * MIN_INPUT_SIZE:
         raise ImageLoadError(f'{name}: {hr_img.width}x{hr_img.height} is too small for the grid (at least '
@@ -472,7 +479,10 @@ def parse_args(argv=None):
                              f'the format) [default: {DEFAULT_OUTPUT_DIR}/]')
     parser.add_argument('--model', default=None,
                         help='generator checkpoint from train_srresnet.py or train_srgan.py '
-                             '[default: the shipped weights/srresnet_x4.pt]')
+                             '[default: the shipped weights/srresnet_x<scale>.pt]')
+    parser.add_argument('--scale', type=int, choices=inference.SCALES, default=None,
+                        help='upscale by 2, 4 or 8: the shipped SRResNet of that scale when no --model is given; '
+                             'with --model, the scale it must have [default: x4, or the --model\'s own]')
     parser.add_argument('--tile', type=number(int, minimum=0), default=DEFAULT_TILE,
                         help=f'LR tile side for tiled inference, at least {MIN_TILE} (0: the whole image at once); '
                              f'smaller uses less memory, and it is halved automatically on out-of-memory '
@@ -619,13 +629,15 @@ def load_upscalers(args):
     settings = dict(device=device, precision=args.precision, tile=args.tile, tile_overlap=args.tile_overlap,
                     allow_unsafe_pickle=args.unsafe_pickle)
     try:
-        upscaler = load_upscaler(args.model, **settings)
+        upscaler = load_upscaler(args.model or inference.shipped_model(args.scale or 4), **settings)
+        inference.check_scale(upscaler.scaling_factor, args.scale, args.model)
         srgan = None
         if args.grid and args.srgan is not None:
             srgan = load_upscaler(args.srgan, **settings)
+            inference.check_scale(srgan.scaling_factor, args.scale, args.srgan)
             if srgan.scaling_factor != upscaler.scaling_factor:  # the grid's panels must share one LR image
                 raise CheckpointError(f'--srgan {args.srgan} upscales x{srgan.scaling_factor} but --model '
-                                      f'{args.model or DEFAULT_MODEL} upscales x{upscaler.scaling_factor}; pass two '
+                                      f'{args.model or "(the shipped model)"} upscales x{upscaler.scaling_factor}; pass two '
                                       f'checkpoints of the same scale')
     except CheckpointError as e:
         raise SystemExit(f'error: {e}') from None

@@ -20,6 +20,7 @@ loss_curves.png, and tensorboard/ when TensorBoard is installed.
 import torch
 import torch.nn.functional as F
 
+from checkpoints import CheckpointError, generator_of, load_checkpoint
 from models import SRResNet
 from training import (TrainingState, freeze_batchnorm, make_grad_scaler, make_optimizer, prepare_model, setup_run,
                       train_loop, training_argument_parser)
@@ -35,6 +36,10 @@ def get_args(argv=None):
     # the architecture (the paper's; fewer blocks make quick experiments and tests cheaper)
     parser.add_argument('--n-blocks', type=number(int, minimum=1), default=16, help='residual blocks')
     parser.add_argument('--n-channels', type=number(int, minimum=1), default=64, help='channels of the residual blocks')
+    parser.add_argument('--trunk-from', default=None, metavar='CHECKPOINT',
+                        help='start a new run from the weights of another SRResNet of the same size but any scale '
+                             '(e.g. weights/srresnet_x4.pt for an x2 or x8 model): every layer except the sub-pixel '
+                             'stages, whose number depends on the scale; not used when resuming')
     return parser.parse_args(argv)
 
 
@@ -51,6 +56,23 @@ def train_step(model, optimizer, scaler, lr_imgs, hr_imgs, amp_dtype):
     return {'loss': loss.detach()}
 
 
+def load_trunk(model, model_config, path):
+    """Copy into `model` (an SRResNet of model_config) every layer of the SRResNet in the checkpoint at `path` except the sub-pixel
+    stages: the first convolution, the residual blocks, the convolution after them and the last convolution."""
+    try:
+        config, state_dict = generator_of(load_checkpoint(path, unsafe_flag=None), path)
+    except CheckpointError as e:
+        raise SystemExit(f'error: --trunk-from {e}') from None
+    size = ('large_kernel_size', 'small_kernel_size', 'n_channels', 'n_blocks')
+    if any(config.get(k) != model_config[k] for k in size):
+        raise SystemExit(f'error: --trunk-from {path} is SRResNet({config}); its trunk fits only a model with its '
+                         f'{", ".join(size)} (pass them, or another checkpoint)')
+    trunk = {k: v for k, v in state_dict.items() if not k.startswith('subpixel_convolutional_blocks.')}
+    missing, unexpected = model.load_state_dict(trunk, strict=False)
+    assert not unexpected and all(k.startswith('subpixel_convolutional_blocks.') for k in missing), (missing, unexpected)
+    return len(trunk)
+
+
 def main(argv=None):
     args = get_args(argv)
     run = setup_run(args, kind='srresnet')
@@ -60,7 +82,12 @@ def main(argv=None):
     if run.checkpoint is not None and run.checkpoint['model_config'] != model_config:
         raise SystemExit(f'error: the run being resumed is SRResNet({run.checkpoint["model_config"]}); resume it with '
                          f'its --n-blocks and --n-channels, or start a new run in another --output-dir')
-    model, model_ddp = prepare_model(SRResNet(**model_config), run)
+    model = SRResNet(**model_config)
+    if args.trunk_from is not None and run.checkpoint is None:
+        n_loaded = load_trunk(model, model_config, args.trunk_from)
+        if run.is_main:
+            print(f'--trunk-from: {n_loaded} tensors from {args.trunk_from}; the sub-pixel stages start at random')
+    model, model_ddp = prepare_model(model, run)
     optimizer = make_optimizer(model, run)
     state = TrainingState(model_config, models={'model': model}, optimizers={'optimizer': optimizer},
                           scaler=make_grad_scaler(run))

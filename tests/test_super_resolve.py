@@ -76,7 +76,7 @@ def test_visualize_sr_without_the_shipped_model_says_what_to_do(monkeypatch, tmp
     with pytest.raises(CheckpointError, match='--model PATH'):
         super_resolve.visualize_sr(Image.fromarray(_photo(64, 64)),
                                    srresnet_checkpoint=inference.DEFAULT_MODEL, device='cpu')
-    with pytest.raises(SystemExit, match='no shipped model yet.*--model PATH'):
+    with pytest.raises(SystemExit, match='no shipped x4 model yet.*--model PATH'):
         super_resolve.main([str(tmp_path / 'any.png')])
 
 
@@ -484,3 +484,23 @@ def test_on_tile_reports_every_tile_the_upscaler_runs(size, tile, tile_overlap):
     n = len(calls)
     assert n > 1 and reports == [(i, n) for i in range(n + 1)]
     assert calls == list(range(1, n + 1))  # (0, n) comes before the first tile, (i, n) right after tile i
+
+
+def test_a_model_of_another_scale_than_asked_is_one_line(checkpoint, tmp_path, monkeypatch):
+    Image.fromarray(_photo(32, 32)).save(tmp_path / 'a.png')
+    with pytest.raises(SystemExit) as error:
+        super_resolve.main([str(tmp_path / 'a.png'), '--model', str(checkpoint), '--scale', '2', '-o',
+                            str(tmp_path / 'out')])
+    assert str(error.value.code) == (f'error: {checkpoint} upscales x4, not --scale 2: pass --scale 4, or a model '
+                                     f'of x2 (or no --model: the shipped one)')
+    super_resolve.main([str(tmp_path / 'a.png'), '--model', str(checkpoint), '--scale', '4', '-o',
+                        str(tmp_path / 'out')])  # its own scale: fine
+    assert Image.open(tmp_path / 'out' / 'a_x4.png').size == (128, 128)
+    with pytest.raises(CheckpointError, match=r'upscales x4, not --scale 8'):
+        super_resolve.visualize_sr(Image.fromarray(_photo(64, 64)), srresnet_checkpoint=checkpoint, scale=8,
+                                   device='cpu')
+    monkeypatch.setattr(inference, 'DEFAULT_MODEL', tmp_path / 'weights' / 'srresnet_x4.pt')
+    with pytest.raises(SystemExit, match=r'^error: no shipped x8 model yet \(.*srresnet_x8\.pt is missing\)'):
+        super_resolve.main([str(tmp_path / 'a.png'), '--scale', '8', '-o', str(tmp_path / 'out8')])
+    with pytest.raises(SystemExit):  # a scale that no SRResNet has is a usage error
+        super_resolve.parse_args([str(tmp_path / 'a.png'), '--scale', '3'])

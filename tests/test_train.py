@@ -493,3 +493,32 @@ def test_both_precisions_train_and_validate(demo_data, tmp_path, monkeypatch, ca
     assert 5 < rows[-1]['val_psnr_demo'] < 40
     checkpoint = load_checkpoint(tmp_path / 'last.pt')
     assert all(v.dtype in (torch.float32, torch.int64) for v in checkpoint['model'].values())
+
+
+def test_trunk_from_starts_another_scale_from_a_trained_srresnet(srresnet_run, demo_data, tmp_path):
+    """--trunk-from: every layer but the sub-pixel stages, from a model of another scale; refused for another size."""
+    x4 = generator_state_dict(load_checkpoint(srresnet_run / 'last.pt'))
+    x2 = SRResNet(n_blocks=1, scaling_factor=2)
+    before = {k: v.clone() for k, v in x2.state_dict().items()}
+    n = train_srresnet.load_trunk(x2, dict(large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=1,
+                                           scaling_factor=2), srresnet_run / 'last.pt')
+    after = x2.state_dict()
+    subpixel = [k for k in after if k.startswith('subpixel_convolutional_blocks.')]
+    assert n == len(after) - len(subpixel) and subpixel
+    assert all(torch.equal(after[k], x4[k]) for k in after if k not in subpixel)
+    assert all(torch.equal(after[k], before[k]) for k in subpixel)
+
+    output_dir = tmp_path / 'x2'
+    args = ['--data-folder', demo_data, '--output-dir', output_dir, *SMALL, '--n-blocks', 1, '--scaling-factor', 2,
+            '--val-set', 'none', '--trunk-from', srresnet_run / 'last.pt']
+    result = run_script('train_srresnet.py', *args, '--iterations', 1)
+    assert f'--trunk-from: {n} tensors from {srresnet_run / "last.pt"}' in result.stdout
+    assert load_checkpoint(output_dir / 'last.pt')['model_config']['scaling_factor'] == 2
+    result = run_script('train_srresnet.py', *args, '--iterations', 2, '--resume', 'auto')  # resumed: not used
+    assert '--trunk-from' not in result.stdout and load_checkpoint(output_dir / 'last.pt')['iteration'] == 2
+
+    result = run_script('train_srresnet.py', *args, '--iterations', 1, '--output-dir', tmp_path / 'other',
+                        '--n-blocks', 2, check=False)  # the last of a repeated flag counts
+    assert result.returncode != 0 and last_line(result).startswith(
+        f'error: --trunk-from {srresnet_run / "last.pt"} is SRResNet(')
+    assert 'n_blocks' in last_line(result)
