@@ -195,11 +195,12 @@ def generator_of(checkpoint, path, average=True):
         raise CheckpointError(f'{path}: {e}') from None
 
 
-def export_generator(path, output_path):
+def export_generator(path, output_path, average=True):
     """Write the generator of a training checkpoint as a small inference checkpoint: fp32 weights, the
-    architecture, and where they came from (iteration, the run's flags); no optimizer or RNG state."""
+    architecture, and where they came from (iteration, the run's flags); no optimizer or RNG state. average: the
+    moving average when the run kept one (see generator_state_dict); False: the trained weights themselves."""
     checkpoint = load_checkpoint(path, unsafe_flag=None)
-    config, state_dict = generator_of(checkpoint, path)
+    config, state_dict = generator_of(checkpoint, path, average)
     state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
     save_checkpoint({'kind': checkpoint.get('kind', 'srresnet'), 'model_config': config,
                      'model': state_dict, 'iteration': checkpoint.get('iteration'),
@@ -217,6 +218,9 @@ def main(argv=None):
                                       " export: a last.pt or best.pt of train_srresnet.py or train_srgan.py")
     parser.add_argument('output', help='where to write the new checkpoint (.pt)')
     parser.add_argument('--overwrite', action='store_true', help='replace OUTPUT if it exists (never INPUT)')
+    parser.add_argument('--live', action='store_true',
+                        help='export: the trained weights themselves, not the moving average of a run with '
+                             '--ema-decay (which lags behind in a short run whose weights still improve fast)')
     args = parser.parse_args(argv)
     if os.path.exists(args.input) and os.path.exists(args.output) and os.path.samefile(args.input, args.output):
         raise SystemExit(f'error: {args.output} is the input itself; write the new checkpoint to another file')
@@ -226,7 +230,7 @@ def main(argv=None):
         if args.command == 'convert':
             save_checkpoint(convert_tutorial_checkpoint(args.input), args.output)
         else:
-            export_generator(args.input, args.output)
+            export_generator(args.input, args.output, average=not args.live)
     except CheckpointError as e:
         raise SystemExit(f'error: {e}') from None
     print(f'wrote {args.output}')

@@ -129,6 +129,17 @@ def test_export_keeps_the_generator_alone(srresnet_run, tmp_path):
     assert result.returncode != 0 and result.stderr.strip() == f'error: {tmp_path}/missing.pt: no such checkpoint file'
 
 
+def test_export_takes_the_moving_average_unless_live(tmp_path):
+    import checkpoints
+    torch.manual_seed(0)
+    live, average = SRResNet(n_blocks=1).state_dict(), SRResNet(n_blocks=1).state_dict()
+    save_checkpoint({'kind': 'srresnet', 'model': live, 'ema': average, 'iteration': 7}, tmp_path / 'last.pt')
+    for flags, expected in (([], average), (['--live'], live)):
+        checkpoints.main(['export', str(tmp_path / 'last.pt'), str(tmp_path / 'out.pt'), '--overwrite', *flags])
+        exported = load_checkpoint(tmp_path / 'out.pt')['model']
+        assert exported.keys() == expected.keys() and all(torch.equal(exported[k], expected[k]) for k in expected)
+
+
 def test_short_srgan_run_from_the_srresnet_with_lr_decay(srresnet_run, demo_data, tmp_path):
     output_dir = tmp_path / 'srgan'
     result = run_script('train_srgan.py', '--data-folder', demo_data, '--output-dir', output_dir, *SMALL,
