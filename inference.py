@@ -102,9 +102,9 @@ def check_scale(model_scale, scale, path):
     """A CheckpointError when a scale was asked for (not None) and the model at `path` (a --model; None: the shipped
     one) upscales by another."""
     if scale is not None and model_scale != scale:
+        or_shipped = '' if path is None else ' (or no --model: the shipped one)'
         raise CheckpointError(f'{path or "the shipped model"} upscales x{model_scale}, not --scale {scale}: pass '
-                              f'--scale {model_scale}, or '
-                              f'a model of x{scale}' + ('' if path is None else ' (or no --model: the shipped one)'))
+                              f'--scale {model_scale}, or a model of x{scale}{or_shipped}')
 
 
 @dataclasses.dataclass

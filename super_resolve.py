@@ -371,10 +371,10 @@ def visualize_sr(img, halve=False, srresnet_checkpoint=DEFAULT_MODEL, srgan_chec
         hr_img = hr_img.resize((hr_img.width // 2, hr_img.height // 2), Image.LANCZOS)
     if scale is not None and srresnet_checkpoint is DEFAULT_MODEL:  # the default: the shipped model of that scale
         srresnet_checkpoint = inference.shipped_model(scale)
-    upscalers = {label: checkpoint if isinstance(checkpoint, inference.Upscaler) else
-                 load_upscaler(checkpoint, pick_device(device)) if checkpoint is not None else None
-                 for label, checkpoint in (('SRResNet', srresnet_checkpoint), ('SRGAN', srgan_checkpoint))}
+    upscalers = {}
     for label, checkpoint in (('SRResNet', srresnet_checkpoint), ('SRGAN', srgan_checkpoint)):
+        upscalers[label] = (checkpoint if isinstance(checkpoint, inference.Upscaler) else
+                            load_upscaler(checkpoint, pick_device(device)) if checkpoint is not None else None)
         if upscalers[label] is not None:
             inference.check_scale(upscalers[label].scaling_factor, scale, f'the {label} model ({checkpoint})')
     scales = {u.scaling_factor for u in upscalers.values() if u is not None}
@@ -637,8 +637,8 @@ def load_upscalers(args):
             inference.check_scale(srgan.scaling_factor, args.scale, args.srgan)
             if srgan.scaling_factor != upscaler.scaling_factor:  # the grid's panels must share one LR image
                 raise CheckpointError(f'--srgan {args.srgan} upscales x{srgan.scaling_factor} but --model '
-                                      f'{args.model or "(the shipped model)"} upscales x{upscaler.scaling_factor}; pass two '
-                                      f'checkpoints of the same scale')
+                                      f'{args.model or "(the shipped model)"} upscales x{upscaler.scaling_factor}; '
+                                      f'pass two checkpoints of the same scale')
     except CheckpointError as e:
         raise SystemExit(f'error: {e}') from None
     return upscaler, srgan

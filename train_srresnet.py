@@ -57,8 +57,9 @@ def train_step(model, optimizer, scaler, lr_imgs, hr_imgs, amp_dtype):
 
 
 def load_trunk(model, model_config, path):
-    """Copy into `model` (an SRResNet of model_config) every layer of the SRResNet in the checkpoint at `path` except the sub-pixel
-    stages: the first convolution, the residual blocks, the convolution after them and the last convolution."""
+    """Copy into `model` (an SRResNet of model_config) every layer of the SRResNet in the checkpoint at `path`
+    except the sub-pixel stages: the first convolution, the residual blocks, the convolution after them and the last
+    convolution."""
     try:
         config, state_dict = generator_of(load_checkpoint(path, unsafe_flag=None), path)
     except CheckpointError as e:
@@ -69,7 +70,8 @@ def load_trunk(model, model_config, path):
                          f'{", ".join(size)} (pass them, or another checkpoint)')
     trunk = {k: v for k, v in state_dict.items() if not k.startswith('subpixel_convolutional_blocks.')}
     missing, unexpected = model.load_state_dict(trunk, strict=False)
-    assert not unexpected and all(k.startswith('subpixel_convolutional_blocks.') for k in missing), (missing, unexpected)
+    assert not unexpected and all(k.startswith('subpixel_convolutional_blocks.') for k in missing), \
+        (missing, unexpected)
     return len(trunk)
 
 
