@@ -511,11 +511,11 @@ def test_trunk_from_starts_another_scale_from_a_trained_srresnet(srresnet_run, d
     x4 = generator_state_dict(load_checkpoint(srresnet_run / 'last.pt'))
     x2 = SRResNet(n_blocks=1, scaling_factor=2)
     before = {k: v.clone() for k, v in x2.state_dict().items()}
-    n = train_srresnet.load_trunk(x2, dict(large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=1,
-                                           scaling_factor=2), srresnet_run / 'last.pt')
+    n, grown = train_srresnet.load_trunk(x2, dict(large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=1,
+                                                  scaling_factor=2), srresnet_run / 'last.pt')
     after = x2.state_dict()
     subpixel = [k for k in after if k.startswith('subpixel_convolutional_blocks.')]
-    assert n == len(after) - len(subpixel) and subpixel
+    assert n == len(after) - len(subpixel) and subpixel and not grown
     assert all(torch.equal(after[k], x4[k]) for k in after if k not in subpixel)
     assert all(torch.equal(after[k], before[k]) for k in subpixel)
 
@@ -523,7 +523,8 @@ def test_trunk_from_starts_another_scale_from_a_trained_srresnet(srresnet_run, d
     args = ['--data-folder', demo_data, '--output-dir', output_dir, *SMALL, '--n-blocks', 1, '--scaling-factor', 2,
             '--val-set', 'none', '--trunk-from', srresnet_run / 'last.pt']
     result = run_script('train_srresnet.py', *args, '--iterations', 1)
-    assert f'--trunk-from: {n} tensors from {srresnet_run / "last.pt"}' in result.stdout
+    assert f'--trunk-from: {n} tensors from {srresnet_run / "last.pt"}; the sub-pixel stages start at random' \
+        in result.stdout
     assert load_checkpoint(output_dir / 'last.pt')['model_config']['scaling_factor'] == 2
     result = run_script('train_srresnet.py', *args, '--iterations', 2, '--resume', 'auto')  # resumed: not used
     assert '--trunk-from' not in result.stdout and load_checkpoint(output_dir / 'last.pt')['iteration'] == 2
@@ -533,3 +534,23 @@ def test_trunk_from_starts_another_scale_from_a_trained_srresnet(srresnet_run, d
     assert result.returncode != 0 and last_line(result).startswith(
         f'error: --trunk-from {srresnet_run / "last.pt"} is SRResNet(')
     assert 'n_blocks' in last_line(result)
+
+
+def test_trunk_from_a_smaller_scale_starts_as_it_followed_by_an_upsampling(tmp_path):
+    """x8 from x4: every x4 tensor copied, and the new sub-pixel stage a nearest-neighbour x2 upsampling of the
+    features: x8(lr) == the x4's last convolution applied to nearest_x2(the x4's features before it)."""
+    torch.manual_seed(0)
+    config = dict(large_kernel_size=9, small_kernel_size=3, n_channels=8, n_blocks=1, scaling_factor=4)
+    x4 = SRResNet(**config).eval()
+    for p in x4.parameters():  # PReLU slopes away from 0.25 too, so that a wrong slope would show
+        p.data.add_(0.1 * torch.randn_like(p))
+    save_checkpoint({'kind': 'srresnet', 'model_config': config, 'model': x4.state_dict()}, tmp_path / 'x4.pt')
+    x8 = SRResNet(**dict(config, scaling_factor=8)).eval()
+    n, grown = train_srresnet.load_trunk(x8, dict(config, scaling_factor=8), tmp_path / 'x4.pt')
+    assert grown and n == len(x4.state_dict())
+    lr_imgs = torch.randn(2, 3, 5, 7)
+    with torch.no_grad():
+        features = x4.subpixel_convolutional_blocks(x4.conv_block2(x4.residual_blocks(x4.conv_block1(lr_imgs)))
+                                                    + x4.conv_block1(lr_imgs))  # (2, 8, 20, 28)
+        upsampled = features.repeat_interleave(2, 2).repeat_interleave(2, 3)  # (2, 8, 40, 56), nearest x2
+        assert torch.allclose(x8(lr_imgs), x4.conv_block3(upsampled), atol=1e-5)

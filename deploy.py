@@ -1,0 +1,211 @@
+"""
+Deployment without PyTorch: a generator exported to ONNX, and an exported model run by onnxruntime behind the same
+interface as an SRResNet, so that super_resolve.py and eval.py run it through their usual tiles, alpha, 16-bit and
+video paths (inference.load_upscaler picks this for a .onnx file).
+
+    python deploy.py weights/srresnet_x4.pt srresnet_x4.onnx    # any checkpoint of this repo; --fp16: half the file
+    python super_resolve.py photo.jpg --model srresnet_x4.onnx  # check it on your own images
+
+The exported graph takes and returns what a user has, at any batch size and image size:
+    input  'lr_imgs'  float32 RGB in [0, 1], (N, 3, H, W)
+    output 'sr_imgs'  float32 RGB in [0, 1], (N, 3, s H, s W), s the model's scale (2, 4 or 8)
+The ImageNet normalisation and the tanh's [-1, 1] -> [0, 1] are inside the graph, every BatchNorm is folded into its
+convolution, and the file's metadata names the scale, the ranges and the checkpoint it came from (METADATA_KEYS).
+
+onnx, onnxscript (export) and onnxruntime (running) are imported only here and only when used. ONNX export lives
+here, not in `checkpoints.py export`, because it builds the model (models.py), which itself reads checkpoints.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+
+import torch
+from torch import nn
+
+import speedups
+from checkpoints import CheckpointError, check_output, generator_of, load_checkpoint
+from models import SRResNet
+from utils import WriteError, atomic_path, convert_image, first_line, run_main
+
+# torch's exporter's default opset: onnxruntime runs it from 1.17 (2024), TensorRT from 10. The graph uses only
+# Conv, PRelu, DepthToSpace, Tanh, Add, Sub, Div (and Cast in fp16), unchanged since opset 13, so an older runtime
+# can take the file after onnx.version_converter.convert_version(model, 13).
+OPSET = 20
+INPUT_NAME, OUTPUT_NAME = 'lr_imgs', 'sr_imgs'
+# what every export of this repo records, as onnx metadata_props (strings)
+METADATA_KEYS = ('scale', 'input', 'output', 'weights', 'model_config', 'kind', 'source')
+
+
+class PixelsToPixels(nn.Module):
+    """What the exported graph computes: an SRResNet between the ranges a user has.
+    (N, 3, H, W) RGB in [0, 1] -> (N, 3, s H, s W) RGB in [0, 1]. fp16: the network computes in half precision
+    (half the file); the graph's input and output stay float32."""
+
+    def __init__(self, srresnet, fp16=False):
+        super().__init__()
+        self.net = speedups.fold_batchnorm(srresnet).half() if fp16 else speedups.fold_batchnorm(srresnet)
+        self.fp16 = fp16
+
+    def forward(self, lr_imgs):  # (N, 3, H, W), in [0, 1]
+        lr_imgs = convert_image(lr_imgs, '[0, 1]', 'imagenet-norm')  # (N, 3, H, W), ImageNet-normalised
+        sr_imgs = self.net(lr_imgs.half() if self.fp16 else lr_imgs).float()  # (N, 3, s H, s W), in [-1, 1]
+        return convert_image(sr_imgs, '[-1, 1]', '[0, 1]')  # (N, 3, s H, s W), in [0, 1]
+
+
+def export_onnx(path, output_path, average=True, fp16=False):
+    """The generator of any checkpoint of this repo (x2, x4, x8; SRResNet or SRGAN) -> an .onnx file at
+    `output_path` (written atomically) with dynamic batch, height and width and the metadata a user needs (see the
+    module docstring). average: the run's moving average when it kept one, else the trained weights (as
+    checkpoints.export_generator). fp16: the network in half precision. -> the largest |onnxruntime - PyTorch fp32|
+    on a 17x31 random image, on the [0, 1] scale (None when onnxruntime is not installed)."""
+    checkpoint = load_checkpoint(path, unsafe_flag=None)
+    config, state_dict = generator_of(checkpoint, path, average)
+    iteration, weights = checkpoint.get('iteration'), 'moving average' if average and 'ema' in checkpoint else 'weights'
+    about = {'kind': checkpoint.get('kind', 'srresnet'),
+             'source': f'{os.path.basename(path)}, {weights}' + (f' at iteration {iteration}' if iteration else '')}
+    return export_srresnet(config, {k: v.float() for k, v in state_dict.items()}, output_path, about, fp16)
+
+
+def export_srresnet(config, state_dict, output_path, about, fp16=False):
+    """An SRResNet (its constructor arguments and state_dict) -> an .onnx file; see export_onnx. about: what the
+    weights are, for the metadata: {'kind': 'srresnet' or 'srgan', 'source': where they came from}."""
+    if tuple(int(part) for part in torch.__version__.split('.')[:2]) < (2, 6):
+        raise CheckpointError(f'exporting to ONNX needs torch >= 2.6 (its dynamo exporter), not {torch.__version__}')
+    onnx = _require('onnx', 'exporting to ONNX needs the onnx and onnxscript packages: pip install onnx onnxscript')
+    _require('onnxscript', 'exporting to ONNX needs the onnxscript package: pip install onnxscript')
+    srresnet = SRResNet(**config).eval()
+    srresnet.load_state_dict(state_dict)
+    graph = PixelsToPixels(srresnet, fp16).eval()
+    dims = {0: torch.export.Dim('batch'), 2: torch.export.Dim('height'), 3: torch.export.Dim('width')}
+    with torch.no_grad():
+        program = torch.onnx.export(graph, (torch.rand(2, 3, 32, 32),), input_names=[INPUT_NAME],
+                                    output_names=[OUTPUT_NAME], opset_version=OPSET, dynamic_shapes={'lr_imgs': dims},
+                                    external_data=False, dynamo=True, verbose=False)
+    model = program.model_proto
+    s = config['scaling_factor']
+    metadata = {'scale': str(s), 'input': f'{INPUT_NAME}: float32 RGB in [0, 1], (N, 3, H, W)',
+                'output': f'{OUTPUT_NAME}: float32 RGB in [0, 1], (N, 3, {s}H, {s}W)',
+                'weights': 'fp16' if fp16 else 'fp32', 'model_config': json.dumps(config), **about}
+    onnx.helper.set_model_props(model, metadata)
+    model.doc_string = f'SRResNet x{s} (Ledig et al. 2017): {metadata["input"]} -> {metadata["output"]}'
+    onnx.checker.check_model(model, full_check=True)
+    with atomic_path(output_path) as tmp_path:
+        onnx.save(model, tmp_path)
+    return parity(PixelsToPixels(srresnet).eval() if fp16 else graph, output_path)  # against fp32 PyTorch
+
+
+def parity(graph, onnx_path, size=(17, 31)):
+    """The largest |onnxruntime - PyTorch fp32| of the exported graph at `onnx_path` on one random image of `size`
+    (odd sides), [0, 1] scale; None when onnxruntime is not installed."""
+    if importlib.util.find_spec('onnxruntime') is None:
+        return None
+    lr_imgs = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = graph(lr_imgs)
+    return (OnnxGenerator(onnx_path).run(lr_imgs) - expected).abs().max().item()
+
+
+def _require(module, message):
+    """Import an optional package, or a CheckpointError saying how to install it."""
+    try:
+        return __import__(module)
+    except ImportError:
+        raise CheckpointError(message) from None
+
+
+class OnnxGenerator(nn.Module):
+    """An .onnx generator run by onnxruntime, in place of an SRResNet: it takes and returns what an SRResNet does,
+    (N, 3, h, w) ImageNet-normalised -> (N, 3, h s, w s) in [-1, 1], so inference.Upscaler tiles, blends and batches
+    it as any model. No parameters: it runs on the CPU (or CUDA with onnxruntime-gpu), from CPU tensors."""
+
+    def __init__(self, path, device='cpu'):
+        super().__init__()
+        ort = _require('onnxruntime', f'{path}: running an .onnx model needs onnxruntime: pip install onnxruntime')
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()  # the threads torch would use, for a fair comparison
+        options.log_severity_level = 3  # errors only: its warnings about unused initializers are not the user's
+        providers = ['CPUExecutionProvider']
+        if torch.device(device).type == 'cuda' and 'CUDAExecutionProvider' in ort.get_available_providers():
+            providers.insert(0, 'CUDAExecutionProvider')
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as e:  # onnxruntime's own exception types: a missing file, not ONNX, an unsupported op
+            raise CheckpointError(f'{path}: onnxruntime cannot load it ({first_line(e)}); pass an .onnx written by '
+                              f'`python checkpoints.py export CHECKPOINT OUT.onnx`') from None
+        self.path, self.metadata = str(path), self.session.get_modelmeta().custom_metadata_map
+        self.input = self.session.get_inputs()[0]
+        self.scaling_factor = self._scale()
+
+    def _scale(self):
+        """The scale recorded by our export; for an .onnx from elsewhere, one that takes (N, 3, H, W) images of any
+        size, the scale measured on a 16x16 image, and a note of what is assumed."""
+        if 'scale' in self.metadata:
+            return int(self.metadata['scale'])
+        shape = self.input.shape  # ints for fixed sides, strings or None for dynamic ones
+        if len(shape) != 4 or shape[1] not in (3, '3') or any(isinstance(side, int) for side in shape[2:]):
+            raise CheckpointError(f'{self.path}: not an export of this repo (no metadata) and its input {self.input.name} '
+                              f'{shape} is not (N, 3, H, W) of any size; pass an .onnx written by `python '
+                              f'checkpoints.py export CHECKPOINT OUT.onnx`')
+        out = self.run(torch.rand(1, 3, 16, 16))
+        if out.shape[1] != 3 or out.shape[2] % 16 or out.shape[2] != out.shape[3] or out.shape[2] < 16:
+            raise CheckpointError(f'{self.path}: not an export of this repo (no metadata), and a 1x3x16x16 input gives '
+                              f'{tuple(out.shape)}, not an RGB image upscaled by a whole factor; pass an .onnx '
+                              f'written by `python checkpoints.py export CHECKPOINT OUT.onnx`')
+        s = out.shape[2] // 16
+        print(f'note: {self.path} has no metadata of this repo: assuming RGB in [0, 1] in and out, x{s} (measured '
+              f'on a 16x16 image)', file=sys.stderr)
+        return s
+
+    def run(self, lr_imgs):
+        """(N, 3, h, w) RGB in [0, 1] -> (N, 3, h s, w s) RGB in [0, 1], float32: the graph itself."""
+        dtype = 'float16' if self.input.type == 'tensor(float16)' else 'float32'
+        feed = {self.input.name: lr_imgs.detach().float().contiguous().numpy().astype(dtype, copy=False)}
+        try:
+            sr_imgs = self.session.run(None, feed)[0]
+        except Exception as e:  # onnxruntime's exceptions: an allocation failure becomes one Upscaler retries
+            if 'alloc' in str(e).lower():
+                raise RuntimeError(f'out of memory in onnxruntime ({first_line(e)})') from None
+            raise
+        return torch.from_numpy(sr_imgs).float()
+
+    def forward(self, lr_imgs):  # (N, 3, h, w), ImageNet-normalised
+        sr_imgs = self.run(convert_image(lr_imgs.cpu().float(), 'imagenet-norm', '[0, 1]'))  # (N, 3, h s, w s), [0, 1]
+        return convert_image(sr_imgs, '[0, 1]', '[-1, 1]')  # (N, 3, h s, w s), in [-1, 1]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description='Export the generator of a checkpoint of this repo to ONNX: any '
+                                                 'batch and image size, float32 RGB in [0, 1] in and out, BatchNorm '
+                                                 'folded, checked against PyTorch with onnxruntime when installed. '
+                                                 'Needs pip install onnx onnxscript onnxruntime.')
+    parser.add_argument('checkpoint', help='a shipped model (weights/srresnet_x4.pt), or a last.pt or best.pt of '
+                                           'train_srresnet.py or train_srgan.py')
+    parser.add_argument('output', help='the .onnx file to write')
+    parser.add_argument('--fp16', action='store_true',
+                        help='the network in half precision: half the file; the input and output stay float32; '
+                             'differs from fp32 by ~1e-3 on the [0, 1] scale')
+    parser.add_argument('--live', action='store_true',
+                        help='the trained weights themselves, not the moving average of a run with --ema-decay')
+    parser.add_argument('--overwrite', action='store_true', help='replace OUTPUT if it exists (never CHECKPOINT)')
+    args = parser.parse_args(argv)
+    if not args.output.lower().endswith('.onnx'):
+        raise SystemExit(f'error: {args.output}: name the output *.onnx (the generator as a PyTorch file: python '
+                         f'checkpoints.py export {args.checkpoint} {args.output})')
+    check_output(args.checkpoint, args.output, args.overwrite)
+    try:
+        difference = export_onnx(args.checkpoint, args.output, average=not args.live, fp16=args.fp16)
+    except (CheckpointError, WriteError) as e:  # not a generator; onnx missing; an unwritable folder, a full disk
+        raise SystemExit(f'error: {e}') from None
+    if difference is None:
+        print(f'wrote {args.output} (not checked: onnxruntime is not installed; pip install onnxruntime to check and '
+              f'run it)')
+    else:
+        print(f'wrote {args.output}; checked with onnxruntime on a 17x31 image: largest difference from PyTorch fp32 '
+              f'{difference:.1e} on the [0, 1] scale')
+
+
+if __name__ == '__main__':
+    run_main(main)
