@@ -23,7 +23,7 @@ import pickle
 
 import torch
 
-from utils import atomic_path, run_main
+from utils import WriteError, atomic_path, first_line, run_main
 
 
 class CheckpointError(ValueError):
@@ -68,7 +68,7 @@ def load_checkpoint(path, allow_unsafe_pickle=False, map_location='cpu', unsafe_
                 f'`python checkpoints.py convert {path} converted.pt`.') from None
         checkpoint = convert_tutorial_checkpoint(path, map_location)
     except Exception as e:
-        raise CheckpointError(f'{path}: not a PyTorch checkpoint or damaged ({_first_line(e)}); {how}') from None
+        raise CheckpointError(f'{path}: not a PyTorch checkpoint or damaged ({first_line(e)}); {how}') from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f'{path}: expected a checkpoint dict, found {type(checkpoint).__name__}; {how}')
     return checkpoint
@@ -109,13 +109,6 @@ def what_file_is(path):
     return 'a file of an unknown format'
 
 
-def _first_line(error):
-    """The exception's type and the first line of its message (a text file's bare "KeyError: 101" says more than
-    "101"), or its type alone when it has none (an empty file's EOFError)."""
-    lines = str(error).strip().splitlines()
-    return f'{type(error).__name__}: {lines[0]}' if lines else type(error).__name__
-
-
 def convert_tutorial_checkpoint(path, map_location='cpu'):
     """Unpickle an original-tutorial checkpoint ({'epoch', 'model': SRResNet or Generator object, ...}; SRGAN ones
     also 'generator'/'discriminator') and return it in this repo's format. UNSAFE: only for files you trust.
@@ -134,7 +127,7 @@ def convert_tutorial_checkpoint(path, map_location='cpu'):
     try:
         old = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:
-        raise CheckpointError(f'{path}: not a PyTorch checkpoint or damaged ({_first_line(e)})') from None
+        raise CheckpointError(f'{path}: not a PyTorch checkpoint or damaged ({first_line(e)})') from None
     entry = 'generator' if isinstance(old, dict) and 'generator' in old else 'model'
     net = old.get(entry) if isinstance(old, dict) else None
     if not isinstance(net, torch.nn.Module):
@@ -198,7 +191,11 @@ def generator_of(checkpoint, path, average=True):
 def export_generator(path, output_path, average=True):
     """Write the generator of a training checkpoint as a small inference checkpoint: fp32 weights, the
     architecture, and where they came from (iteration, the run's flags); no optimizer or RNG state. average: the
-    moving average when the run kept one (see generator_state_dict); False: the trained weights themselves."""
+    moving average when the run kept one (see generator_state_dict); False: the trained weights themselves.
+    (An ONNX model instead: deploy.export_onnx.)"""
+    if os.fspath(output_path).lower().endswith('.onnx'):
+        raise CheckpointError(f'{output_path}: an ONNX export is made by deploy.py: python deploy.py {path} '
+                              f'{output_path}')
     checkpoint = load_checkpoint(path, unsafe_flag=None)
     config, state_dict = generator_of(checkpoint, path, average)
     state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
@@ -207,12 +204,20 @@ def export_generator(path, output_path, average=True):
                      'best_psnr': checkpoint.get('best_psnr'), 'config': checkpoint.get('config', {})}, output_path)
 
 
+def check_output(input_path, output_path, overwrite):
+    """Refuse (SystemExit, one line) to write over the input, or over an existing file without --overwrite."""
+    if os.path.exists(input_path) and os.path.exists(output_path) and os.path.samefile(input_path, output_path):
+        raise SystemExit(f'error: {output_path} is the input itself; write the new file to another one')
+    if os.path.exists(output_path) and not overwrite:
+        raise SystemExit(f'error: {output_path} exists; pass --overwrite to replace it, or choose another file')
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Checkpoint tools. convert: an original-tutorial checkpoint "
                                                  "(pickled model objects; unpickling runs code from the file, so only "
                                                  "convert checkpoints you trust) into this repo's weights-only format. "
                                                  "export: the generator of a training checkpoint alone (fp32, for "
-                                                 "inference and sharing: ~6 MB instead of ~19 MB).")
+                                                 "inference and sharing: ~6 MB instead of ~19 MB; to ONNX: deploy.py).")
     parser.add_argument('command', choices=['convert', 'export'])
     parser.add_argument('input', help="convert: the tutorial's checkpoint_srresnet.pth.tar or checkpoint_srgan.pth.tar;"
                                       " export: a last.pt or best.pt of train_srresnet.py or train_srgan.py")
@@ -222,16 +227,13 @@ def main(argv=None):
                         help='export: the trained weights themselves, not the moving average of a run with '
                              '--ema-decay (which lags behind in a short run whose weights still improve fast)')
     args = parser.parse_args(argv)
-    if os.path.exists(args.input) and os.path.exists(args.output) and os.path.samefile(args.input, args.output):
-        raise SystemExit(f'error: {args.output} is the input itself; write the new checkpoint to another file')
-    if os.path.exists(args.output) and not args.overwrite:
-        raise SystemExit(f'error: {args.output} exists; pass --overwrite to replace it, or choose another file')
+    check_output(args.input, args.output, args.overwrite)
     try:
         if args.command == 'convert':
             save_checkpoint(convert_tutorial_checkpoint(args.input), args.output)
         else:
             export_generator(args.input, args.output, average=not args.live)
-    except CheckpointError as e:
+    except (CheckpointError, WriteError) as e:  # WriteError: an output folder that cannot be written, a full disk
         raise SystemExit(f'error: {e}') from None
     print(f'wrote {args.output}')
 

@@ -133,8 +133,8 @@ class OnnxGenerator(nn.Module):
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as e:  # onnxruntime's own exception types: a missing file, not ONNX, an unsupported op
-            raise CheckpointError(f'{path}: onnxruntime cannot load it ({first_line(e)}); pass an .onnx written by '
-                              f'`python checkpoints.py export CHECKPOINT OUT.onnx`') from None
+            raise CheckpointError(f'{path}: onnxruntime cannot load it ({first_line(e)}); pass an .onnx written '
+                                  f'by `python deploy.py CHECKPOINT OUT.onnx`') from None
         self.path, self.metadata = str(path), self.session.get_modelmeta().custom_metadata_map
         self.input = self.session.get_inputs()[0]
         self.scaling_factor = self._scale()
@@ -146,14 +146,14 @@ class OnnxGenerator(nn.Module):
             return int(self.metadata['scale'])
         shape = self.input.shape  # ints for fixed sides, strings or None for dynamic ones
         if len(shape) != 4 or shape[1] not in (3, '3') or any(isinstance(side, int) for side in shape[2:]):
-            raise CheckpointError(f'{self.path}: not an export of this repo (no metadata) and its input {self.input.name} '
-                              f'{shape} is not (N, 3, H, W) of any size; pass an .onnx written by `python '
-                              f'checkpoints.py export CHECKPOINT OUT.onnx`')
+            raise CheckpointError(f'{self.path}: not an export of this repo (no metadata) and its input '
+                                  f'{self.input.name} {shape} is not (N, 3, H, W) of any size; pass an .onnx written '
+                                  f'by `python deploy.py CHECKPOINT OUT.onnx`')
         out = self.run(torch.rand(1, 3, 16, 16))
         if out.shape[1] != 3 or out.shape[2] % 16 or out.shape[2] != out.shape[3] or out.shape[2] < 16:
-            raise CheckpointError(f'{self.path}: not an export of this repo (no metadata), and a 1x3x16x16 input gives '
-                              f'{tuple(out.shape)}, not an RGB image upscaled by a whole factor; pass an .onnx '
-                              f'written by `python checkpoints.py export CHECKPOINT OUT.onnx`')
+            raise CheckpointError(f'{self.path}: not an export of this repo (no metadata), and a 1x3x16x16 input '
+                                  f'gives {tuple(out.shape)}, not an RGB image upscaled by a whole factor; pass an '
+                                  f'.onnx written by `python deploy.py CHECKPOINT OUT.onnx`')
         s = out.shape[2] // 16
         print(f'note: {self.path} has no metadata of this repo: assuming RGB in [0, 1] in and out, x{s} (measured '
               f'on a 16x16 image)', file=sys.stderr)

@@ -88,12 +88,15 @@ def pick_amp_dtype(device, precision='auto'):
 def load_upscaler(path=None, device='cpu', precision='auto', tile=DEFAULT_TILE, tile_overlap=DEFAULT_TILE_OVERLAP,
                   allow_unsafe_pickle=False):
     """A checkpoint from train_srresnet.py or train_srgan.py (None: the shipped x4 model; shipped_model(scale) for
-    another) -> an Upscaler on `device` (see pick_amp_dtype for `precision`)."""
+    another), or an .onnx export of one -> an Upscaler on `device` (see pick_amp_dtype for `precision`; an .onnx
+    runs in the precision it was exported in)."""
     path = DEFAULT_MODEL if path is None else Path(path)
     shipped = {shipped_model(s): s for s in SCALES}
     if path in shipped and not path.is_file():
         raise CheckpointError(f'no shipped x{shipped[path]} model yet ({path} is missing); pass --model PATH, '
                               f'a checkpoint written by train_srresnet.py or train_srgan.py')
+    if path.suffix.lower() == '.onnx':  # an exported model, run by onnxruntime in its own precision
+        return Upscaler.for_onnx(path, device, tile, tile_overlap)
     model = load_generator(path, device, allow_unsafe_pickle)
     return Upscaler.for_model(model, tile, tile_overlap, pick_amp_dtype(device, precision))
 
@@ -122,9 +125,17 @@ class Upscaler:
         """An SRResNet (left untouched) -> an Upscaler of its inference rewrite (speedups.for_inference)."""
         return cls(speedups.for_inference(model), model.scaling_factor, tile, tile_overlap, amp_dtype)
 
+    @classmethod
+    def for_onnx(cls, path, device='cpu', tile=DEFAULT_TILE, tile_overlap=DEFAULT_TILE_OVERLAP):
+        """An .onnx export of this repo (deploy.py) -> an Upscaler running it with onnxruntime."""
+        import deploy  # only .onnx models need it (and onnxruntime)
+        model = deploy.OnnxGenerator(path, device)
+        return cls(model, model.scaling_factor, tile, tile_overlap)
+
     @property
     def device(self):
-        return next(self.model.parameters()).device
+        parameter = next(self.model.parameters(), None)  # an OnnxGenerator has none: it takes CPU tensors
+        return torch.device('cpu') if parameter is None else parameter.device
 
     @torch.inference_mode()
     def forward(self, lr_imgs):

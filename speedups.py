@@ -4,6 +4,7 @@ and knows nothing of this file. Each rewrite is switched on by one call where a 
 
     speedups.for_training(model)          # in place, before training (training.py); state_dict keys unchanged
     fast = speedups.for_inference(model)  # a rewritten copy for inference (inference.py); `model` is untouched
+    folded = speedups.fold_batchnorm(model)  # BatchNorm folded alone, a copy (deploy.py exports it to ONNX)
 
 What they do, and why they are exact (tests/test_speedups.py checks each against the plain model):
 - single-slope PReLU on the CPU through LeakyReLU's kernels (SingleSlopePReLU): PyTorch's PReLU backward is slow
@@ -47,12 +48,7 @@ def for_inference(model):
     the last convolution moved before the last pixel shuffle (computed once), single-slope PReLUs and residual
     additions computed in place, channels_last.
     Weights stay fp32: autocast casts them per tile, which costs nothing measurable."""
-    model = copy.deepcopy(model).eval()
-    for block in model.modules():
-        layers = block.conv_block if isinstance(block, ConvolutionalBlock) else []  # conv [, BN] [, activation]
-        if len(layers) > 1 and isinstance(layers[1], nn.BatchNorm2d):
-            layers[0] = fuse_conv_bn_eval(layers[0], layers[1])
-            layers[1] = nn.Identity()
+    model = fold_batchnorm(model)
     for_training(model)
     _compute_in_place(model)
     device = next(model.parameters()).device
@@ -60,6 +56,20 @@ def for_inference(model):
         model.conv_block3 = model.conv_block3.fixed(pad_to=8 if device.type == 'cpu' else 1)
     if device.type != 'mps':
         model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+@torch.no_grad()
+def fold_batchnorm(model):
+    """A copy of `model` (SRResNet) in eval mode with every BatchNorm folded into the convolution before it (in eval
+    mode BN is a fixed per-channel affine map, so conv + BN is one conv); the plain modules otherwise, as models.py
+    has them (deploy.py exports this)."""
+    model = copy.deepcopy(model).eval()
+    for block in model.modules():
+        layers = block.conv_block if isinstance(block, ConvolutionalBlock) else []  # conv [, BN] [, activation]
+        if len(layers) > 1 and isinstance(layers[1], nn.BatchNorm2d):
+            layers[0] = fuse_conv_bn_eval(layers[0], layers[1])
+            layers[1] = nn.Identity()
     return model
 
 

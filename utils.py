@@ -380,6 +380,13 @@ def seed_everything(seed):
 # ----------------------------------------------------------------------------------------------------------------
 # Flags
 
+def first_line(error):
+    """The exception's type and the first line of its message (a text file's bare "KeyError: 101" says more than
+    "101"), or its type alone when it has none (an empty file's EOFError): for one-line errors."""
+    lines = str(error).strip().splitlines()
+    return f'{type(error).__name__}: {lines[0]}' if lines else type(error).__name__
+
+
 def run_main(main):
     """Run a script's main(): Ctrl-C ends it with one line and exit status 130 (128 + SIGINT), not a traceback.
     What it wrote is whole: every file is written atomically."""

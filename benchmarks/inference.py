@@ -5,11 +5,12 @@ Inference speed of super_resolve.py's paths (inference.Upscaler) against the ori
     python benchmarks/inference.py --fit-steps 40          # a quickly fitted SRResNet: PSNR differences mean more
     python benchmarks/inference.py --model weights/srresnet_x4.pt
     python benchmarks/inference.py --memory                # + peak RSS of the CLI upscaling 1000x1000 -> 4000x4000
+    python benchmarks/inference.py --onnx --model weights/srresnet_x4.pt   # + the ONNX export run by onnxruntime
     python benchmarks/inference.py --whole-process --repeats 3   # the CLI's whole process on a 512x512 photo
                                                            # against the tutorial's forward of it alone
     git worktree add ../before be5b579                     # + an older checkout's CLI in the same rounds
     python benchmarks/inference.py --whole-process --repeats 3 --before ../before
-    python benchmarks/inference.py --size 32 --tile 24 --repeats 1 --memory --memory-size 64   # smallest: a smoke test
+    python benchmarks/inference.py --size 32 --tile 24 --repeats 1 --memory --memory-size 64 --onnx  # smallest
     python benchmarks/inference.py --whole-process --whole-process-size 32 --repeats 1          # (the same)
 
 Every path super-resolves the same LR image (Set5 baby from ../shared, else scikit-image's astronaut, resized
@@ -43,6 +44,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import deploy  # noqa: E402
 import inference  # noqa: E402
 import metrics  # noqa: E402
 import speedups  # noqa: E402
@@ -86,8 +88,9 @@ def quick_fit(model, hr_img, steps, s, seed=0):
     return model.eval()
 
 
-def paths_for(device, state_dict, config, tile):
-    """[(name, precision, tiled, function(lr) -> (3, H, W) in [-1, 1] on the CPU)] for one device."""
+def paths_for(device, state_dict, config, tile, onnx_paths=None):
+    """[(name, precision, tiled, function(lr) -> (3, H, W) in [-1, 1] on the CPU)] for one device. onnx_paths:
+    {precision: an .onnx export of the same model}, run by onnxruntime (CPU) as super_resolve.py runs it."""
     s, overlap = config['scaling_factor'], DEFAULT_TILE_OVERLAP
     names = {None: 'fp32', torch.bfloat16: 'bf16', torch.float16: 'fp16'}
 
@@ -117,12 +120,18 @@ def paths_for(device, state_dict, config, tile):
         rows.append(('speedups.for_inference', names[amp_dtype], 'yes', ours(prepared, amp_dtype, tile)))
     default_dtype = inference.pick_amp_dtype(device)
     rows.append(('DEFAULT (super_resolve.py)', names[default_dtype], 'auto', ours(prepared, default_dtype, DEFAULT_TILE)))
+    if device.type == 'cpu':
+        for precision, path in (onnx_paths or {}).items():  # the same threads as torch (OnnxGenerator)
+            rows.append(('onnxruntime (super_resolve.py --model X.onnx)', precision, 'auto',
+                         ours(deploy.OnnxGenerator(path), None, DEFAULT_TILE)))
     return rows
 
 
-def run_device(device, state_dict, config, lr_img, hr_img, repeats, tile):
+def run_device(device, model, images, repeats, tile, onnx_paths=None):
+    """model: (state_dict, config); images: (lr_img, hr_img)."""
+    (state_dict, config), (lr_img, hr_img) = model, images
     hr_y = utils.convert_image(utils.convert_image(hr_img, 'pil', '[-1, 1]'), '[-1, 1]', 'y-channel')[4:-4, 4:-4]
-    rows = paths_for(device, state_dict, config, tile)
+    rows = paths_for(device, state_dict, config, tile, onnx_paths)
     wall, cpu = [[] for _ in rows], [[] for _ in rows]
     outputs = [None] * len(rows)
     for repeat in range(repeats + 1):  # the first round warms up (oneDNN / cuDNN pick their kernels)
@@ -210,6 +219,17 @@ def peak_rss_of_cli(model_path, lr_size=1000, extra=()):
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2, elapsed  # kB on Linux
 
 
+def export_onnx(state_dict, config, folder):
+    """The model exported as users would (deploy.py X.pt X.onnx [--fp16]) -> {precision: path}."""
+    paths = {}
+    for precision in ('fp32', 'fp16'):
+        paths[precision] = Path(folder) / f'model_{precision}.onnx'
+        difference = deploy.export_srresnet(config, state_dict, paths[precision],
+                                            {'kind': 'srresnet', 'source': 'benchmark'}, fp16=precision == 'fp16')
+        print(f'exported to ONNX, {precision}: largest |onnxruntime - PyTorch fp32| {difference:.1e} on [0, 1]')
+    return paths
+
+
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -234,6 +254,8 @@ def parse_args():
                         help='(--whole-process) another checkout, e.g. an older commit from `git worktree add`, '
                              'whose super_resolve.py runs in the same rounds')
     parser.add_argument('--cpu-only', action='store_true')
+    parser.add_argument('--onnx', action='store_true',
+                        help='+ rows for the model exported to ONNX (fp32 and fp16) run by onnxruntime on the CPU')
     return parser.parse_args()
 
 
@@ -267,10 +289,11 @@ def main():
         print(f'input: {image_name}, LR {args.size}x{args.size} -> SR {args.size * s}x{args.size * s}; '
               f"'tiled' rows: tile {args.tile}, overlap {DEFAULT_TILE_OVERLAP}; DEFAULT: tile "
               f'{DEFAULT_TILE} (the whole image up to that size); best of {args.repeats}')
-        for device in devices:
-            run_device(device, state_dict, config, lr_img, hr_img, args.repeats, args.tile)
-
     with tempfile.TemporaryDirectory() as folder:
+        onnx_paths = export_onnx(state_dict, config, folder) if args.onnx else None
+        for device in devices if not args.whole_process else []:
+            run_device(device, (state_dict, config), (lr_img, hr_img), args.repeats, args.tile, onnx_paths)
+
         path = model_path or Path(folder) / 'model.pt'  # what the CLI loads
         if model_path is None:
             save_checkpoint({'kind': 'srresnet', 'model_config': config, 'model': state_dict}, path)

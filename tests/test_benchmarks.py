@@ -53,11 +53,13 @@ def test_train_step_benchmark_runs_both_steps():
 
 def test_inference_benchmark_runs_every_path_on_the_shipped_model():
     out = run_benchmark('benchmarks/inference.py', '--size', 32, '--tile', 24, '--repeats', 1, '--memory',
-                        '--memory-size', 64)
+                        '--memory-size', 64, '--onnx')
     assert 'checkpoint' in out.splitlines()[0] and 'weights/srresnet_x4.pt' in out  # the shipped weights load
     rows = [row for row in table_rows(out, '') if row[0] not in {'path', '---'} and not row[0].startswith('-')]
     names = [row[0] for row in rows]
-    assert names[0] == 'tutorial forward (no_grad, NCHW)' and names[-1] == 'DEFAULT (super_resolve.py)'
+    assert names[0] == 'tutorial forward (no_grad, NCHW)' and names[-3] == 'DEFAULT (super_resolve.py)'
+    assert [row[:2] for row in rows[-2:]] == [['onnxruntime (super_resolve.py --model X.onnx)', precision]
+                                             for precision in ('fp32', 'fp16')]
     assert 'speedups.for_inference' in names and 'autocast + channels_last' in names
     psnrs = [float(row[9]) for row in rows]
     assert all(20 < psnr < 40 for psnr in psnrs)  # every path super-resolves (Set5 baby or the astronaut)
