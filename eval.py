@@ -54,6 +54,7 @@ from checkpoints import CheckpointError, load_checkpoint
 from datasets import DEMO_TEST_IMAGES, TEST_LIST_SUFFIX, demo_images, find_images, folder_name, test_set_names
 from inference import DEFAULT_TILE, DEFAULT_TILE_OVERLAP, MIN_TILE, MIN_TILE_OVERLAP, Upscaler, load_generator, tiling
 from metrics import EVAL_PROTOCOLS, evaluate_image, imresize
+from report import EvalPage
 from utils import (ImageLoadError, autocast_dtype, convert_image, crop_to_multiple, downsample, load_image, number,
                    pick_device, read_image, run_main, to_rgb8)
 
@@ -170,7 +171,12 @@ def load_models(names, args, device, amp_dtype):
 
 
 def load_model(path, args, device, amp_dtype):
-    """A checkpoint -> a Model ready for inference; CheckpointError (naming the file) when it cannot be used."""
+    """A checkpoint, or an .onnx export of one -> a Model ready for inference; CheckpointError (naming the file)
+    when it cannot be used."""
+    if str(path).lower().endswith('.onnx'):  # run by onnxruntime (deploy.py), to check an export
+        upscaler = Upscaler.for_onnx(path, device, args.tile, args.tile_overlap)
+        kind = upscaler.model.metadata.get('kind', 'srresnet')
+        return Model(path, kind if kind in KIND_NAMES else 'srresnet', upscaler.scaling_factor, upscaler)
     checkpoint = load_checkpoint(path, args.unsafe_pickle)  # read once: the weights and what they are
     network = load_generator(path, device, checkpoint=checkpoint)
     kind = checkpoint.get('kind', 'srresnet')
@@ -236,10 +242,12 @@ def read_test_list(list_path):
     return paths
 
 
-def evaluate(models, test_sets, protocol='paper', lr_kernel='matlab', workers=0, save_dir=None):
+def evaluate(models, test_sets, protocol='paper', lr_kernel='matlab', workers=0, on_result=None):
     """Run every model over every test set. Returns one row per (model, image): dicts with model, kind, scale,
     protocol, lr_kernel, image, psnr, ssim, seconds (inference time of that image), dataset, and skipped: why the
-    image could not be evaluated ('' when it was; psnr, ssim and seconds are then None)."""
+    image could not be evaluated ('' when it was; psnr, ssim and seconds are then None).
+    on_result(row, sr_img, hr_img): called for each image evaluated, with its SR image (3, H, W) in [-1, 1] and the
+    HR (3, H, W) uint8 (--save-dir, --html)."""
     rows = []
     for model in models:  # warm up (allocations, kernel choice), so that the first image is timed fairly
         if model.upscaler is not None:
@@ -253,8 +261,8 @@ def evaluate(models, test_sets, protocol='paper', lr_kernel='matlab', workers=0,
                 for model in [m for m in models if m.scaling_factor == s]:
                     row, sr_img = evaluate_item(model, item, s, protocol, lr_kernel)
                     rows.append({**row, 'dataset': dataset_name, 'skipped': item.get('error', '')})
-                    if save_dir is not None and sr_img is not None:
-                        save_sr(sr_img, save_dir, model.label, dataset_name, row['image'])
+                    if on_result is not None and sr_img is not None:
+                        on_result(rows[-1], sr_img, item['hr_img'])
     return rows
 
 
@@ -387,8 +395,9 @@ def write_csv(rows, path):
         raise SystemExit(f'error: --csv {path}: cannot write it ({e}); pass a file name you can write to') from None
 
 
-def check_outputs(csv_path, save_dir):
-    """Refuse an output that cannot be written before the evaluation, not after it (one line, no traceback)."""
+def check_outputs(csv_path, save_dir, flag='--save-dir'):
+    """Refuse an output that cannot be written before the evaluation, not after it (one line, no traceback).
+    save_dir: a folder to write into, given as `flag` (--save-dir, --html)."""
     if csv_path is not None:
         if os.path.isdir(csv_path):
             raise SystemExit(f'error: --csv {csv_path} is a folder; name a file, e.g. '
@@ -400,13 +409,13 @@ def check_outputs(csv_path, save_dir):
         try:
             os.makedirs(save_dir, exist_ok=True)
         except OSError as e:
-            raise SystemExit(f'error: --save-dir {save_dir}: cannot create it ({e}); pass a folder you can write '
+            raise SystemExit(f'error: {flag} {save_dir}: cannot create it ({e}); pass a folder you can write '
                              f'to') from None
         if not os.access(save_dir, os.W_OK):
-            raise SystemExit(f'error: --save-dir {save_dir}: not writable; pass a folder you can write to')
+            raise SystemExit(f'error: {flag} {save_dir}: not writable; pass a folder you can write to')
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('models', nargs='*', metavar='MODEL',
                         help="checkpoints (train_srresnet.py's, train_srgan.py's, the tutorial's with "
@@ -444,10 +453,14 @@ def parse_args():
                         help='also write one row per model and image here (a skipped image: no numbers, and why)')
     parser.add_argument('--save-dir', default=None, metavar='DIR',
                         help='save SR images as DIR/<model>/<test set>/<image>.png')
+    parser.add_argument('--html', default=None, metavar='DIR',
+                        help='also write DIR/index.html, a page to compare the results by eye: the table, and per '
+                             'image every model, bicubic (added when not named) and HR, with a before/after slider, '
+                             'a synchronized zoom and the PSNR / SSIM under each; it opens from file://, offline'),
     parser.add_argument('--unsafe-pickle', action='store_true',
                         help="load the original tutorial's pickled checkpoints (this runs code from the file: only "
                              'for files you trust)')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     try:
         args.tile, args.tile_overlap = tiling(args.tile, args.tile_overlap)
     except ValueError as e:
@@ -455,26 +468,43 @@ def parse_args():
     return args
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
     lr_kernel = args.lr_kernel or ('matlab' if args.protocol == 'paper' else 'pillow')
     check_outputs(args.csv, args.save_dir)
+    check_outputs(None, args.html, flag='--html')
 
     device = pick_device(args.device)
     amp_dtype = autocast_dtype(device) if args.amp else None
     if args.amp and amp_dtype is None:
         print(f'note: --amp: no fast autocast dtype on {device}, running in fp32', file=sys.stderr)
     test_sets = test_sets_to_run(args)
-    models, model_problems = load_models(args.models or default_models(), args, device, amp_dtype)
+    names = args.models or default_models()
+    if args.html and 'bicubic' not in names:
+        print('note: --html: bicubic added, the page shows it beside every model', file=sys.stderr)
+        names = ['bicubic', *names]
+    models, model_problems = load_models(names, args, device, amp_dtype)
     columns = [(name, standard_set(name, paths)) for name, paths in test_sets]
+    page = EvalPage(args.html) if args.html else None
 
-    rows = evaluate(models, test_sets, args.protocol, lr_kernel, args.workers, args.save_dir)
+    def on_result(row, sr_img, hr_img):
+        if args.save_dir:
+            save_sr(sr_img, args.save_dir, row['model'], row['dataset'], row['image'])
+        if page is not None:
+            page.add(row, sr_img, hr_img)
+
+    rows = evaluate(models, test_sets, args.protocol, lr_kernel, args.workers, on_result)
 
     # stdout: the results alone (python eval.py > table.md); notes and errors go to stderr
-    print(f'Protocol {args.protocol}: {EVAL_PROTOCOLS[args.protocol]}.')
     precision = f'autocast {str(amp_dtype).split(".")[-1]}' if amp_dtype else 'fp32'
-    print(f'LR images: {LR_KERNELS[lr_kernel]} of the HR; device {device}, {precision}.\n')
-    print(markdown_table(models, columns, rows, args.protocol, lr_kernel))
+    notes = [f'Protocol {args.protocol}: {EVAL_PROTOCOLS[args.protocol]}.',
+             f'LR images: {LR_KERNELS[lr_kernel]} of the HR; device {device}, {precision}.']
+    table = markdown_table(models, columns, rows, args.protocol, lr_kernel)
+    print('\n'.join(notes) + '\n')
+    print(table)
+    if page is not None:
+        title = f'eval.py: {", ".join(m.label for m in models)} on {", ".join(name for name, _ in test_sets)}'
+        print(f'\nevaluation page: {page.write(title, notes, table)}')
     if args.csv:
         write_csv(rows, args.csv)
         print(f'\nper-image results: {args.csv}')

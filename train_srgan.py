@@ -31,8 +31,8 @@ import torch.nn.functional as F
 
 from checkpoints import CheckpointError, generator_of, load_checkpoint
 from models import Discriminator, Generator, TruncatedVGG19, VGGWeightsUnavailable
-from training import (TrainingState, make_grad_scaler, make_optimizer, prepare_model, setup_run, train_loop,
-                      training_argument_parser)
+from training import (TrainingState, animate_run, make_grad_scaler, make_optimizer, prepare_model, setup_run,
+                      train_loop, training_argument_parser)
 from utils import convert_image, number, run_main
 
 VGG_FEATURE_SCALE = 1 / 12.75  # the paper rescales the VGG feature maps by this before the MSE
@@ -195,6 +195,9 @@ def generator_start(args, run):
 
 def main(argv=None):
     args = get_args(argv)
+    if args.animate is not None:  # make a run's progress animation, train nothing
+        animate_run(args.animate, args.animate_to)
+        return
     run = setup_run(args, kind='srgan')
     if run.checkpoint is not None:
         keep_the_loss(args, run.checkpoint['config'])

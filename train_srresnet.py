@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 from checkpoints import CheckpointError, generator_of, load_checkpoint
 from models import SRResNet
-from training import (TrainingState, freeze_batchnorm, make_grad_scaler, make_optimizer, prepare_model, setup_run,
-                      train_loop, training_argument_parser)
+from training import (TrainingState, animate_run, freeze_batchnorm, make_grad_scaler, make_optimizer, prepare_model,
+                      setup_run, train_loop, training_argument_parser)
 from utils import number, run_main
 
 
@@ -100,6 +100,9 @@ def start_as_upsampling(stage):
 
 def main(argv=None):
     args = get_args(argv)
+    if args.animate is not None:  # make a run's progress animation, train nothing
+        animate_run(args.animate, args.animate_to)
+        return
     run = setup_run(args, kind='srresnet')
 
     model_config = dict(large_kernel_size=9, small_kernel_size=3, n_channels=args.n_channels,

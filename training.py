@@ -34,6 +34,7 @@ import speedups
 from checkpoints import (CheckpointError, PickledCheckpointError, generator_state_dict, load_checkpoint,
                          save_checkpoint)
 from datasets import ImageCache, InfiniteSampler, SRDataset, TrainingCrops, decoded_size, test_set_names
+from animation import make_animation
 from inference import Upscaler
 from metrics import evaluate_image
 from utils import (ImageLoadError, WriteError, atomic_path, autocast_dtype, convert_image, downsample_batch, number,
@@ -118,6 +119,8 @@ def training_argument_parser(description, output_dir, iterations, lr_decay_at):
              f'{COMPILE_MIN_ITERATIONS} iterations are left to run and a compiler is there (a C++ compiler for the '
              f'CPU, Triton for CUDA), saying so; its cache is kept in --output-dir, so a resumed run starts fast')
     add('--sync-bn', action='store_true', help='DDP: BatchNorm statistics over all GPUs')
+    add('--animate', metavar='RUN_DIR', help="train nothing: animate a run's sample sheets (made at every run's end)")
+    add('--animate-to', metavar='PATH', help='--animate to PATH: .webp (default RUN_DIR/progress.webp), .gif, .mp4')
     return parser
 
 
@@ -676,6 +679,10 @@ class Monitor:
                     print(f'loss curves: {output_dir}/loss_curves.png')
             except WriteError as e:  # the run itself is saved: say so, and go on
                 print(f'note: {e}', file=sys.stderr)
+            try:
+                animate_run(output_dir)
+            except SystemExit as e:  # as above: a note, the run is saved
+                print(f'note: {str(e.code).removeprefix("error: ")}', file=sys.stderr)
             print(f'done: {iteration} iterations, {output_dir}/{CHECKPOINT_FILE}')
 
 
@@ -827,6 +834,29 @@ def read_log(path):
             except ValueError:  # a line cut short by a kill while it was written
                 continue
     return rows
+
+
+def animate_run(run_dir, out_path=None):
+    """The training-progress animation of `run_dir` (animation.make_animation), labelled with the validation PSNRs
+    of its log; says where it went in one line. A SystemExit (one line) for a folder that is not a run."""
+    if not os.path.isdir(os.path.join(run_dir, 'samples')):
+        raise SystemExit(f'error: --animate {run_dir}: no samples/ folder there; pass the --output-dir of a '
+                         f'training run (it writes samples/iter_*.png at each validation)')
+    psnrs, log = {}, os.path.join(run_dir, LOG_FILE)
+    for row in read_log(log) if os.path.isfile(log) else []:
+        for key, value in row.items():
+            if key.startswith('val_psnr_'):
+                psnrs[row['iteration']] = (key.removeprefix('val_psnr_'), value)
+    try:
+        made = make_animation(run_dir, psnrs, out_path)
+    except (ValueError, WriteError) as e:  # a format it cannot write; a folder it cannot write to
+        raise SystemExit(f'error: {e}') from None
+    if made is None:
+        print(f'no animation: {run_dir}/samples has fewer than two sample sheets (one per --val-every)')
+        return None
+    path, n_frames = made
+    print(f'animation: {path} ({n_frames} frames, {os.path.getsize(path) / 1e6:.2f} MB)')
+    return path
 
 
 def plot_loss_curves(log_path, png_path):

@@ -12,6 +12,7 @@ import time
 
 import pytest
 import torch
+from PIL import Image
 
 from conftest import REPO
 import train_srgan
@@ -98,6 +99,8 @@ def test_short_srresnet_run(srresnet_run, demo_data):
     assert all(5 < row['val_psnr_demo'] < 40 and 0 < row['val_ssim_demo'] <= 1 for row in val)
     for name in ('last.pt', 'best.pt', 'loss_curves.png', 'samples/iter_0000002.png', 'samples/iter_0000004.png'):
         assert (srresnet_run / name).is_file(), name
+    with Image.open(srresnet_run / 'progress.webp') as animation:  # made at the end: one frame per sample sheet
+        assert animation.n_frames == 2
 
     checkpoint = load_checkpoint(srresnet_run / 'last.pt')
     assert checkpoint['kind'] == 'srresnet' and checkpoint['iteration'] == 4

@@ -1,0 +1,274 @@
+"""
+The evaluation page: `python eval.py ... --html DIR` writes DIR/index.html, one self-contained page (no network,
+no CDN; it opens from file://) with the images beside it in DIR/images/:
+
+- the results table, as eval.py prints it (with the paper's rows);
+- for each test image, every model's output, bicubic and the HR image: a before/after slider between any two of
+  them, and a synchronized zoom of one region in all of them (the image's most detailed crop by default; click the
+  comparison to move it), each with its PSNR / SSIM under it;
+- keys: j / k next / previous image, Left / Right move the slider, [ and ] change the right-hand image, z zooms in;
+- images load lazily (BSD100 x 4 models is 500 images), as the reader scrolls.
+
+The page's numbers are eval.py's rows (the same as its --csv), written into the page as JSON.
+"""
+
+import html
+import json
+import os
+import re
+
+import numpy as np
+import torch
+
+from utils import atomic_path, convert_image
+
+ZOOM_FRACTION = 0.25  # the zoomed region's side, as a fraction of the image's shorter side
+MIN_ZOOM_SIDE = 24  # px
+
+
+def slug(text):
+    """A file-name-safe form of a model label or image name."""
+    return re.sub(r'[^\w.-]+', '_', text).strip('_') or 'x'
+
+
+def most_detailed_region(hr_img, side):
+    """(3, H, W) uint8 HR -> (left, top) of the side x side square with the most detail: the largest sum of
+    gradient magnitudes of the luma, found with an integral image (every position, O(H W))."""
+    y = convert_image(hr_img.double(), '[0, 255]', 'y-channel')  # (H, W)
+    gradient = torch.zeros_like(y)
+    gradient[:, 1:] += (y[:, 1:] - y[:, :-1]).abs()
+    gradient[1:, :] += (y[1:, :] - y[:-1, :]).abs()
+    integral = torch.nn.functional.pad(gradient.cumsum(0).cumsum(1), (1, 0, 1, 0))  # (H + 1, W + 1)
+    sums = (integral[side:, side:] - integral[:-side, side:] - integral[side:, :-side] + integral[:-side, :-side])
+    top, left = np.unravel_index(int(sums.argmax()), tuple(sums.shape))
+    return int(left), int(top)
+
+
+class EvalPage:
+    """Collects what eval.py measures, image by image, then writes the page. Images are saved as they come (PNG,
+    lossless: the artefacts are what one looks for), so memory stays flat on BSD100."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.images = {}  # (dataset, image name, scale) -> {'panels': [...], 'hr': ..., 'size': ..., 'zoom': ...}
+        os.makedirs(os.path.join(folder, 'images'), exist_ok=True)
+
+    def add(self, row, sr_img, hr_img):
+        """One model's result on one image: row as eval.py's CSV row; sr_img (3, H, W) in [-1, 1]; hr_img (3, H, W)
+        uint8. The HR image and its zoom region are kept once per image."""
+        key = (row['dataset'], row['image'], row['scale'])
+        folder = os.path.join('images', slug(row['dataset']), f'x{row["scale"]}', slug(row['image']))
+        entry = self.images.get(key)
+        if entry is None:
+            os.makedirs(os.path.join(self.folder, folder), exist_ok=True)
+            hr_path = os.path.join(folder, 'HR.png')
+            self._save(convert_image(hr_img.double(), '[0, 255]', '[-1, 1]'), hr_path)
+            height, width = hr_img.shape[1:]
+            side = min(max(MIN_ZOOM_SIDE, round(min(height, width) * ZOOM_FRACTION)), height, width)
+            left, top = most_detailed_region(hr_img, side)
+            entry = self.images[key] = {'dataset': row['dataset'], 'image': row['image'], 'scale': row['scale'],
+                                        'width': width, 'height': height, 'hr': hr_path.replace(os.sep, '/'),
+                                        'zoom': [left, top, side], 'panels': []}
+        path = os.path.join(folder, f'{slug(row["model"])}.png')
+        self._save(sr_img, path)
+        entry['panels'].append({'model': row['model'], 'kind': row['kind'], 'src': path.replace(os.sep, '/'),
+                                'psnr': row['psnr'], 'ssim': row['ssim']})
+
+    def _save(self, img, path):
+        with atomic_path(os.path.join(self.folder, path)) as tmp_path:
+            convert_image(img.float(), '[-1, 1]', 'pil').save(tmp_path, compress_level=1)
+
+    def write(self, title, notes, table_markdown):
+        """Write index.html: the title, notes (lines of text, e.g. the protocol), the results table and the images.
+        -> its path."""
+        page = (PAGE.replace('@TITLE@', html.escape(title))
+                .replace('@NOTES@', ''.join(f'<p>{html.escape(line)}</p>' for line in notes))
+                .replace('@TABLE@', markdown_to_html(table_markdown))
+                .replace('@DATA@', json.dumps(list(self.images.values())).replace('</', '<\\/')))
+        path = os.path.join(self.folder, 'index.html')
+        with atomic_path(path) as tmp_path:
+            with open(tmp_path, 'w', encoding='utf-8') as f:
+                f.write(page)
+        return path
+
+
+def markdown_to_html(table):
+    """eval.py's markdown table -> an HTML table (cells escaped; *italic* rows, the published numbers, kept so)."""
+    rows = [[cell.strip() for cell in line.strip().strip('|').split('|')] for line in table.strip().splitlines()]
+    head, body = rows[0], [row for row in rows[2:]]
+
+    def cell(text, tag):
+        italic = text.startswith('*') and text.endswith('*') and len(text) > 1
+        text = html.escape(text.strip('*') if italic else text)
+        return f'<{tag}>{f"<em>{text}</em>" if italic else text}</{tag}>'
+
+    return ('<table id="results"><thead><tr>' + ''.join(cell(c, 'th') for c in head) + '</tr></thead><tbody>'
+            + ''.join('<tr>' + ''.join(cell(c, 'td') for c in row) + '</tr>' for row in body) + '</tbody></table>')
+
+
+PAGE = r'''<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>@TITLE@</title>
+<style>
+  body { font: 14px/1.4 system-ui, sans-serif; margin: 0 auto; max-width: 1400px; padding: 16px; color: #222; }
+  h1 { font-size: 20px; margin: 0 0 4px; }
+  p { margin: 2px 0; color: #555; }
+  table#results { border-collapse: collapse; margin: 12px 0 20px; }
+  #results th, #results td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; }
+  #results em { color: #666; }
+  .keys { color: #666; font-size: 13px; }
+  .card { border-top: 1px solid #ddd; padding: 14px 0; }
+  .card:focus-within, .card.current { background: #fafafa; }
+  .card h2 { font-size: 15px; margin: 0 0 6px; }
+  .row { display: flex; gap: 16px; align-items: flex-start; flex-wrap: wrap; }
+  .compare { position: relative; cursor: crosshair; user-select: none; line-height: 0; max-width: 640px; }
+  .compare img { display: block; width: 100%; height: auto; image-rendering: auto; }
+  .compare img.right { position: absolute; left: 0; top: 0; }
+  .compare .divider { position: absolute; top: 0; bottom: 0; width: 2px; background: #fff; box-shadow: 0 0 2px #000; }
+  .compare .box { position: absolute; border: 2px solid #ff3b30; pointer-events: none; }
+  .compare .tag { position: absolute; top: 4px; line-height: 1.2; font-size: 12px; background: rgba(0,0,0,.6);
+                  color: #fff; padding: 1px 5px; }
+  .controls { display: flex; gap: 8px; align-items: center; margin: 6px 0; line-height: 1.4; }
+  .controls input[type=range] { flex: 1; }
+  .zooms { display: flex; flex-wrap: wrap; gap: 8px; }
+  .zoom { width: 160px; }
+  .zoom .view { width: 160px; height: 160px; overflow: hidden; position: relative; background: #eee; }
+  .zoom .view img { position: absolute; image-rendering: pixelated; max-width: none; }
+  .zoom .label { font-size: 12px; overflow-wrap: anywhere; }
+  .zoom .numbers { font-size: 12px; font-variant-numeric: tabular-nums; color: #333; }
+</style>
+</head>
+<body>
+<h1>@TITLE@</h1>
+@NOTES@
+@TABLE@
+<p class="keys">Keys: <b>j</b> / <b>k</b> next / previous image, <b>&larr;</b> / <b>&rarr;</b> move the slider,
+<b>[</b> / <b>]</b> change the right-hand image, <b>z</b> / <b>Z</b> zoom in / out. Click the comparison to zoom
+there. Under each zoom: PSNR (dB) / SSIM of that image, eval.py's numbers.</p>
+<div id="cards"></div>
+<script id="data" type="application/json">@DATA@</script>
+<script>
+'use strict';
+const images = JSON.parse(document.getElementById('data').textContent);
+const cards = document.getElementById('cards');
+let current = 0;
+
+function el(tag, attrs, children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === 'text') node.textContent = v; else node.setAttribute(k, v);
+  }
+  for (const child of children || []) node.appendChild(child);
+  return node;
+}
+
+function lazyImg(src, cls) {  // loading=lazy, set before src: the browser fetches it when it nears the viewport
+  return el('img', {loading: 'lazy', decoding: 'async', class: cls || '', alt: '', src: src});
+}
+
+function makeCard(info, index) {
+  // every panel: the models' outputs (bicubic among them) in eval.py's order, then the HR image
+  const panels = info.panels.concat([{model: 'HR', kind: 'hr', src: info.hr, psnr: null, ssim: null}]);
+  const card = el('section', {class: 'card', id: 'card-' + index, 'data-index': index});
+  const title = `${info.dataset} / ${info.image}  (x${info.scale}, ${info.width}x${info.height} HR)`;
+  card.appendChild(el('h2', {text: title}));
+  const left = panels.findIndex(p => p.kind === 'bicubic');
+  const firstModel = panels.findIndex(p => p.kind !== 'bicubic' && p.kind !== 'hr');
+  const state = {panels, a: left >= 0 ? left : 0, b: firstModel, split: 50, zoom: info.zoom.slice()};
+  if (state.b < 0) state.b = panels.length - 1;
+
+  const imgA = lazyImg(panels[state.a].src, 'left'), imgB = lazyImg(panels[state.b].src, 'right');
+  const divider = el('div', {class: 'divider'}), box = el('div', {class: 'box'});
+  const tagA = el('span', {class: 'tag', style: 'left:4px'}), tagB = el('span', {class: 'tag', style: 'right:4px'});
+  const compare = el('div', {class: 'compare', tabindex: '0'}, [imgA, imgB, divider, box, tagA, tagB]);
+  const options = () => panels.map((p, i) => el('option', {value: i, text: p.model}));
+  const selA = el('select', {'aria-label': 'left image'}, options());
+  const selB = el('select', {'aria-label': 'right image'}, options());
+  const slider = el('input', {type: 'range', min: 0, max: 100, step: 1, value: state.split, 'aria-label': 'slider'});
+  const controls = el('div', {class: 'controls'}, [selA, slider, selB]);
+  const zooms = el('div', {class: 'zooms'});
+  panels.forEach((p, i) => {
+    const numbers = p.psnr === null ? 'reference' : `${p.psnr.toFixed(2)} / ${p.ssim.toFixed(4)}`;
+    zooms.appendChild(el('div', {class: 'zoom'}, [
+      el('div', {class: 'view'}, [lazyImg(p.src)]),
+      el('div', {class: 'label', text: p.model}),
+      el('div', {class: 'numbers', text: numbers, 'data-model': p.model,
+                 'data-psnr': p.psnr === null ? '' : p.psnr, 'data-ssim': p.ssim === null ? '' : p.ssim})]));
+  });
+  card.appendChild(el('div', {class: 'row'}, [el('div', {}, [compare, controls]), zooms]));
+
+  function render() {
+    selA.value = state.a; selB.value = state.b; slider.value = state.split;
+    if (imgA.getAttribute('src') !== panels[state.a].src) imgA.src = panels[state.a].src;
+    if (imgB.getAttribute('src') !== panels[state.b].src) imgB.src = panels[state.b].src;
+    imgB.style.clipPath = `inset(0 0 0 ${state.split}%)`;  // the right-hand image, shown right of the divider
+    divider.style.left = `calc(${state.split}% - 1px)`;
+    tagA.textContent = panels[state.a].model; tagB.textContent = panels[state.b].model;
+    const [x, y, side] = state.zoom;
+    Object.assign(box.style, {left: 100 * x / info.width + '%', top: 100 * y / info.height + '%',
+                              width: 100 * side / info.width + '%', height: 100 * side / info.height + '%'});
+    const scale = 160 / side;
+    for (const img of zooms.querySelectorAll('.view img')) {
+      Object.assign(img.style, {width: info.width * scale + 'px', height: info.height * scale + 'px',
+                                left: -x * scale + 'px', top: -y * scale + 'px'});
+    }
+  }
+  selA.addEventListener('change', () => { state.a = +selA.value; render(); });
+  selB.addEventListener('change', () => { state.b = +selB.value; render(); });
+  slider.addEventListener('input', () => { state.split = +slider.value; render(); });
+  compare.addEventListener('click', event => {  // centre the zoomed region where the reader clicked
+    const rect = compare.getBoundingClientRect(), side = state.zoom[2];
+    const cx = (event.clientX - rect.left) / rect.width * info.width;
+    const cy = (event.clientY - rect.top) / rect.height * info.height;
+    state.zoom[0] = Math.round(Math.min(Math.max(cx - side / 2, 0), info.width - side));
+    state.zoom[1] = Math.round(Math.min(Math.max(cy - side / 2, 0), info.height - side));
+    render();
+  });
+  card.state = state; card.render = render;
+  render();
+  return card;
+}
+
+images.forEach((info, i) => cards.appendChild(makeCard(info, i)));
+
+function select(index) {
+  const all = cards.children;
+  if (!all.length) return;
+  current = Math.max(0, Math.min(all.length - 1, index));
+  for (const card of all) card.classList.toggle('current', +card.dataset.index === current);
+  all[current].scrollIntoView({block: 'start'});
+}
+
+document.addEventListener('keydown', event => {
+  if (event.target.tagName === 'SELECT' || event.metaKey || event.ctrlKey || event.altKey) return;
+  const card = cards.children[current];
+  if (!card) return;
+  const state = card.state;
+  if (event.key === 'j') select(current + 1);
+  else if (event.key === 'k') select(current - 1);
+  else if (event.key === 'ArrowLeft' || event.key === 'ArrowRight') {
+    if (event.target.type === 'range') return;  // the focused slider moves itself
+    state.split = Math.max(0, Math.min(100, state.split + (event.key === 'ArrowLeft' ? -5 : 5)));
+  } else if (event.key === ']' || event.key === '[') {
+    state.b = (state.b + (event.key === ']' ? 1 : state.panels.length - 1)) % state.panels.length;
+  } else if (event.key === 'z' || event.key === 'Z') {
+    const [x, y, side] = state.zoom, info = images[current];
+    const wanted = event.key === 'z' ? side / 1.5 : side * 1.5;
+    const next = Math.round(Math.min(Math.max(wanted, 8), info.width, info.height));
+    state.zoom = [Math.min(Math.max(0, Math.round(x + (side - next) / 2)), info.width - next),
+                  Math.min(Math.max(0, Math.round(y + (side - next) / 2)), info.height - next), next];
+  } else return;
+  event.preventDefault();
+  card.render();
+});
+document.addEventListener('focusin', event => {
+  const card = event.target.closest && event.target.closest('.card');
+  if (card) current = +card.dataset.index;
+});
+</script>
+</body>
+</html>
+'''
