@@ -78,3 +78,9 @@ def test_functions_are_short_and_take_few_parameters():
                 if lines > 60 or (len(params) > 6 and (path.stem, name) not in PRESCRIBED_SIGNATURES):
                     too_long.append(f'{path.name}: {name} ({lines} lines, {len(params)} parameters)')
     assert not too_long
+
+
+def test_ci_runs_exactly_the_readmes_test_command():
+    readme = (REPO / 'README.md').read_text()
+    command = readme.split('Run the tests', 1)[1].split('```bash\n', 1)[1].split('\n', 1)[0]
+    assert command.startswith('python -m pytest') and command in (REPO / '.ci' / 'run').read_text().splitlines()
