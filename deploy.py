@@ -46,7 +46,8 @@ class PixelsToPixels(nn.Module):
 
     def __init__(self, srresnet, fp16=False):
         super().__init__()
-        self.net = speedups.fold_batchnorm(srresnet).half() if fp16 else speedups.fold_batchnorm(srresnet)
+        net = speedups.fold_batchnorm(srresnet)
+        self.net = net.half() if fp16 else net
         self.fp16 = fp16
 
     def forward(self, lr_imgs):  # (N, 3, H, W), in [0, 1]

@@ -40,7 +40,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 import sys
 import time
 
@@ -54,7 +53,7 @@ from checkpoints import CheckpointError, load_checkpoint
 from datasets import DEMO_TEST_IMAGES, TEST_LIST_SUFFIX, demo_images, find_images, folder_name, test_set_names
 from inference import DEFAULT_TILE, DEFAULT_TILE_OVERLAP, MIN_TILE, MIN_TILE_OVERLAP, Upscaler, load_generator, tiling
 from metrics import EVAL_PROTOCOLS, evaluate_image, imresize
-from report import EvalPage
+from report import EvalPage, slug
 from utils import (ImageLoadError, autocast_dtype, convert_image, crop_to_multiple, downsample, load_image, number,
                    pick_device, read_image, run_main, to_rgb8)
 
@@ -291,7 +290,7 @@ def evaluate_item(model, item, s, protocol, lr_kernel):
 
 def save_sr(sr_img, save_dir, label, dataset_name, image_name):
     """Save an SR image ([-1, 1]) as save_dir/<model>/<test set>/<image>.png."""
-    folder = os.path.join(save_dir, re.sub(r'[^\w.-]+', '_', label).strip('_'), dataset_name)
+    folder = os.path.join(save_dir, slug(label), dataset_name)
     try:
         os.makedirs(folder, exist_ok=True)
         convert_image(sr_img.float(), '[-1, 1]', 'pil').save(os.path.join(folder, image_name + '.png'))

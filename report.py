@@ -50,7 +50,7 @@ class EvalPage:
 
     def __init__(self, folder):
         self.folder = folder
-        self.images = {}  # (dataset, image name, scale) -> {'panels': [...], 'hr': ..., 'size': ..., 'zoom': ...}
+        self.images = {}  # (dataset, image name, scale) -> what the page shows of it: sizes, HR, zoom, panels
         os.makedirs(os.path.join(folder, 'images'), exist_ok=True)
 
     def add(self, row, sr_img, hr_img):
@@ -95,7 +95,7 @@ class EvalPage:
 def markdown_to_html(table):
     """eval.py's markdown table -> an HTML table (cells escaped; *italic* rows, the published numbers, kept so)."""
     rows = [[cell.strip() for cell in line.strip().strip('|').split('|')] for line in table.strip().splitlines()]
-    head, body = rows[0], [row for row in rows[2:]]
+    head, body = rows[0], rows[2:]  # rows[1] is the |---| line
 
     def cell(text, tag):
         italic = text.startswith('*') and text.endswith('*') and len(text) > 1

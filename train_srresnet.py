@@ -78,7 +78,7 @@ def load_trunk(model, model_config, path):
     assert not unexpected and all(k.startswith('subpixel_convolutional_blocks.') for k in missing), \
         (missing, unexpected)
     if grow:
-        n_old = len({k.split('.')[1] for k in state_dict if k.startswith('subpixel_convolutional_blocks.')})
+        n_old = config['scaling_factor'].bit_length() - 1  # one x2 stage per doubling
         for stage in model.subpixel_convolutional_blocks[n_old:]:
             start_as_upsampling(stage)
     return len(copied), grow
