@@ -19,7 +19,7 @@ from fractions import Fraction
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from utils import atomic_path
+from outputs import atomic_path
 
 MAX_FRAMES = 40  # a run validated more often is sampled evenly
 MAX_SIDE = 640  # px, the longer side of a frame

@@ -23,7 +23,8 @@ import pickle
 
 import torch
 
-from utils import WriteError, atomic_path, first_line, run_main
+from outputs import WriteError, atomic_path
+from utils import first_line, run_main
 
 
 class CheckpointError(ValueError):

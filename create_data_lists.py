@@ -29,7 +29,8 @@ import numpy as np
 from tqdm import tqdm
 
 from datasets import DEMO_TEST_IMAGES, DEMO_TRAIN_IMAGES, TEST_LIST_SUFFIX, demo_images, find_images, folder_name
-from utils import ImageLoadError, atomic_path, number, read_image, run_main
+from outputs import atomic_path
+from utils import ImageLoadError, number, read_image, run_main
 
 
 def check_image(args):

@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from utils import IMAGE_EXTENSIONS, ImageTransforms, atomic_path, load_image
+from outputs import atomic_path
+from utils import IMAGE_EXTENSIONS, ImageTransforms, load_image
 
 # The embedded default: natural photos that scikit-image's wheel ships, so the pipeline runs with no download.
 DEMO_TRAIN_IMAGES = ['coffee.png', 'rocket.jpg', 'motorcycle_left.png', 'hubble_deep_field.jpg', 'ihc.png',

@@ -28,7 +28,8 @@ from torch import nn
 import speedups
 from checkpoints import CheckpointError, check_output, generator_of, load_checkpoint
 from models import SRResNet
-from utils import WriteError, atomic_path, convert_image, first_line, run_main
+from outputs import WriteError, atomic_path
+from utils import convert_image, first_line, run_main
 
 # torch's exporter's default opset: onnxruntime runs it from 1.17 (2024), TensorRT from 10. The graph uses only
 # Conv, PRelu, DepthToSpace, Tanh, Add, Sub, Div (and Cast in fp16), unchanged since opset 13, so an older runtime

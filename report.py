@@ -20,7 +20,8 @@ import re
 import numpy as np
 import torch
 
-from utils import atomic_path, convert_image
+from outputs import atomic_path
+from utils import convert_image
 
 ZOOM_FRACTION = 0.25  # the zoomed region's side, as a fraction of the image's shorter side
 MIN_ZOOM_SIDE = 24  # px

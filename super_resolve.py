@@ -51,8 +51,9 @@ import inference
 from checkpoints import CheckpointError
 from inference import (DEFAULT_MODEL, DEFAULT_TILE, DEFAULT_TILE_OVERLAP, MIN_TILE, MIN_TILE_OVERLAP, load_upscaler,
                        tiling)
-from utils import (IMAGE_EXTENSIONS, ImageLoadError, WriteError, atomic_path, convert_image, crop_to_multiple,
-                   downsample, load_image, number, pick_device, read_image, run_main)
+from outputs import WriteError, atomic_path
+from utils import (IMAGE_EXTENSIONS, ImageLoadError, convert_image, crop_to_multiple, downsample, load_image, number,
+                   pick_device, read_image, run_main)
 
 DEFAULT_OUTPUT_DIR = 'results'
 MIN_INPUT_SIZE = 8  # smaller inputs are mostly padding for the 9x9 kernels: a thumbnail given by mistake

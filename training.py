@@ -37,8 +37,9 @@ from datasets import ImageCache, InfiniteSampler, SRDataset, TrainingCrops, deco
 from animation import make_animation
 from inference import Upscaler
 from metrics import evaluate_image
-from utils import (ImageLoadError, WriteError, atomic_path, autocast_dtype, convert_image, downsample_batch, number,
-                   pick_device, seed_everything, transpose_batch)
+from outputs import WriteError, atomic_path
+from utils import (ImageLoadError, autocast_dtype, convert_image, downsample_batch, number, pick_device,
+                   seed_everything, transpose_batch)
 
 CHECKPOINT_FILE, BEST_CHECKPOINT_FILE, LOG_FILE = 'last.pt', 'best.pt', 'log.jsonl'
 COMPILE_MIN_ITERATIONS = 5000  # --compile auto: compiling (~1 min on a CPU) pays for itself long before this
@@ -214,7 +215,7 @@ def choose_compile(run):
 
 
 def _remove_partial_checkpoints(output_dir):
-    """Checkpoints half-written by a run that was killed while saving (see utils.atomic_path): this folder holds one
+    """Checkpoints half-written by a run that was killed while saving (see outputs.atomic_path): this folder holds one
     run, and this process is now the only one writing to it."""
     for name in os.listdir(output_dir) if os.path.isdir(output_dir) else []:
         if name.startswith(('.last.partial', '.best.partial')) and name.endswith('.pt'):

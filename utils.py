@@ -13,13 +13,10 @@ Value ranges used throughout (the habit of this repo: every tensor's range is wr
 """
 
 import argparse
-import contextlib
 import dataclasses
-import errno
 import math
 import os
 import random
-import shutil
 import sys
 import warnings
 
@@ -40,7 +37,17 @@ RGB_WEIGHTS_Y = (65.481, 128.553, 24.966)
 # ----------------------------------------------------------------------------------------------------------------
 # The one image loader
 
-class ImageLoadError(ValueError):
+class UserError(Exception):
+    """A mistake a user can fix: a bad file, a flag that does not fit, a missing model. The message is one line that
+    names what is wrong and says what to do; run_main prints it as `error: ...`. Library code raises these (or their
+    subclasses) and never ends the program itself. exit_code: the status run_main exits with."""
+
+    def __init__(self, message, exit_code=1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class ImageLoadError(UserError, ValueError):
     """A file that cannot be used as an image; the message names the file and says why."""
 
 
@@ -321,7 +328,7 @@ def downsample_batch(hr_imgs, scaling_factor):
 
 def pick_device(name='auto'):
     """'auto' -> CUDA if available, else Apple MPS, else CPU; or 'cpu', 'cuda', 'cuda:N', 'mps'. A name that is not
-    one of those, or a device this machine lacks, ends the program with one `error:` line."""
+    one of those, or a device this machine lacks, is a UserError."""
     mps_available = getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available()
     if name == 'auto':
         if torch.cuda.is_available():
@@ -331,20 +338,20 @@ def pick_device(name='auto'):
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise SystemExit(f'error: unknown device {name!r}; choose {choices}') from None
+        raise UserError(f'unknown device {name!r}; choose {choices}') from None
     if device.type == 'cuda':
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise SystemExit(f'error: --device {name}: no CUDA GPU is available here (PyTorch '
+            raise UserError(f'--device {name}: no CUDA GPU is available here (PyTorch '
                              f'{torch.__version__}); use cpu or auto')
         if device.index is not None and device.index >= count:
-            raise SystemExit(f'error: --device {name}: this machine has {count} CUDA GPU(s), cuda:0 to '
+            raise UserError(f'--device {name}: this machine has {count} CUDA GPU(s), cuda:0 to '
                              f'cuda:{count - 1}')
     elif device.type == 'mps':
         if not mps_available:
-            raise SystemExit(f'error: --device {name}: Apple MPS is not available here; use cpu or auto')
+            raise UserError(f'--device {name}: Apple MPS is not available here; use cpu or auto')
     elif device.type != 'cpu':
-        raise SystemExit(f'error: unsupported device {name!r}; choose {choices}')
+        raise UserError(f'unsupported device {name!r}; choose {choices}')
     return device
 
 
@@ -388,13 +395,19 @@ def first_line(error):
 
 
 def run_main(main):
-    """Run a script's main(): Ctrl-C ends it with one line and exit status 130 (128 + SIGINT), not a traceback.
-    What it wrote is whole: every file is written atomically."""
+    """Run a script's main(), the one place a program ends with an error: a UserError is one `error: ...` line on
+    stderr and its exit status (1 unless it says otherwise); Ctrl-C is one line and status 130 (128 + SIGINT). Any
+    other exception is a bug and keeps its traceback. What was written is whole: every file is written atomically."""
     try:
         main()
+    except UserError as e:
+        message = ' '.join(str(e).split('\n'))
+        if message:
+            print(f'error: {message}', file=sys.stderr)
+        sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print('\nstopped (Ctrl-C)', file=sys.stderr)
-        raise SystemExit(130) from None
+        sys.exit(130)
 
 
 def number(kind, minimum=None, above=None, below=None):
@@ -419,46 +432,3 @@ def number(kind, minimum=None, above=None, below=None):
             raise argparse.ArgumentTypeError(f'{text} is not {expected.strip()}')
         return value
     return parse
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Files
-
-class WriteError(OSError):
-    """A file that could not be written (a full disk, a file-size limit, a folder that is a file, no permission);
-    the message says which file and why, in one line."""
-
-
-@contextlib.contextmanager
-def atomic_path(path):
-    """A temporary name beside `path` (same extension) to write to: renamed to `path` when the block ends, removed
-    if it raises. A crash, a full disk or a stop while writing leaves the previous file at `path` intact. A failed
-    write (OSError, or torch.save's RuntimeError 'unexpected pos') is raised as a WriteError."""
-    path = os.fspath(path)
-    folder, name = os.path.split(os.path.abspath(path))
-    stem, ext = os.path.splitext(name)
-    tmp_path = os.path.join(folder, f'.{stem}.partial{os.getpid()}{ext}')
-    try:
-        os.makedirs(folder, exist_ok=True)
-        yield tmp_path
-        with open(tmp_path, 'rb') as f:
-            os.fsync(f.fileno())  # on disk before the rename, so a power cut cannot leave an empty file
-        os.replace(tmp_path, path)  # atomic on POSIX and Windows
-    except (OSError, RuntimeError) as e:
-        torch_write_failure = any(text in str(e) for text in ('inline_container', 'PytorchStreamWriter'))
-        if isinstance(e, WriteError) or not (isinstance(e, OSError) or torch_write_failure):
-            raise
-        raise WriteError(f'could not write {path}: {_write_failure(e, folder)}') from None
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-
-
-def _write_failure(error, folder):
-    """Why a write failed, with the free space where it was written (a full disk is the usual cause)."""
-    if isinstance(error, (FileExistsError, NotADirectoryError)):
-        return f'{error.filename} is a file, where a folder is needed'
-    if isinstance(error, OSError) and error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return error.strerror or str(error)  # no permission, a read-only disk; Pillow's 'cannot write mode P as JPEG'
-    reason = error.strerror if isinstance(error, OSError) else 'the write stopped part-way'  # torch's writer
-    return f'{reason} ({shutil.disk_usage(folder).free / 2 ** 20:.0f} MB free there)'
