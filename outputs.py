@@ -64,20 +64,20 @@ class OutputPlan:
         if_exists = if_exists or ('replace' if self.overwrite else 'refuse')
         what = f'{flag} {path}' if flag else str(path)
         check_name(path, what)
-        if formats is not None and path.suffix.lower() not in formats:
-            raise OutputError(f'{what}: cannot write {path.suffix or "a file without an extension"} here; name it '
-                              f'{" or ".join("*" + f for f in formats)}')
+        for read in self.reads:
+            if path.resolve() == read.resolve() or path.exists() and os.path.samefile(path, read):
+                raise OutputError(f'{what} is {read}, which this command reads; write to another file')
         if path.is_dir():
             example = f' such as {path / ("out" + formats[0])}' if formats else ''
             raise OutputError(f'{what} is a folder; name a file{example}')
         self._check_parents(path, what)
-        for read in self.reads:
-            if path.exists() and read.exists() and os.path.samefile(path, read) or path.resolve() == read.resolve():
-                raise OutputError(f'{what} is {read}, which this command reads; write to another file')
         for folder in self.read_folders:
             if _inside(path, folder):
                 raise OutputError(f'{what} is inside {folder}, which this command reads as input (its next run would '
                                   f'read it back); write outside it')
+        if formats is not None and path.suffix.lower() not in formats:
+            raise OutputError(f'{what}: cannot write {path.suffix or "a file without an extension"} here; name it '
+                              f'{" or ".join("*" + f for f in formats)}')
         key = path.resolve()
         if key in self.planned:
             raise OutputError(f'{self.planned[key]} and {what} are one file; give them different names')

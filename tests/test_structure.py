@@ -84,3 +84,50 @@ def test_ci_runs_exactly_the_readmes_test_command():
     readme = (REPO / 'README.md').read_text()
     command = readme.split('Run the tests', 1)[1].split('```bash\n', 1)[1].split('\n', 1)[0]
     assert command.startswith('python -m pytest') and command in (REPO / '.ci' / 'run').read_text().splitlines()
+
+
+def program_exits(tree):
+    """(line, what) of every way `tree` ends the program: raise SystemExit, sys.exit(), exit(), quit(), os._exit()."""
+    def name(node):
+        return (node.id if isinstance(node, ast.Name) else
+                f'{getattr(node.value, "id", "?")}.{node.attr}' if isinstance(node, ast.Attribute) else None)
+
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            raised = name(node.exc.func if isinstance(node.exc, ast.Call) else node.exc)
+            if raised == 'SystemExit':
+                found.append((node.lineno, raised))
+        elif isinstance(node, ast.Call) and name(node.func) in {'sys.exit', 'exit', 'quit', 'os._exit'}:
+            found.append((node.lineno, name(node.func)))
+    return found
+
+
+def test_only_run_main_ends_the_program():
+    """Library code raises typed errors (utils.UserError); utils.run_main, which every script's __main__ calls, is
+    the one place a program exits (argparse's own exits aside)."""
+    exits = []
+    for path in sorted(REPO.glob('*.py')):
+        tree = ast.parse(path.read_text())
+        allowed = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and (path.stem, node.name) == ('utils', 'run_main'):
+                allowed = {getattr(n, 'lineno', None) for n in ast.walk(node)}
+        exits += [f'{path.name}:{line} {name}' for line, name in program_exits(tree) if line not in allowed]
+    assert not exits
+
+
+def test_the_exit_checker_finds_each_way_to_exit():
+    source = ('import sys, os\nraise SystemExit(1)\nraise SystemExit\nsys.exit(2)\nexit()\nos._exit(0)\n'
+              'raise ValueError("x")\nprint("SystemExit")\n')
+    assert [name for _, name in program_exits(ast.parse(source))] == ['SystemExit', 'SystemExit', 'sys.exit', 'exit',
+                                                                      'os._exit']
+
+
+def test_every_script_runs_its_main_through_run_main():
+    for path in sorted(REPO.glob('*.py')):
+        tree = ast.parse(path.read_text())
+        defines_main = any(isinstance(n, ast.FunctionDef) and n.name == 'main' for n in tree.body)
+        guards = [n for n in tree.body if isinstance(n, ast.If) and "__name__ == '__main__'" in ast.unparse(n.test)]
+        if defines_main:
+            assert guards and 'run_main(main)' in ast.unparse(guards[-1]), f'{path.name}: main not run by run_main'

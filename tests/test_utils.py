@@ -329,12 +329,34 @@ def test_pick_device_names_the_choices_in_one_line(monkeypatch):
     assert utils.pick_device('auto') == torch.device('cpu')
     for name, words in [('foo', 'choose auto, cpu, cuda, cuda:N or mps'), ('cuda', 'no CUDA GPU'),
                         ('cuda:1', 'no CUDA GPU'), ('mps', 'MPS is not available'), ('xla', 'choose auto, cpu')]:
-        with pytest.raises(SystemExit) as error:
+        with pytest.raises(utils.UserError) as error:
             utils.pick_device(name)
-        message = str(error.value.code)
-        assert message.startswith('error: ') and words in message and '\n' not in message, message
+        message = str(error.value)
+        assert words in message and '\n' not in message, message
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
     assert utils.pick_device('cuda:1') == torch.device('cuda', 1)
-    with pytest.raises(SystemExit, match='2 CUDA GPU'):
+    with pytest.raises(utils.UserError, match='2 CUDA GPU'):
         utils.pick_device('cuda:2')
+
+
+def test_run_main_says_a_user_error_in_one_line_and_lets_a_bug_show_its_traceback(capsys):
+    def mistake():
+        raise utils.ImageLoadError('photo.png: not an image\nPillow says more')
+
+    with pytest.raises(SystemExit) as stop:
+        utils.run_main(mistake)
+    assert stop.value.code == 1 and capsys.readouterr().err == 'error: photo.png: not an image Pillow says more\n'
+
+    def stopped():
+        raise utils.UserError('', exit_code=143)  # a stopped run: said already, ends with 128 + SIGTERM
+
+    with pytest.raises(SystemExit) as stop:
+        utils.run_main(stopped)
+    assert stop.value.code == 143 and capsys.readouterr().err == ''
+
+    def bug():
+        raise KeyError('a bug')
+
+    with pytest.raises(KeyError):  # not caught: its traceback is what the bug report needs
+        utils.run_main(bug)
