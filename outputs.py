@@ -38,6 +38,12 @@ class WriteError(UserError, OSError):
     the message says which file and why, in one line."""
 
 
+def _file_id(path):
+    """(device, inode): the same for every name of one file (hard links, other spellings, links)."""
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
+
+
 def _inside(path, folder):
     """Whether `path` is `folder` or lies below it (both resolved, links followed)."""
     path, folder = Path(path).resolve(), Path(folder).resolve()
@@ -50,7 +56,11 @@ class OutputPlan:
     overwrite: the user's word that existing outputs may be replaced (never an input)."""
 
     def __init__(self, reads=(), read_folders=(), overwrite=False):
-        self.reads = [Path(p) for p in reads if p is not None and os.path.exists(p)]
+        self.reads = {}  # resolved path, and (device, inode) of an existing file -> as the user named it
+        for read in (Path(p) for p in reads if p is not None):
+            self.reads[read.resolve()] = read
+            if read.exists():
+                self.reads[_file_id(read)] = read
         self.read_folders = [Path(p) for p in read_folders if p is not None]
         self.overwrite = overwrite
         self.planned = {}  # resolved path -> how it was named (the flag and the path), for the message
@@ -64,9 +74,9 @@ class OutputPlan:
         if_exists = if_exists or ('replace' if self.overwrite else 'refuse')
         what = f'{flag} {path}' if flag else str(path)
         check_name(path, what)
-        for read in self.reads:
-            if path.resolve() == read.resolve() or path.exists() and os.path.samefile(path, read):
-                raise OutputError(f'{what} is {read}, which this command reads; write to another file')
+        read = self.reads.get(path.resolve()) or (self.reads.get(_file_id(path)) if path.exists() else None)
+        if read is not None:
+            raise OutputError(f'{what} is {read}, which this command reads; write to another file')
         if path.is_dir():
             example = f' such as {path / ("out" + formats[0])}' if formats else ''
             raise OutputError(f'{what} is a folder; name a file{example}')
@@ -135,15 +145,23 @@ def check_name(path, what):
 def file_names(labels):
     """Distinct file-name-safe names for `labels` (image names, model labels) -> {label: name}. A label that is
     already safe (letters, digits, '.', '_', '-', no leading dot) is kept as it is; another becomes its safe form plus
-    a short hash of the label itself, so 'a b' and 'a_b' stay apart whatever else is named, and a name never depends
-    on the other labels."""
+    a short hash of the label itself, so 'a b' and 'a_b' stay apart whatever else is named; so does a label that differs
+    from another in case alone ('A', 'a': one file on macOS and Windows)."""
     names = {}
     for label in dict.fromkeys(labels):
         safe = re.sub(r'[^\w.-]+', '_', label).strip('_.')[:100] or 'x'
-        names[label] = safe if safe == label else f'{safe}-{hashlib.sha1(label.encode()).hexdigest()[:6]}'
-    if len(set(names.values())) < len(names):  # a hash collision: never seen, but never written over either
+        names[label] = safe if safe == label else f'{safe}-{_short_hash(label)}'
+    folded = collections.Counter(name.casefold() for name in names.values())
+    for label, name in names.items():  # 'A' and 'a' are one file on macOS and Windows
+        if folded[name.casefold()] > 1 and name == label:
+            names[label] = f'{name}-{_short_hash(label)}'
+    if len({name.casefold() for name in names.values()}) < len(names):  # a hash collision: never written over
         raise OutputError(f'two names map to one file name among {", ".join(labels)}; rename one')
     return names
+
+
+def _short_hash(text):
+    return hashlib.sha1(text.encode()).hexdigest()[:6]
 
 
 def distinct_stems(paths):

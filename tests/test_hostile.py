@@ -32,7 +32,7 @@ from models import SRResNet
 from utils import run_main
 
 LONGEST = 'n' * 251  # + '.png': a legal name of 255 bytes
-TOO_LONG = 'n' * 252
+TOO_LONG = 'n' * 256  # too long with any extension, and as a folder's name
 
 
 def image(path, size=(24, 20), seed=0):

@@ -89,6 +89,7 @@ def test_file_names_never_collide_and_do_not_depend_on_the_others(seed):
     some = rng.sample(sorted(set(labels)), 10)
     assert file_names(some) == {label: names[label] for label in some}
     assert file_names(['baby', 'a_b']) == {'baby': 'baby', 'a_b': 'a_b'}  # safe names stay as they are
+    assert len({name.casefold() for name in file_names(['A', 'a', 'b']).values()}) == 3  # macOS, Windows
 
 
 @pytest.mark.parametrize('seed', range(20))
