@@ -15,16 +15,24 @@ import glob
 import os
 import re
 from fractions import Fraction
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from outputs import atomic_path
+from utils import ImageLoadError, UserError, load_image
 
 MAX_FRAMES = 40  # a run validated more often is sampled evenly
 MAX_SIDE = 640  # px, the longer side of a frame
 FRAME_MS, LAST_FRAME_MS = 600, 2400  # how long each frame shows; the last one, longer
 FORMATS = ('.webp', '.gif', '.mp4')
+
+
+class Animation(NamedTuple):
+    path: str
+    frames: int
+    skipped: list  # the sheets left out, unreadable (a file cut short): their ImageLoadError messages
 
 
 def sample_sheets(run_dir):
@@ -62,8 +70,9 @@ def labelled_frame(sheet, text, max_side=MAX_SIDE):
 
 def make_animation(run_dir, psnrs, out_path=None):
     """Assemble the sample sheets of `run_dir` into an animation at out_path (default run_dir/progress.webp; the
-    suffix picks .webp, .gif or .mp4), written atomically. psnrs: {iteration: (validation set, PSNR)} from the log,
-    for the labels. -> (out_path, frames) or None when the run has fewer than two sheets."""
+    suffix picks .webp, .gif or .mp4: the caller plans it, see training.animate_run), written atomically. psnrs:
+    {iteration: (validation set, PSNR)} from the log, for the labels. A sheet that cannot be read is left out.
+    -> Animation, or None when the run has fewer than two sheets; a UserError when fewer than two can be read."""
     out_path = out_path or os.path.join(run_dir, 'progress.webp')
     ext = os.path.splitext(out_path)[1].lower()
     if ext not in FORMATS:
@@ -71,17 +80,24 @@ def make_animation(run_dir, psnrs, out_path=None):
     sheets = evenly(sample_sheets(run_dir), MAX_FRAMES)
     if len(sheets) < 2:
         return None
-    frames = []
+    frames, skipped = [], []
     for iteration, path in sheets:
-        with Image.open(path) as sheet:
-            val_set, psnr = psnrs.get(iteration, (None, None))
-            label = f'iteration {iteration:,}' + (f'   {val_set} PSNR {psnr:.2f} dB' if psnr is not None else '')
-            frames.append(labelled_frame(sheet, label))
+        try:
+            sheet = load_image(path)  # PIL RGB; a file cut short is an ImageLoadError
+        except ImageLoadError as e:
+            skipped.append(str(e))
+            continue
+        val_set, psnr = psnrs.get(iteration, (None, None))
+        label = f'iteration {iteration:,}' + (f'   {val_set} PSNR {psnr:.2f} dB' if psnr is not None else '')
+        frames.append(labelled_frame(sheet, label))
+    if len(frames) < 2:
+        raise UserError(f'{run_dir}/samples: {len(skipped)} of its {len(sheets)} sample sheets cannot be read (the '
+                        f'first: {skipped[0]}), too few left to animate')
     size = frames[-1].size  # sheets of one run share a size; a resumed run with another --val-set might not
     frames = [frame if frame.size == size else frame.resize(size, Image.LANCZOS) for frame in frames]
     with atomic_path(out_path) as tmp_path:
         (save_mp4 if ext == '.mp4' else save_pillow)(frames, tmp_path)
-    return out_path, len(frames)
+    return Animation(out_path, len(frames), skipped)
 
 
 def save_pillow(frames, path):

@@ -20,14 +20,17 @@ Checkpoint tools, from the command line:
 import argparse
 import os
 import pickle
+from pathlib import Path
 
 import torch
 
-from outputs import WriteError, atomic_path
-from utils import first_line, run_main
+from outputs import OutputError, OutputPlan, atomic_path
+from utils import UserError, first_line, run_main
+
+CHECKPOINT_EXTENSIONS = ('.pt', '.pth')  # what convert and export write (torch.save files)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be used; the message says what to do."""
 
 
@@ -80,6 +83,9 @@ _SIGNATURES = ((b'\x89PNG', 'a PNG image'), (b'\xff\xd8\xff', 'a JPEG image'), (
                (b'BM', 'a BMP image'), (b'II*\x00', 'a TIFF image'), (b'MM\x00*', 'a TIFF image'),
                (b'\x89HDF', 'an HDF5 file (Keras .h5?)'), (b'\x1f\x8b', 'a gzip archive'), (b'7z', 'a 7-zip archive'))
 
+_ONNX_MODEL = ('an ONNX model (run it with `python super_resolve.py IMAGE --model {path}` or `python eval.py {path}`; '
+               'it cannot be trained from or exported again)')
+
 
 def what_file_is(path):
     """None when `path` may be a torch.save file (a zip archive, or a legacy pickle stream), else what it is in a
@@ -90,6 +96,8 @@ def what_file_is(path):
         return None
     if not head:
         return 'an empty file (0 bytes)'
+    if _is_onnx(head):
+        return _ONNX_MODEL.format(path=path)
     for signature, what in _SIGNATURES:
         if head.startswith(signature):
             return what
@@ -107,7 +115,13 @@ def what_file_is(path):
         if all(c.isprintable() or c.isspace() for c in text):
             first = text.strip().splitlines()[0][:40] if text.strip() else ''
             return f'a text file (starting "{first}")'
-    return 'a file of an unknown format'
+    return _ONNX_MODEL.format(path=path) if Path(path).suffix.lower() == '.onnx' else 'a file of an unknown format'
+
+
+def _is_onnx(head):
+    """Whether the first bytes are those of an ONNX ModelProto: field 1 (ir_version, a small varint) first, then
+    producer_name (ours: 'pytorch'), producer_version, domain, model_version, doc_string or the graph."""
+    return len(head) >= 3 and head[0] == 0x08 and 1 <= head[1] < 0x80 and head[2] in b'\x12\x1a\x22\x28\x32\x3a'
 
 
 def convert_tutorial_checkpoint(path, map_location='cpu'):
@@ -117,6 +131,10 @@ def convert_tutorial_checkpoint(path, map_location='cpu'):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f'{path}: no such checkpoint file')
+    what = what_file_is(path)
+    if what is not None:
+        raise CheckpointError(f'{path} is {what}, not a PyTorch checkpoint: expected the original tutorial\'s '
+                              f'checkpoint_srresnet.pth.tar or checkpoint_srgan.pth.tar')
     try:
         torch.load(path, map_location=map_location, weights_only=True)
         weights_only = True
@@ -194,9 +212,7 @@ def export_generator(path, output_path, average=True):
     architecture, and where they came from (iteration, the run's flags); no optimizer or RNG state. average: the
     moving average when the run kept one (see generator_state_dict); False: the trained weights themselves.
     (An ONNX model instead: deploy.export_onnx.)"""
-    if os.fspath(output_path).lower().endswith('.onnx'):
-        raise CheckpointError(f'{output_path}: an ONNX export is made by deploy.py: python deploy.py {path} '
-                              f'{output_path}')
+    check_extension(path, output_path)
     checkpoint = load_checkpoint(path, unsafe_flag=None)
     config, state_dict = generator_of(checkpoint, path, average)
     state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
@@ -205,12 +221,16 @@ def export_generator(path, output_path, average=True):
                      'best_psnr': checkpoint.get('best_psnr'), 'config': checkpoint.get('config', {})}, output_path)
 
 
-def check_output(input_path, output_path, overwrite):
-    """Refuse (SystemExit, one line) to write over the input, or over an existing file without --overwrite."""
-    if os.path.exists(input_path) and os.path.exists(output_path) and os.path.samefile(input_path, output_path):
-        raise SystemExit(f'error: {output_path} is the input itself; write the new file to another one')
-    if os.path.exists(output_path) and not overwrite:
-        raise SystemExit(f'error: {output_path} exists; pass --overwrite to replace it, or choose another file')
+def check_extension(input_path, output_path, flag='OUTPUT'):
+    """An OutputError unless `output_path` names a PyTorch checkpoint (CHECKPOINT_EXTENSIONS); an .onnx is made by
+    deploy.py, and the message says how."""
+    suffix = Path(output_path).suffix.lower()
+    if suffix == '.onnx':
+        raise OutputError(f'{flag} {output_path}: an ONNX export is made by deploy.py: python deploy.py {input_path} '
+                          f'{output_path}')
+    if suffix not in CHECKPOINT_EXTENSIONS:
+        raise OutputError(f'{flag} {output_path}: cannot write {suffix or "a file without an extension"} here; name '
+                          f'it {" or ".join("*" + e for e in CHECKPOINT_EXTENSIONS)} (a PyTorch checkpoint)')
 
 
 def main(argv=None):
@@ -228,14 +248,13 @@ def main(argv=None):
                         help='export: the trained weights themselves, not the moving average of a run with '
                              '--ema-decay (which lags behind in a short run whose weights still improve fast)')
     args = parser.parse_args(argv)
-    check_output(args.input, args.output, args.overwrite)
-    try:
-        if args.command == 'convert':
-            save_checkpoint(convert_tutorial_checkpoint(args.input), args.output)
-        else:
-            export_generator(args.input, args.output, average=not args.live)
-    except (CheckpointError, WriteError) as e:  # WriteError: an output folder that cannot be written, a full disk
-        raise SystemExit(f'error: {e}') from None
+    plan = OutputPlan(reads=[args.input], overwrite=args.overwrite)
+    plan.file(args.output, 'OUTPUT')  # never INPUT itself (even with --overwrite), nor an existing file without it
+    check_extension(args.input, args.output)  # after the plan: an OUTPUT that is INPUT is said as such first
+    if args.command == 'convert':
+        save_checkpoint(convert_tutorial_checkpoint(args.input), args.output)
+    else:
+        export_generator(args.input, args.output, average=not args.live)
     print(f'wrote {args.output}')
 
 

@@ -12,13 +12,20 @@ decoded once, so a bad file is found now rather than hours into training: unread
 non-image files, and training images smaller than --min-size, are skipped and listed with the reason.
 A test set is named after its folder (.../Set5/ -> Set5_test_images.json), and each is given once.
 
-A training image that is also a test image (the same pixels: a training folder that holds a test folder, or a
-renamed or losslessly re-saved copy) would make every number eval.py prints meaningless, so it is refused, and
-nothing is written, unless --allow-test-overlap is given (then a warning says how many). An image found twice in the
+A training image that is also a test image would make every number eval.py prints meaningless, so it is refused,
+and nothing is written, unless --allow-test-overlap is given (then a warning says how many). Caught: the same pixels
+(a training folder that holds a test folder, a renamed or losslessly re-saved copy), and a copy of the same size
+that is flipped, rotated by 90 degrees, grey, or re-saved lossily (JPEG, even at quality 30): their 16x16 grey
+thumbnails match. Not caught: copies resized or cropped (Set5's woman.png is a resized crop of BSD200's 302003.png,
+so the classic T91 + BSD200 training set holds one Set5 picture), or otherwise edited. An image found twice in the
 training folders (a copy, or one file reached through nested folders) is listed once, with a note.
+
+The lists are written to --output-folder; a list there from an earlier run is replaced, any other file of that name
+is refused.
 """
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -26,15 +33,28 @@ import sys
 from multiprocessing import Pool
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
-from datasets import DEMO_TEST_IMAGES, DEMO_TRAIN_IMAGES, TEST_LIST_SUFFIX, demo_images, find_images, folder_name
-from outputs import atomic_path
-from utils import ImageLoadError, number, read_image, run_main
+from datasets import (DEMO_TEST_IMAGES, DEMO_TRAIN_IMAGES, TEST_LIST_SUFFIX, TRAIN_LIST, demo_images, find_images,
+                      folder_name, is_image_list)
+from outputs import OutputError, OutputPlan, atomic_path
+from utils import ImageLoadError, UserError, number, read_image, run_main
+
+THUMBNAIL = 16  # px: the side of the grey thumbnails that find near copies of test images
+NEAR_COPY = 0.99  # their correlation above which a training image is a test image's copy (see near_copies)
+
+
+@dataclasses.dataclass(frozen=True)
+class Fingerprint:
+    """What tells whether two images are one picture: exactly (digest) or nearly (size and thumbnail)."""
+    digest: str  # pixel_digest: the same pixels
+    size: tuple  # (width, height)
+    thumbnail: np.ndarray | None  # see thumbnail(); None for an image of one flat colour
 
 
 def check_image(args):
-    """(path, min_size) -> (path, None, pixel digest) when usable, else (path, reason, None)."""
+    """(path, min_size) -> (path, None, Fingerprint) when usable, else (path, reason, None)."""
     path, min_size = args
     try:
         if os.path.getsize(path) == 0:
@@ -48,7 +68,7 @@ def check_image(args):
     height, width = img.rgb.shape[:2]
     if min(width, height) < min_size:
         return path, f'{width}x{height} is smaller than --min-size {min_size}', None
-    return path, None, pixel_digest(img.rgb)
+    return path, None, Fingerprint(pixel_digest(img.rgb), (width, height), thumbnail(img.rgb))
 
 
 def pixel_digest(rgb):
@@ -57,15 +77,32 @@ def pixel_digest(rgb):
     The decoded pixels rather than the file bytes: a test image re-saved losslessly (PNG -> BMP or WebP, another
     compression level, metadata stripped, gray saved as RGB) is still that test image, and its bytes differ. The
     pixels are decoded here anyway, and hashing them costs ~5% of the decode (SHA-256 runs in hardware on current
-    CPUs). Alpha is left out (training and eval.py use RGB); a lossy copy (PNG -> JPEG) is not caught."""
+    CPUs). Alpha is left out (training and eval.py use RGB); a lossy copy (PNG -> JPEG) is near_copies' to find."""
     rgb = np.ascontiguousarray(rgb)  # (H, W, 3), uint8 or uint16
     digest = hashlib.sha256(f'{rgb.shape} {rgb.dtype}'.encode())
     digest.update(rgb)
     return digest.hexdigest()
 
 
+def thumbnail(rgb):
+    """An image's grey THUMBNAIL x THUMBNAIL thumbnail (BT.601 luma, each pixel the mean of a block of the image,
+    cropped at its centre to whole blocks, so that a flipped or rotated copy gives the thumbnail flipped or rotated),
+    flattened, minus its mean, of unit norm: the dot product of two is their correlation, which JPEG noise or a grey
+    copy barely moves (>= 0.998 at JPEG quality 30). None for an image of one flat colour, or smaller than that."""
+    height, width = (side // THUMBNAIL * THUMBNAIL for side in rgb.shape[:2])
+    if not height or not width:
+        return None
+    top, left = (rgb.shape[0] - height) // 2, (rgb.shape[1] - width) // 2
+    eight_bits = rgb if rgb.dtype == np.uint8 else (rgb >> 8).astype(np.uint8)  # (H, W, 3)
+    grey = np.asarray(Image.fromarray(eight_bits[top:top + height, left:left + width]).convert('L'), np.float32)
+    small = grey.reshape(THUMBNAIL, height // THUMBNAIL, THUMBNAIL, width // THUMBNAIL).mean(axis=(1, 3)).ravel()
+    small = small - small.mean()  # (256,)
+    norm = np.linalg.norm(small)
+    return small / norm if norm > 1e-3 else None
+
+
 def make_list(folders, min_size, workers, what):
-    """Check every image in `folders`; returns the usable (path, pixel digest) pairs and the skipped (path, reason)
+    """Check every image in `folders`; returns the usable (path, Fingerprint) pairs and the skipped (path, reason)
     pairs."""
     candidates, others = [], 0
     for folder in folders:
@@ -77,10 +114,10 @@ def make_list(folders, min_size, workers, what):
     kept, skipped = [], []
     jobs = [(path, min_size) for path in candidates]
     with Pool(workers) if workers > 1 and len(jobs) >= 64 else _NoPool() as pool:
-        for path, reason, digest in tqdm(pool.imap(check_image, jobs, chunksize=16), total=len(jobs), desc=what,
-                                         leave=False, disable=len(jobs) < 100):
+        for path, reason, fingerprint in tqdm(pool.imap(check_image, jobs, chunksize=16), total=len(jobs),
+                                              desc=what, leave=False, disable=len(jobs) < 100):
             if reason is None:
-                kept.append((path, digest))
+                kept.append((path, fingerprint))
             else:
                 skipped.append((path, reason))
                 tqdm.write(f"skipped {path}: {reason}")
@@ -108,6 +145,20 @@ def write_list(paths, output_folder, file_name):
     return path
 
 
+def plan_lists(output_folder, file_names, image_folders=()):
+    """Check, before any work, where the lists go (outputs.OutputPlan): a list from an earlier run there is replaced
+    (it is this script's own output); another file of that name, a folder, a name too long, or a folder inside the
+    image folders it reads (what a command writes stays out of its inputs) is refused."""
+    plan = OutputPlan(read_folders=image_folders)
+    plan.folder(output_folder, '--output-folder')
+    for file_name in file_names:
+        path = os.path.join(output_folder, file_name)
+        if os.path.isfile(path) and not is_image_list(path):
+            raise OutputError(f'--output-folder {output_folder}: {path} exists and is not a data list (a JSON list '
+                              f'of image paths), so it is not replaced; move it, or choose another --output-folder')
+        plan.file(path, '--output-folder', formats=('.json',), if_exists='replace')
+
+
 def name_test_sets(test_folders):
     """Each test folder's name, which names its list. A test set given twice, or two test folders of one name, is
     refused: the second list would replace the first, or one set would be scored twice."""
@@ -115,57 +166,93 @@ def name_test_sets(test_folders):
     for i, folder in enumerate(test_folders):
         for earlier, earlier_name in zip(test_folders[:i], names):
             if os.path.realpath(earlier) == os.path.realpath(folder):
-                raise SystemExit(f'error: the test folder {earlier} is given twice in --test-folders'
-                                 f'{f" (also as {folder})" if folder != earlier else ""}; give each test set once')
+                raise UserError(f'the test folder {earlier} is given twice in --test-folders'
+                                f'{f" (also as {folder})" if folder != earlier else ""}; give each test set once')
             if earlier_name == names[i]:
-                raise SystemExit(f'error: the test folders {earlier} and {folder} are both named {names[i]}, and '
-                                 f'a test set is named after its folder ({names[i]}{TEST_LIST_SUFFIX}): '
-                                 f'rename one of them')
+                raise UserError(f'the test folders {earlier} and {folder} are both named {names[i]}, and a test set '
+                                f'is named after its folder ({names[i]}{TEST_LIST_SUFFIX}): rename one of them')
     return names
 
 
-def check_no_test_images_in_training(train, tests, allow_test_overlap):
-    """Refuse training images that are test images: eval.py would score the model on what it trained on. `train`
-    holds (path, digest) pairs, `tests` {test set name: (path, digest) pairs}; found by pixels, not names, so a
-    test folder inside a training folder, a renamed copy and one file reached by two paths are all caught."""
-    test_image_of, test_files = {}, set()
+def test_images_in_training(train, tests):
+    """The training images that are test images -> {path: (test set name, test path, exactly: bool)}. `train` holds
+    (path, Fingerprint) pairs, `tests` {test set name: (path, Fingerprint) pairs}. Found by pixels, not names, so a
+    test folder inside a training folder, a renamed copy and one file reached by two paths are all caught; then by
+    thumbnail (near_copies)."""
+    test_image_of = {}
     for name, images in tests.items():
-        for path, digest in images:
-            test_image_of.setdefault(digest, (name, os.path.basename(path)))
-            test_files.add(os.path.realpath(path))
-    overlap = {path: test_image_of[digest] for path, digest in train if digest in test_image_of}  # a path once
+        for path, fingerprint in images:
+            test_image_of.setdefault(fingerprint.digest, (name, path))
+    overlap = {path: (*test_image_of[fp.digest], True) for path, fp in train if fp.digest in test_image_of}
+    near = near_copies([(path, fp) for path, fp in train if path not in overlap], tests)
+    return overlap | {path: (name, test_path, False) for path, (name, test_path) in near.items()}
+
+
+def near_copies(train, tests):
+    """Training images that are a test image flipped, rotated by 90 degrees, grey, or re-saved lossily (JPEG): of
+    its size (or rotated), with thumbnails whose correlation in one of the 8 orientations is above NEAR_COPY (two
+    different pictures of T91, BSD200, Set5, Set14 and BSD100 reach 0.95 at most). -> {path: (name, test path)}."""
+    by_size = {}  # sides sorted -> [(test set name, test path)], and the 8 orientations of their thumbnails
+    for name, images in tests.items():
+        for path, fp in images:
+            if fp.thumbnail is not None:
+                tiles = fp.thumbnail.reshape(THUMBNAIL, THUMBNAIL)
+                turns = [np.rot90(tiles, k) for k in range(4)]
+                names, variants = by_size.setdefault(tuple(sorted(fp.size)), ([], []))
+                names.append((name, path))
+                variants += [v.ravel() for turn in turns for v in (turn, turn[:, ::-1])]
+    by_size = {size: (names, np.stack(variants)) for size, (names, variants) in by_size.items()}
+    near = {}
+    for path, fp in train:
+        names, variants = by_size.get(tuple(sorted(fp.size)), (None, None))
+        if names is not None and fp.thumbnail is not None:
+            correlations = variants @ fp.thumbnail  # (8 x the test images of this size,)
+            if correlations.max() > NEAR_COPY:
+                near[path] = names[int(correlations.argmax()) // 8]
+    return near
+
+
+def check_no_test_images_in_training(train, tests, allow_test_overlap):
+    """Refuse training images that are test images (test_images_in_training): eval.py would score the model on
+    what it trained on. With allow_test_overlap, a warning instead."""
+    overlap = test_images_in_training(train, tests)
     if not overlap:
         return
     per_set = {name: [] for name in tests}  # in the order of --test-folders
-    for path, (name, test_file) in overlap.items():
-        per_set[name].append(f"{path} is {name}'s {test_file}")
+    for path, (name, test_path, exactly) in overlap.items():
+        per_set[name].append(f"{path} {'is' if exactly else 'looks like'} {name}'s {os.path.basename(test_path)}")
     per_set = {name: found for name, found in per_set.items() if found}
     examples = [found[0] for found in per_set.values()] + [e for found in per_set.values() for e in found[1:]]
     counts = ', '.join(f'{name}: {len(found)}' for name, found in per_set.items())
+    n_near = sum(not exactly for _, _, exactly in overlap.values())
+    copies = 'copies flipped, rotated, grey or re-saved lossily'
+    how = ('the same pixels' if not n_near else copies if n_near == len(overlap) else
+           f'{len(overlap) - n_near} the same pixels, {n_near} {copies}')
     are = 'is also a test image' if len(overlap) == 1 else 'are also test images'
-    what = (f'{len(overlap)} of {len({path for path, _ in train})} training images {are} ({counts}; the same '
-            f'pixels), e.g. {", ".join(examples[:2])}')
+    what = (f'{len(overlap)} of {len({path for path, _ in train})} training images {are} ({counts}; {how}), e.g. '
+            f'{", ".join(examples[:2])}')
     if allow_test_overlap:
         print(f"warning: {what}; listed anyway (--allow-test-overlap): eval.py's numbers on {', '.join(per_set)} "
               f'will not measure how the model does on images it has not seen', file=sys.stderr)
         return
     # never advise deleting files that are the test sets themselves: those come out by choosing other folders
+    test_files = {os.path.realpath(path) for images in tests.values() for path, _ in images}
     n_test_files = sum(os.path.realpath(path) in test_files for path in overlap)
     advice = ['pass training folders that do not contain the test folders'] if n_test_files else []
     advice += ['move the copies of test images out of the training folders'] if n_test_files < len(overlap) else []
-    raise SystemExit(f"error: {what}; eval.py's numbers would be meaningless: {' and '.join(advice)} "
-                     f'(--allow-test-overlap lists them anyway)')
+    raise UserError(f"{what}; eval.py's numbers would be meaningless: {' and '.join(advice)} "
+                    f'(--allow-test-overlap lists them anyway)')
 
 
 def without_duplicates(train):
-    """The paths of the (path, digest) pairs `train`, each image once (the first found): a copy, or one file reached
-    through nested folders, would be trained on twice as often. One note says how many were dropped."""
+    """The paths of the (path, Fingerprint) pairs `train`, each image once (the first found): a copy, or one file
+    reached through nested folders, would be trained on twice as often. One note says how many were dropped."""
     first_path, paths, duplicates = {}, [], []
-    for path, digest in train:
-        if digest in first_path:
-            duplicates.append((path, first_path[digest]))
+    for path, fingerprint in train:
+        if fingerprint.digest in first_path:
+            duplicates.append((path, first_path[fingerprint.digest]))
         else:
-            first_path[digest] = path
+            first_path[fingerprint.digest] = path
             paths.append(path)
     if duplicates:
         path, first = duplicates[0]
@@ -177,24 +264,27 @@ def without_duplicates(train):
 
 def create_data_lists(train_folders, test_folders, min_size, output_folder, workers=1, allow_test_overlap=False):
     """Write the lists and return a summary dict {list file: number of images}. Skipped files are printed. Every
-    folder is checked before any list is written, so a refusal leaves the output folder as it was."""
+    folder and every list's path is checked before any image is decoded, and every image before any list is
+    written, so a refusal leaves the output folder as it was."""
     for folder in train_folders + test_folders:  # a typo is found now, not after decoding the other folders
         if not os.path.isdir(folder):
-            raise SystemExit(f'error: {folder} is not a folder')
+            raise UserError(f'{folder} is not a folder')
     names = name_test_sets(test_folders)
+    plan_lists(output_folder, ([TRAIN_LIST] if train_folders else []) + [f'{n}{TEST_LIST_SUFFIX}' for n in names],
+               train_folders + test_folders)
     train, tests, n_skipped = [], {}, 0
     if train_folders:
         train, skipped = make_list(train_folders, min_size, workers, 'train')
         if not train:
-            raise SystemExit(f'error: no usable training images in {", ".join(train_folders)}')
+            raise UserError(f'no usable training images in {", ".join(train_folders)}')
         n_skipped += len(skipped)
     for folder, name in zip(test_folders, names):
         tests[name], skipped = make_list([folder], 1, workers, name)  # test images are kept at any size
         if not tests[name]:
-            raise SystemExit(f'error: no usable test images in {folder}')
+            raise UserError(f'no usable test images in {folder}')
         n_skipped += len(skipped)
     check_no_test_images_in_training(train, tests, allow_test_overlap)
-    lists = {'train_images.json': without_duplicates(train)} if train_folders else {}
+    lists = {TRAIN_LIST: without_duplicates(train)} if train_folders else {}
     lists.update({f'{name}{TEST_LIST_SUFFIX}': [path for path, _ in images] for name, images in tests.items()})
     summary = {write_list(paths, output_folder, file_name): len(paths) for file_name, paths in lists.items()}
     for path, count in summary.items():
@@ -205,14 +295,15 @@ def create_data_lists(train_folders, test_folders, min_size, output_folder, work
 
 def create_demo_lists(output_folder):
     """The embedded default: scikit-image's bundled photos (train: 12 images, test set 'demo': 2)."""
+    plan_lists(output_folder, [TRAIN_LIST, f'demo{TEST_LIST_SUFFIX}'])
     train, test = demo_images(DEMO_TRAIN_IMAGES), demo_images(DEMO_TEST_IMAGES)
     for path in train + test:
         read_image(path)  # fail loudly if a scikit-image release dropped one
     print(f'demo data: {len(train)} training and {len(test)} test photos shipped with scikit-image '
           f'({os.path.dirname(train[0])})')
-    write_list(train, output_folder, 'train_images.json')
+    write_list(train, output_folder, TRAIN_LIST)
     write_list(test, output_folder, f'demo{TEST_LIST_SUFFIX}')
-    print(f'wrote {output_folder}/train_images.json and {output_folder}/demo_test_images.json; for real data see '
+    print(f'wrote {output_folder}/{TRAIN_LIST} and {output_folder}/demo{TEST_LIST_SUFFIX}; for real data see '
           f'`python create_data_lists.py --help`')
 
 
@@ -226,8 +317,9 @@ def main():
     parser.add_argument('--workers', type=number(int, minimum=0), default=min(8, os.cpu_count() or 1),
                         help='processes that check images in parallel')
     parser.add_argument('--allow-test-overlap', action='store_true',
-                        help='list training images that are also test images (same pixels) with a warning, '
-                             'instead of refusing: eval.py then scores the model on images it trained on')
+                        help='list training images that are also test images (the same pixels, or a copy flipped, '
+                             'rotated, grey or re-saved lossily; not resized or cropped copies, see above) with a '
+                             'warning, instead of refusing: eval.py then scores the model on images it trained on')
     args = parser.parse_args()
     if not args.train_folders and not args.test_folders:
         create_demo_lists(args.output_folder)

@@ -10,6 +10,7 @@ import math
 import os
 import random
 import re
+import stat
 
 import numpy as np
 import torch
@@ -17,13 +18,77 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from outputs import atomic_path
-from utils import IMAGE_EXTENSIONS, ImageTransforms, load_image
+from utils import IMAGE_EXTENSIONS, ImageLoadError, ImageTransforms, UserError, load_image
 
 # The embedded default: natural photos that scikit-image's wheel ships, so the pipeline runs with no download.
 DEMO_TRAIN_IMAGES = ['coffee.png', 'rocket.jpg', 'motorcycle_left.png', 'hubble_deep_field.jpg', 'ihc.png',
                      'retina.jpg', 'camera.png', 'coins.png', 'moon.png', 'grass.png', 'gravel.png', 'brick.png']
 DEMO_TEST_IMAGES = ['astronaut.png', 'chelsea.png']
+TRAIN_LIST = 'train_images.json'
 TEST_LIST_SUFFIX = '_test_images.json'  # Set5 -> Set5_test_images.json
+CACHE_FORMAT = 'rgb8 v2'  # changes when what ImageCache holds, or how its key is made, does
+REBUILD = 'rebuild the lists with create_data_lists.py (it skips files it cannot use)'
+
+
+class DataListError(UserError, ValueError):
+    """A data list, or an image it lists, that training cannot use; the message names it and says what to do."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The data lists: the one reader
+
+def read_image_list(path):
+    """The image paths of a data list (train_images.json, <name>_test_images.json: a JSON list of path strings,
+    as create_data_lists.py writes them) -> [str]. A DataListError naming the list when it is missing, unreadable,
+    empty or of another shape; the files it lists are not looked at (see check_listed_files)."""
+    try:
+        with open(path, 'rb') as f:
+            paths = json.loads(f.read())
+    except FileNotFoundError:
+        raise DataListError(f'{path} not found; write the data lists first with `python create_data_lists.py` '
+                            f'(see its --help)') from None
+    except OSError as e:
+        raise DataListError(f'{path}: unreadable ({e.strerror or e}); {REBUILD}') from None
+    except ValueError:  # not JSON, not UTF-8
+        raise DataListError(f'{path} is not JSON, so not a data list; {REBUILD}') from None
+    if not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
+        raise DataListError(f'{path} is JSON but not a list of image paths; {REBUILD}')
+    if not paths:
+        raise DataListError(f'{path} lists no images; {REBUILD}')
+    return paths
+
+
+def is_image_list(path):
+    """Whether `path` holds a data list (what create_data_lists.py may replace without asking)."""
+    try:
+        read_image_list(path)
+        return True
+    except DataListError:
+        return False
+
+
+def check_listed_files(list_path, paths):
+    """A DataListError, before training starts, when a listed image is missing, empty, not a file or not readable:
+    one line naming the first, with how many (a stat of each file: cheap; the cache decodes them, see ImageCache)."""
+    bad = []
+    for path in paths:
+        try:
+            info = os.stat(path)
+            reason = ('not a file' if not stat.S_ISREG(info.st_mode) else 'empty file' if info.st_size == 0 else
+                      None if os.access(path, os.R_OK) else 'no permission to read it')
+        except OSError as e:  # a deleted file, a broken link
+            reason = 'no such file' if isinstance(e, FileNotFoundError) else e.strerror or str(e)
+        if reason is not None:
+            bad.append((path, reason))
+    if bad:
+        raise unusable_images(list_path, bad, len(paths))
+
+
+def unusable_images(list_path, bad, total):
+    """The one line for listed images that cannot be used: bad holds (path, reason), the first is named."""
+    path, reason = bad[0]
+    return DataListError(f'{list_path}: {len(bad)} of {total} listed image{"s" * (total > 1)} cannot be used, the '
+                         f'first: {path}: {reason}; {REBUILD}')
 
 
 class SRDataset(Dataset):
@@ -50,15 +115,9 @@ class SRDataset(Dataset):
         if self.split == 'test' and test_data_name is None:
             raise ValueError("split 'test' needs test_data_name (e.g. 'Set5')")
 
-        list_name = 'train_images.json' if self.split == 'train' else f'{test_data_name}{TEST_LIST_SUFFIX}'
-        list_path = os.path.join(data_folder, list_name)
-        if not os.path.isfile(list_path):
-            raise FileNotFoundError(f'{list_path} not found; write the data lists first with '
-                                    f'`python create_data_lists.py` (see its --help)')
-        with open(list_path) as f:
-            self.images = json.load(f)
-        if not self.images:
-            raise ValueError(f'{list_path} lists no images')
+        list_name = TRAIN_LIST if self.split == 'train' else f'{test_data_name}{TEST_LIST_SUFFIX}'
+        self.list_path = os.path.join(data_folder, list_name)
+        self.images = read_image_list(self.list_path)
 
         self.transform = ImageTransforms(self.split, crop_size, scaling_factor, lr_img_type, hr_img_type,
                                          blur_sigma=blur_sigma, augment=augment)
@@ -144,8 +203,8 @@ class TrainingCrops(Dataset):
         img = self.images[i] if isinstance(self.images, ImageCache) else np.asarray(load_image(self.images[i]))
         (height, width), size = img.shape[:2], self.crop_size
         if width < size or height < size:
-            raise ValueError(f'{self.names[i]}: {width}x{height} is smaller than the {size}x{size} training crop; '
-                             f'rebuild the data lists with a larger --min-size')
+            raise DataListError(f'{self.names[i]}: {width}x{height} is smaller than the {size}x{size} training '
+                                f'crop; rebuild the data lists with a larger --min-size')
         rng = random.Random(crop_seed)
         left, top = rng.randint(0, width - size), rng.randint(0, height - size)
         code = rng.randrange(8) if self.augment else 0
@@ -178,29 +237,46 @@ class ImageCache:
 
     @staticmethod
     def key(paths):
-        """What the cache was made from: the paths with their sizes and modification times."""
-        stats = [(path, os.stat(path).st_size, os.stat(path).st_mtime_ns) for path in paths]
-        return hashlib.sha256(json.dumps(stats).encode()).hexdigest()
+        """What the cache holds, as one digest: the paths and a hash of each file's bytes (BLAKE2b, a small part of
+        what decoding them costs). The content, not sizes and modification times, which a same-size edit copied with
+        `cp -p` or `rsync -a` keeps. A file that cannot be read counts as None: the cache is then made again, and
+        the decode names the file."""
+        digests = []
+        for path in paths:
+            try:
+                with open(path, 'rb') as f:
+                    digests.append(hashlib.file_digest(f, 'blake2b').hexdigest())
+            except OSError:
+                digests.append(None)
+        return hashlib.sha256(json.dumps([CACHE_FORMAT, list(paths), digests]).encode()).hexdigest()
 
     @classmethod
-    def build(cls, paths, path):
+    def build(cls, paths, path, list_path='the image list'):
         """Decode `paths` into the cache file `path` (and its index, path + '.json'), unless one made from the same
-        files is there already; both written atomically. -> ImageCache."""
+        file contents is there already; both written atomically. -> ImageCache. Every image is decoded before the
+        cache is written, so images that cannot be are one DataListError naming the first and how many (list_path
+        names the list they came from)."""
         key = cls.key(paths)
         try:
             cache = cls(path)
             if cache.made_from == key and cache.nbytes == cache.offsets[-1] + 3 * math.prod(cache.shapes[-1]):
                 return cache
-        except (OSError, ValueError, KeyError, AttributeError):
+        except (OSError, ValueError, KeyError, AttributeError, TypeError, IndexError):
             pass  # none yet, or an old or partial one: made again
-        shapes, offsets, offset = [], [], 0
+        shapes, offsets, offset, bad = [], [], 0, []
         with atomic_path(path) as tmp_path, open(tmp_path, 'wb') as f:
             for image_path in paths:
-                pixels = np.asarray(load_image(image_path))  # (H, W, 3) uint8
+                try:
+                    pixels = np.asarray(load_image(image_path))  # (H, W, 3) uint8
+                except ImageLoadError as e:  # go on: the message says how many
+                    bad.append((image_path, str(e).removeprefix(f'{image_path}: ')))
+                    continue
                 f.write(pixels.tobytes())
                 shapes.append(pixels.shape[:2])
                 offsets.append(offset)
                 offset += pixels.size
+            if bad:  # nothing written: atomic_path removes the partial file
+                raise unusable_images(list_path, bad, len(paths))
         with atomic_path(path + '.json') as tmp_path, open(tmp_path, 'w') as f:
             json.dump({'key': key, 'names': list(paths), 'shapes': shapes, 'offsets': offsets}, f)
         return cls(path)
@@ -208,11 +284,15 @@ class ImageCache:
 
 def decoded_size(paths, budget):
     """Bytes the images take decoded as RGB (H * W * 3, from their headers alone), or None as soon as the sum passes
-    `budget` (a set of 350k ImageNet photos is not read to the end)."""
+    `budget` (a set of 350k ImageNet photos is not read to the end). A file whose header cannot be read counts as 0:
+    decoding it (ImageCache.build, or a crop) says what is wrong with it."""
     total = 0
     for path in paths:
-        with Image.open(path) as img:
-            total += img.width * img.height * 3
+        try:
+            with Image.open(path) as img:
+                total += img.width * img.height * 3
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            continue
         if total > budget:
             return None
     return total
@@ -224,7 +304,7 @@ def decoded_size(paths, budget):
 def find_images(folder):
     """All files under `folder` with an image extension, sorted; and how many other files were passed over."""
     if not os.path.isdir(folder):
-        raise SystemExit(f'error: {folder} is not a folder')
+        raise UserError(f'{folder} is not a folder')
     images, others = [], 0
     for root, dirs, files in os.walk(folder):
         dirs.sort()

@@ -22,13 +22,14 @@ import json
 import os
 import sys
 
+import numpy as np
 import torch
 from torch import nn
 
 import speedups
-from checkpoints import CheckpointError, check_output, generator_of, load_checkpoint
+from checkpoints import CheckpointError, generator_of, load_checkpoint
 from models import SRResNet
-from outputs import WriteError, atomic_path
+from outputs import OutputError, OutputPlan, atomic_path
 from utils import convert_image, first_line, run_main
 
 # torch's exporter's default opset: onnxruntime runs it from 1.17 (2024), TensorRT from 10. The graph uses only
@@ -38,6 +39,11 @@ OPSET = 20
 INPUT_NAME, OUTPUT_NAME = 'lr_imgs', 'sr_imgs'
 # what every export of this repo records, as onnx metadata_props (strings)
 METADATA_KEYS = ('scale', 'input', 'output', 'weights', 'model_config', 'kind', 'source')
+# what OnnxGenerator runs: onnxruntime's input types -> what it feeds them; the output types it reads
+INPUT_TYPES = {'tensor(float)': np.float32, 'tensor(float16)': np.float16}
+OUTPUT_TYPES = ('tensor(float)', 'tensor(float16)', 'tensor(double)')
+PROBE = (12, 16)  # (h, w) of the image an .onnx's scale is measured on: tiny, not square, so both sides are checked
+HOW_TO_EXPORT = 'pass an .onnx written by `python deploy.py CHECKPOINT OUT.onnx`'
 
 
 class PixelsToPixels(nn.Module):
@@ -121,61 +127,113 @@ def _require(module, message):
 class OnnxGenerator(nn.Module):
     """An .onnx generator run by onnxruntime, in place of an SRResNet: it takes and returns what an SRResNet does,
     (N, 3, h, w) ImageNet-normalised -> (N, 3, h s, w s) in [-1, 1], so inference.Upscaler tiles, blends and batches
-    it as any model. No parameters: it runs on the CPU (or CUDA with onnxruntime-gpu), from CPU tensors."""
+    it as any model. No parameters: it runs on the CPU (or CUDA with onnxruntime-gpu), from CPU tensors.
+
+    The one reader of .onnx files. At load it checks what running it assumes, and refuses in one line a model that
+    does not fit: one input, float32 or float16, (N, 3, H, W) with H and W dynamic (any image size); one float
+    output. The scale is measured on a tiny probe, never taken from the metadata: a metadata scale that disagrees
+    (wrong, '0', 'abc') is said in a note and the measured one is used. A batch axis fixed at k (an export of
+    batch 1) is run k images at a time, the last batch padded with copies."""
 
     def __init__(self, path, device='cpu'):
         super().__init__()
-        ort = _require('onnxruntime', f'{path}: running an .onnx model needs onnxruntime: pip install onnxruntime')
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()  # the threads torch would use, for a fair comparison
-        options.log_severity_level = 3  # errors only: its warnings about unused initializers are not the user's
-        providers = ['CPUExecutionProvider']
-        if torch.device(device).type == 'cuda' and 'CUDAExecutionProvider' in ort.get_available_providers():
-            providers.insert(0, 'CUDAExecutionProvider')
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as e:  # onnxruntime's own exception types: a missing file, not ONNX, an unsupported op
-            raise CheckpointError(f'{path}: onnxruntime cannot load it ({first_line(e)}); pass an .onnx written '
-                                  f'by `python deploy.py CHECKPOINT OUT.onnx`') from None
-        self.path, self.metadata = str(path), self.session.get_modelmeta().custom_metadata_map
-        self.input = self.session.get_inputs()[0]
-        self.scaling_factor = self._scale()
+        self.path, self.session = str(path), _session(path, device)
+        self.metadata = self.session.get_modelmeta().custom_metadata_map
+        self.input = self._checked_input()
+        self.batch = self.input.shape[0] if isinstance(self.input.shape[0], int) else None  # None: any batch size
+        self.scaling_factor = self._measured_scale()
 
-    def _scale(self):
-        """The scale recorded by our export; for an .onnx from elsewhere, one that takes (N, 3, H, W) images of any
-        size, the scale measured on a 16x16 image, and a note of what is assumed."""
-        if 'scale' in self.metadata:
-            return int(self.metadata['scale'])
-        shape = self.input.shape  # ints for fixed sides, strings or None for dynamic ones
-        if len(shape) != 4 or shape[1] not in (3, '3') or any(isinstance(side, int) for side in shape[2:]):
-            raise CheckpointError(f'{self.path}: not an export of this repo (no metadata) and its input '
-                                  f'{self.input.name} {shape} is not (N, 3, H, W) of any size; pass an .onnx written '
-                                  f'by `python deploy.py CHECKPOINT OUT.onnx`')
-        out = self.run(torch.rand(1, 3, 16, 16))
-        if out.shape[1] != 3 or out.shape[2] % 16 or out.shape[2] != out.shape[3] or out.shape[2] < 16:
-            raise CheckpointError(f'{self.path}: not an export of this repo (no metadata), and a 1x3x16x16 input '
-                                  f'gives {tuple(out.shape)}, not an RGB image upscaled by a whole factor; pass an '
-                                  f'.onnx written by `python deploy.py CHECKPOINT OUT.onnx`')
-        s = out.shape[2] // 16
-        print(f'note: {self.path} has no metadata of this repo: assuming RGB in [0, 1] in and out, x{s} (measured '
-              f'on a 16x16 image)', file=sys.stderr)
+    def _checked_input(self):
+        """The graph's one input, checked (with its one output) against what run() feeds and reads."""
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1:
+            raise CheckpointError(f'{self.path}: takes {len(inputs)} inputs ({", ".join(i.name for i in inputs)}), '
+                                  f'not one batch of images; {HOW_TO_EXPORT}')
+        shape, dtype = inputs[0].shape, inputs[0].type  # ints for fixed axes, strings or None for dynamic ones
+        if dtype not in INPUT_TYPES:
+            raise CheckpointError(f'{self.path}: its input {inputs[0].name} is {dtype}, not float32 or float16 RGB in '
+                                  f'[0, 1]; {HOW_TO_EXPORT}')
+        if len(shape) != 4 or isinstance(shape[1], int) and shape[1] != 3:
+            raise CheckpointError(f'{self.path}: its input {inputs[0].name} is {shape}, not (N, 3, H, W) RGB '
+                                  f'images; {HOW_TO_EXPORT}')
+        if any(isinstance(side, int) for side in shape[2:]):
+            raise CheckpointError(f'{self.path}: its input {inputs[0].name} {shape} is fixed at {shape[2]}x{shape[3]}, '
+                                  f'and images of any size are run here; export it with dynamic height and width, as '
+                                  f'`python deploy.py CHECKPOINT OUT.onnx` does')
+        if len(outputs) != 1 or outputs[0].type not in OUTPUT_TYPES:
+            found = ', '.join(f'{o.name} {o.type}' for o in outputs)
+            raise CheckpointError(f'{self.path}: gives {found}, not one float image batch; {HOW_TO_EXPORT}')
+        return inputs[0]
+
+    def _measured_scale(self):
+        """The scale, measured on a PROBE image (N, 3, h, w) -> (N, 3, s h, s w); a note where the metadata says
+        otherwise, or where there is none (an .onnx from elsewhere: what is assumed)."""
+        (h, w), n = PROBE, self.batch or 2  # 2 where the batch is dynamic: a graph that only takes 1 shows now
+        try:
+            out = self._run(torch.rand(n, 3, h, w, generator=torch.Generator().manual_seed(0)))
+        except CheckpointError:
+            if self.batch is not None:
+                raise
+            self.batch, n = 1, 1  # a batch axis declared dynamic that takes one image only
+            out = self._run(torch.rand(n, 3, h, w, generator=torch.Generator().manual_seed(0)))
+        s = out.shape[2] // h if out.ndim == 4 else 0
+        if s < 1 or tuple(out.shape) != (n, 3, s * h, s * w):
+            raise CheckpointError(f'{self.path}: a {n}x3x{h}x{w} input gives {tuple(out.shape)}, not ({n}, 3, {h}s, '
+                                  f'{w}s) for a whole scale s; {HOW_TO_EXPORT}')
+        recorded = self.metadata.get('scale')
+        if recorded is None:
+            print(f'note: {self.path} has no metadata of this repo: assuming RGB in [0, 1] in and out, x{s} (measured '
+                  f'on a {h}x{w} image)', file=sys.stderr)
+        elif recorded != str(s):
+            print(f'note: {self.path}: its metadata says scale {recorded!r}, but it upscales x{s} (measured on a '
+                  f'{h}x{w} image); using x{s}', file=sys.stderr)
         return s
 
     def run(self, lr_imgs):
-        """(N, 3, h, w) RGB in [0, 1] -> (N, 3, h s, w s) RGB in [0, 1], float32: the graph itself."""
-        dtype = 'float16' if self.input.type == 'tensor(float16)' else 'float32'
-        feed = {self.input.name: lr_imgs.detach().float().contiguous().numpy().astype(dtype, copy=False)}
+        """(N, 3, h, w) RGB in [0, 1] -> (N, 3, h s, w s) RGB in [0, 1], float32: the graph itself, in batches of the
+        size its batch axis is fixed at, if it is (the last one padded with copies of its last image)."""
+        if self.batch is None or len(lr_imgs) == self.batch:
+            return self._run(lr_imgs)
+        sr_imgs = []
+        for start in range(0, len(lr_imgs), self.batch):
+            batch = lr_imgs[start:start + self.batch]  # (k, 3, h, w), k <= self.batch
+            padding = batch[-1:].expand(self.batch - len(batch), -1, -1, -1)
+            sr_imgs.append(self._run(torch.cat([batch, padding]))[:len(batch)])
+        return torch.cat(sr_imgs)
+
+    def _run(self, lr_imgs):
+        """One call of the session: (N, 3, h, w) in [0, 1] -> (N, 3, h s, w s) in [0, 1], float32. An allocation
+        failure becomes the RuntimeError Upscaler retries with a smaller tile; another failure a CheckpointError."""
+        feed = {self.input.name: lr_imgs.detach().float().contiguous().numpy().astype(INPUT_TYPES[self.input.type],
+                                                                                       copy=False)}
         try:
             sr_imgs = self.session.run(None, feed)[0]
-        except Exception as e:  # onnxruntime's exceptions: an allocation failure becomes one Upscaler retries
+        except Exception as e:  # onnxruntime's own exception types
             if 'alloc' in str(e).lower():
                 raise RuntimeError(f'out of memory in onnxruntime ({first_line(e)})') from None
-            raise
-        return torch.from_numpy(sr_imgs).float()
+            raise CheckpointError(f'{self.path}: onnxruntime fails on a {"x".join(map(str, lr_imgs.shape))} input '
+                                  f'({first_line(e)}); {HOW_TO_EXPORT}') from None
+        return torch.from_numpy(np.asarray(sr_imgs)).float()
 
     def forward(self, lr_imgs):  # (N, 3, h, w), ImageNet-normalised
         sr_imgs = self.run(convert_image(lr_imgs.cpu().float(), 'imagenet-norm', '[0, 1]'))  # (N, 3, h s, w s), [0, 1]
         return convert_image(sr_imgs, '[0, 1]', '[-1, 1]')  # (N, 3, h s, w s), in [-1, 1]
+
+
+def _session(path, device):
+    """An onnxruntime session of the .onnx at `path`, on the CPU (or CUDA, with onnxruntime-gpu), with the threads
+    torch would use; a CheckpointError when onnxruntime is missing or cannot load the file."""
+    ort = _require('onnxruntime', f'{path}: running an .onnx model needs onnxruntime: pip install onnxruntime')
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # the threads torch would use, for a fair comparison
+    options.log_severity_level = 3  # errors only: its warnings about unused initializers are not the user's
+    providers = ['CPUExecutionProvider']
+    if torch.device(device).type == 'cuda' and 'CUDAExecutionProvider' in ort.get_available_providers():
+        providers.insert(0, 'CUDAExecutionProvider')
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as e:  # onnxruntime's own exception types: a missing file, not ONNX, an unsupported op
+        raise CheckpointError(f'{path}: onnxruntime cannot load it ({first_line(e)}); {HOW_TO_EXPORT}') from None
 
 
 def main(argv=None):
@@ -193,14 +251,12 @@ def main(argv=None):
                         help='the trained weights themselves, not the moving average of a run with --ema-decay')
     parser.add_argument('--overwrite', action='store_true', help='replace OUTPUT if it exists (never CHECKPOINT)')
     args = parser.parse_args(argv)
-    if not args.output.lower().endswith('.onnx'):
-        raise SystemExit(f'error: {args.output}: name the output *.onnx (the generator as a PyTorch file: python '
-                         f'checkpoints.py export {args.checkpoint} {args.output})')
-    check_output(args.checkpoint, args.output, args.overwrite)
-    try:
-        difference = export_onnx(args.checkpoint, args.output, average=not args.live, fp16=args.fp16)
-    except (CheckpointError, WriteError) as e:  # not a generator; onnx missing; an unwritable folder, a full disk
-        raise SystemExit(f'error: {e}') from None
+    plan = OutputPlan(reads=[args.checkpoint], overwrite=args.overwrite)
+    plan.file(args.output, 'OUTPUT')  # never CHECKPOINT itself (even with --overwrite), nor an existing file without it
+    if not args.output.lower().endswith('.onnx'):  # after the plan: an OUTPUT that is CHECKPOINT is said as such first
+        raise OutputError(f'OUTPUT {args.output}: name it *.onnx (the generator as a PyTorch file: python '
+                          f'checkpoints.py export {args.checkpoint} {args.output})')
+    difference = export_onnx(args.checkpoint, args.output, average=not args.live, fp16=args.fp16)
     if difference is None:
         print(f'wrote {args.output} (not checked: onnxruntime is not installed; pip install onnxruntime to check and '
               f'run it)')

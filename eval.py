@@ -29,12 +29,19 @@ The published rows are printed beside the standard test sets only, recognised by
 name): a folder of other images called Set5 gets none.
 
 Bad inputs do not stop the run: a test image that cannot be read (truncated, not an image, missing, too small for
-the scale) and a checkpoint that cannot be loaded are skipped, everything else is evaluated, a mean over fewer
-images than the set holds says so ('28.42 / 0.8102 (4 of 5 images)'; the CSV has the skipped rows, with the
-reason), and the run ends with one 'error:' line per problem and a non-zero exit status.
+the scale), a checkpoint that cannot be loaded and a model that loads but cannot run (an .onnx its runner refuses)
+are skipped, everything else is evaluated, a mean over fewer images than the set holds says so ('28.42 / 0.8102
+(4 of 5 images)'; the CSV has the skipped rows, with the reason), and the run ends with one 'error:' line per problem
+and a non-zero exit status.
+
+Outputs (--csv, --save-dir, --html) are all checked before any work: none may be an input (a checkpoint, a test
+image or list; not even with --overwrite), replace a file without --overwrite, or lie inside a --test-folders folder,
+where the next run would score it as a test image. Their file names are made from the models', sets' and images'
+names without two ever meeting (x.png, x.jpg and sub/x.png in one folder are three rows and three files).
 """
 
 import argparse
+import collections
 import csv
 import dataclasses
 import hashlib
@@ -42,6 +49,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,9 +61,10 @@ from checkpoints import CheckpointError, load_checkpoint
 from datasets import DEMO_TEST_IMAGES, TEST_LIST_SUFFIX, demo_images, find_images, folder_name, test_set_names
 from inference import DEFAULT_TILE, DEFAULT_TILE_OVERLAP, MIN_TILE, MIN_TILE_OVERLAP, Upscaler, load_generator, tiling
 from metrics import EVAL_PROTOCOLS, evaluate_image, imresize
-from report import EvalPage, slug
-from utils import (ImageLoadError, autocast_dtype, convert_image, crop_to_multiple, downsample, load_image, number,
-                   pick_device, read_image, run_main, to_rgb8)
+from outputs import OutputPlan, distinct_stems, file_names
+from report import EvalPage
+from utils import (ImageLoadError, UserError, autocast_dtype, convert_image, crop_to_multiple, downsample, load_image,
+                   number, pick_device, read_image, run_main, to_rgb8)
 
 # Checkpoints evaluated when none are named: the weights shipped in the repo, found beside eval.py from whatever
 # folder it runs in, and the trainers' best checkpoints, under ./runs of the current folder, where they write them.
@@ -94,6 +103,8 @@ class Model:
     scaling_factor: int
     upscaler: Upscaler | None = None  # the generator (an SRGAN's network) ready for inference; None: bicubic
     content_loss: str | None = None  # an SRGAN's, from its training config: 'mse' -> the paper's SRGAN-MSE
+    failure: str | None = None  # why it stopped: it loaded but could not run (evaluate); its results are left out
+    saved: bool = True  # False: bicubic added by --html for the page, measured and shown but not written to --save-dir
 
 
 def to_uint8_tensor(img):
@@ -159,14 +170,35 @@ def load_models(names, args, device, amp_dtype):
         except CheckpointError as e:
             problems.append(str(e))
     if not models:
-        numbered = ' '.join(f'({i}) {problem}' for i, problem in enumerate(problems, 1))
-        raise SystemExit(f'error: {problems[0]}' if len(problems) == 1 else
-                         f'error: none of the {len(problems)} models could be loaded: {numbered}')
+        raise no_model_error(problems, 'loaded')
     checkpoint_scales = [m.scaling_factor for m in models if m.upscaler is not None]
     for model in models:
         if model.upscaler is None:
             model.scaling_factor = args.scale or (checkpoint_scales[0] if checkpoint_scales else 4)
     return models, problems
+
+
+def no_model_error(problems, done):
+    """The one error when no model could be `done` ('loaded', 'run'): its problem, or all of them numbered."""
+    numbered = ' '.join(f'({i}) {problem}' for i, problem in enumerate(problems, 1))
+    return UserError(problems[0] if len(problems) == 1 else
+                     f'none of the {len(problems)} models could be {done}: {numbered}')
+
+
+def bicubic_at_every_scale(models, bicubic_named):
+    """--html: bicubic beside every model, at each scale the models run at (the page compares each model's output
+    with bicubic's of the same LR image) -> models, a bicubic added after the first one for each scale without.
+    A bicubic the user did not name (bicubic_named) is the page's: measured and shown, not saved by --save-dir."""
+    for model in models:
+        model.saved = model.upscaler is not None or bicubic_named
+    missing = sorted({m.scaling_factor for m in models} - {m.scaling_factor for m in models if m.upscaler is None})
+    if not missing:
+        return models
+    print(f'note: --html: bicubic also at {", ".join(f"x{s}" for s in missing)}, so that the page shows it beside '
+          f'every model', file=sys.stderr)
+    first = next(i for i, m in enumerate(models) if m.upscaler is None)
+    added = [Model('bicubic', 'bicubic', s, saved=False) for s in missing]
+    return models[:first + 1] + added + models[first + 1:]
 
 
 def load_model(path, args, device, amp_dtype):
@@ -201,7 +233,8 @@ def short_path(path):
 
 
 def test_sets_to_run(args):
-    """--test-sets / --test-folders -> [(name, [image paths])]."""
+    """--test-sets / --test-folders -> ([(name, [image paths])], [the test lists read]); an image listed twice
+    (under any spelling of its path) is measured once."""
     names = args.test_sets
     if names is None and not args.test_folders:  # every list in the data folder, the standard sets first
         listed = test_set_names(args.data_folder)
@@ -210,21 +243,23 @@ def test_sets_to_run(args):
             print(f'test sets: no lists in {args.data_folder}, so the demo set (scikit-image\'s '
                   f'{", ".join(DEMO_TEST_IMAGES)}); for Set5, Set14, BSD100 see `python create_data_lists.py --help`',
                   file=sys.stderr)
-            return [('demo', demo_images(DEMO_TEST_IMAGES))]
-    sets = []
-    for name in names or []:
-        list_path = os.path.join(args.data_folder, f'{name}{TEST_LIST_SUFFIX}')
+            return [('demo', demo_images(DEMO_TEST_IMAGES))], []
+    sets, list_paths = [], [os.path.join(args.data_folder, f'{name}{TEST_LIST_SUFFIX}') for name in names or []]
+    for name, list_path in zip(names or [], list_paths):
         if not os.path.isfile(list_path):
-            raise SystemExit(f'error: {list_path} not found; write it with `python create_data_lists.py '
-                             f'--test-folders path/to/{name}`, or pass --test-folders path/to/{name} here')
+            raise UserError(f'{list_path} not found; write it with `python create_data_lists.py '
+                            f'--test-folders path/to/{name}`, or pass --test-folders path/to/{name} here')
         sets.append((name, read_test_list(list_path)))
     for folder in args.test_folders or []:
-        paths, _ = find_images(folder)  # exits with a message when the folder does not exist
+        paths, _ = find_images(folder)  # a UserError when the folder does not exist
         sets.append((folder_name(folder), paths))
     for name, paths in sets:
         if not paths:
-            raise SystemExit(f'error: test set {name} holds no images')
-    return sets
+            raise UserError(f'test set {name} holds no images; add some, or leave it out')
+    named_twice = [name for name, n in collections.Counter(name for name, _ in sets).items() if n > 1]
+    if named_twice:  # their columns, rows and files would be one
+        raise UserError(f'two test sets are named {named_twice[0]}; pass each once, or rename a folder')
+    return [(name, list({os.path.abspath(p): p for p in paths}.values())) for name, paths in sets], list_paths
 
 
 def read_test_list(list_path):
@@ -235,41 +270,69 @@ def read_test_list(list_path):
         with open(list_path) as f:
             paths = json.load(f)
     except (OSError, ValueError) as e:  # ValueError: not JSON
-        raise SystemExit(f'error: {list_path}: unreadable ({e}); {how}') from None
+        raise UserError(f'{list_path}: unreadable ({e}); {how}') from None
     if not (isinstance(paths, list) and all(isinstance(path, str) for path in paths)):
-        raise SystemExit(f'error: {list_path}: not a JSON list of image paths; {how}')
+        raise UserError(f'{list_path}: not a JSON list of image paths; {how}')
     return paths
 
 
 def evaluate(models, test_sets, protocol='paper', lr_kernel='matlab', workers=0, on_result=None):
     """Run every model over every test set. Returns one row per (model, image): dicts with model, kind, scale,
-    protocol, lr_kernel, image, psnr, ssim, seconds (inference time of that image), dataset, and skipped: why the
-    image could not be evaluated ('' when it was; psnr, ssim and seconds are then None).
+    protocol, lr_kernel, image (its name among the set's, see image_names), psnr, ssim, seconds (inference time of
+    that image), dataset, and skipped: why the image could not be evaluated ('' when it was; psnr, ssim and seconds
+    are then None).
     on_result(row, sr_img, hr_img): called for each image evaluated, with its SR image (3, H, W) in [-1, 1] and the
-    HR (3, H, W) uint8 (--save-dir, --html)."""
+    HR (3, H, W) uint8 (--save-dir, --html).
+    A model that loaded but fails to run (an .onnx whose runner refuses the input: CheckpointError, UserError) is
+    not run again: model.failure says why, and its rows are left out, as a checkpoint that cannot be loaded is."""
     rows = []
     for model in models:  # warm up (allocations, kernel choice), so that the first image is timed fairly
         if model.upscaler is not None:
-            model.upscaler.upscale(torch.zeros(3, 16, 16))
+            run_or_fail(model, 'a 16x16 image', model.upscaler.upscale, torch.zeros(3, 16, 16))
     for dataset_name, paths in test_sets:
+        names = dict(zip(paths, image_names(paths)))
         for s in sorted({m.scaling_factor for m in models}):  # one pass over the images per scale
             dataset = TestImages(paths, s, lr_kernel, protocol)
             loader = DataLoader(dataset, batch_size=None, num_workers=workers)  # one image at a time, any size
             for item in tqdm(loader, total=len(dataset), desc=f'{dataset_name} x{s}', unit='img', leave=False,
                              disable=None):
-                for model in [m for m in models if m.scaling_factor == s]:
-                    row, sr_img = evaluate_item(model, item, s, protocol, lr_kernel)
+                for model in [m for m in models if m.scaling_factor == s and m.failure is None]:
+                    result = run_or_fail(model, item['path'], evaluate_item, model, item, names[item['path']], s,
+                                         protocol, lr_kernel)
+                    if result is None:
+                        continue
+                    row, sr_img = result
                     rows.append({**row, 'dataset': dataset_name, 'skipped': item.get('error', '')})
                     if on_result is not None and sr_img is not None:
                         on_result(rows[-1], sr_img, item['hr_img'])
-    return rows
+    failed = {(m.label, m.scaling_factor) for m in models if m.failure is not None}
+    return [row for row in rows if (row['model'], row['scale']) not in failed]
 
 
-def evaluate_item(model, item, s, protocol, lr_kernel):
-    """One model on one test image (a TestImages item) -> (row without the dataset, SR image in [-1, 1]); for an
-    image that could not be read, a row without numbers and no SR image."""
+def run_or_fail(model, where, function, *args):
+    """function(*args) -> its result; or None when `model`'s runner refuses to run it (a CheckpointError or
+    UserError: an .onnx of a fixed size, a uint8 input, ...), model.failure then saying why, naming the model and
+    where it failed. Any other exception is a bug and keeps its traceback."""
+    try:
+        return function(*args)
+    except (CheckpointError, UserError) as e:
+        named = str(e) if model.label in str(e) else f'{model.label}: {e}'
+        model.failure = f'{named} (met on {where}; its results are left out)'
+        return None
+
+
+def image_names(paths):
+    """A test set's image paths -> their names in the results, distinct within the set: the stem ('baby'), else
+    the name ('x.jpg'), else with its folders ('sub/x.png'), so that x.png, x.jpg and sub/x.png are 3 rows."""
+    names = distinct_stems(paths)
+    return [names[Path(path)] for path in paths]
+
+
+def evaluate_item(model, item, name, s, protocol, lr_kernel):
+    """One model on one test image (a TestImages item, called `name` in the results) -> (row without the dataset,
+    SR image in [-1, 1]); for an image that could not be read, a row without numbers and no SR image."""
     row = {'model': model.label, 'kind': model.kind, 'scale': s, 'protocol': protocol, 'lr_kernel': lr_kernel,
-           'image': os.path.splitext(os.path.basename(item['path']))[0], 'psnr': None, 'ssim': None, 'seconds': None}
+           'image': name, 'psnr': None, 'ssim': None, 'seconds': None}
     if 'error' in item:
         return row, None
     lr_img, hr_img = item['lr_img'], item['hr_img']  # (3, h, w), (3, h * s, w * s) uint8
@@ -288,15 +351,35 @@ def evaluate_item(model, item, s, protocol, lr_kernel):
     return row, sr_img
 
 
-def save_sr(sr_img, save_dir, label, dataset_name, image_name):
-    """Save an SR image ([-1, 1]) as save_dir/<model>/<test set>/<image>.png."""
-    folder = os.path.join(save_dir, slug(label), dataset_name)
-    try:
-        os.makedirs(folder, exist_ok=True)
-        convert_image(sr_img.float(), '[-1, 1]', 'pil').save(os.path.join(folder, image_name + '.png'))
-    except OSError as e:
-        raise SystemExit(f'error: --save-dir {save_dir}: cannot write {folder} ({e}); pass a folder you can write '
-                         f'to') from None
+def plan_saved_images(plan, save_dir, models, test_sets):
+    """--save-dir DIR: DIR/<model>/<test set>/<image>.png for every model saved (not bicubic added by --html) and
+    every test image, planned before any is written -> {(model label, scale, test set, image name): path}. Names
+    from file_names: two models, sets or images never share a file ('m a/best.pt' and 'm_a/best.pt')."""
+    models = [m for m in models if m.saved]
+    model_names, set_names = file_names([m.label for m in models]), file_names([name for name, _ in test_sets])
+    images = {name: image_names(paths) for name, paths in test_sets}
+    files = file_names([image for names in images.values() for image in names])
+    saved = {}
+    for model in models:
+        for name, names in images.items():
+            for image in names:
+                path = Path(save_dir, model_names[model.label], set_names[name], f'{files[image]}.png')
+                saved[model.label, model.scaling_factor, name, image] = plan.file(path, '--save-dir', formats=('.png',))
+    return saved
+
+
+def page_images(models, test_sets):
+    """What the --html page shows: (test set, image name, scale, labels of the models at that scale) per image."""
+    for name, paths in test_sets:
+        for s in sorted({m.scaling_factor for m in models}):
+            labels = [m.label for m in models if m.scaling_factor == s]
+            yield from ((name, image, s, labels) for image in image_names(paths))
+
+
+def save_sr(sr_img, plan, path):
+    """Save an SR image ([-1, 1]) at `path`, planned by plan_saved_images."""
+    with plan.write(path) as tmp_path:
+        convert_image(sr_img.float(), '[-1, 1]', 'pil').save(tmp_path)
 
 
 def markdown_table(models, columns, rows, protocol, lr_kernel):
@@ -368,8 +451,8 @@ def standard_set(name, paths):
 
 
 def report_problems(model_problems, rows):
-    """After the table: one 'error:' line per model and test image skipped (stderr), then a one-line summary as the
-    exit message (status 1). Nothing when there were none."""
+    """After the table: one 'error:' line per model and test image skipped (stderr), then a UserError whose one-line
+    summary ends the run (status 1). Nothing when there were none."""
     image_problems = list(dict.fromkeys(f'{r["skipped"]}; left out of {r["dataset"]}: replace it or remove it from '
                                         f'the test set' for r in rows if r['skipped']))
     if not model_problems and not image_problems:
@@ -380,38 +463,31 @@ def report_problems(model_problems, rows):
               for n, what in ((len(image_problems), 'image'), (len(model_problems), 'model')) if n]
     marked = ', and marks each mean over fewer images "(n of N images)"' if image_problems else ''
     them = 'it' if len(image_problems) + len(model_problems) == 1 else 'them'
-    raise SystemExit(f'error: {" and ".join(counts)} skipped; the table above leaves {them} out{marked}')
+    raise UserError(f'{" and ".join(counts)} skipped; the table above leaves {them} out{marked}')
 
 
-def write_csv(rows, path):
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, 'w', newline='') as f:
+def write_csv(rows, plan, path):
+    """The rows as a CSV file at `path` (planned), written atomically: a failed write leaves what was there."""
+    with plan.write(path) as tmp_path:
+        with open(tmp_path, 'w', newline='') as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-    except OSError as e:
-        raise SystemExit(f'error: --csv {path}: cannot write it ({e}); pass a file name you can write to') from None
 
 
-def check_outputs(csv_path, save_dir, flag='--save-dir'):
-    """Refuse an output that cannot be written before the evaluation, not after it (one line, no traceback).
-    save_dir: a folder to write into, given as `flag` (--save-dir, --html)."""
-    if csv_path is not None:
-        if os.path.isdir(csv_path):
-            raise SystemExit(f'error: --csv {csv_path} is a folder; name a file, e.g. '
-                             f'{os.path.join(csv_path, "results.csv")}')
-        folder = os.path.dirname(os.path.abspath(csv_path))
-        if os.path.exists(folder) and not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
-            raise SystemExit(f'error: --csv {csv_path}: {folder} is not a folder you can write to')
-    if save_dir is not None:
-        try:
-            os.makedirs(save_dir, exist_ok=True)
-        except OSError as e:
-            raise SystemExit(f'error: {flag} {save_dir}: cannot create it ({e}); pass a folder you can write '
-                             f'to') from None
-        if not os.access(save_dir, os.W_OK):
-            raise SystemExit(f'error: {flag} {save_dir}: not writable; pass a folder you can write to')
+def plan_outputs(args, names, test_sets, list_paths):
+    """The one OutputPlan of this run, before any work: --csv (a .csv), the --save-dir and --html folders and the
+    page itself; the images they get are planned once the models are loaded (plan_saved_images,
+    EvalPage.plan_images). An output is refused when it is an input (a checkpoint, a test image, a test list; even
+    with --overwrite), exists (without --overwrite), or lies inside a --test-folders folder (the next run would
+    score it as a test image). -> (plan, the page or None)."""
+    reads = [name for name in names if name != 'bicubic'] + [p for _, paths in test_sets for p in paths] + list_paths
+    plan = OutputPlan(reads=reads, read_folders=args.test_folders or [], overwrite=args.overwrite)
+    if args.csv is not None:
+        plan.file(args.csv, '--csv', formats=('.csv',))
+    if args.save_dir is not None:
+        plan.folder(args.save_dir, '--save-dir')
+    return plan, EvalPage(args.html, plan) if args.html is not None else None
 
 
 def parse_args(argv=None):
@@ -448,14 +524,21 @@ def parse_args(argv=None):
                         help='autocast (bf16 where supported, else fp16): faster, numbers may move ~0.01 dB')
     parser.add_argument('--workers', type=number(int, minimum=0), default=2,
                         help='DataLoader processes making LR images (0: none)')
-    parser.add_argument('--csv', default=None, metavar='PATH',
+    parser.add_argument('--csv', default=None, metavar='FILE.csv',
                         help='also write one row per model and image here (a skipped image: no numbers, and why)')
     parser.add_argument('--save-dir', default=None, metavar='DIR',
-                        help='save SR images as DIR/<model>/<test set>/<image>.png')
+                        help='save the SR images of the models named (not of bicubic added by --html) as '
+                             'DIR/<model>/<test set>/<image>.png (names made file-name safe, with a short hash when '
+                             'that changed them)')
     parser.add_argument('--html', default=None, metavar='DIR',
                         help='also write DIR/index.html, a page to compare the results by eye: the table, and per '
-                             'image every model, bicubic (added when not named) and HR, with a before/after slider, '
-                             'a synchronized zoom and the PSNR / SSIM under each; it opens from file://, offline'),
+                             'image every model, bicubic (added at each scale the models run at) and HR, with a '
+                             'before/after slider, a synchronized zoom and the PSNR / SSIM under each; it opens from '
+                             'file://, offline')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace outputs that exist (--csv, --save-dir and --html files); an input (a model, a '
+                             'test image or list) is never replaced. Outputs inside a --test-folders folder are '
+                             'refused: the next run would score them as test images')
     parser.add_argument('--unsafe-pickle', action='store_true',
                         help="load the original tutorial's pickled checkpoints (this runs code from the file: only "
                              'for files you trust)')
@@ -470,29 +553,37 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     lr_kernel = args.lr_kernel or ('matlab' if args.protocol == 'paper' else 'pillow')
-    check_outputs(args.csv, args.save_dir)
-    check_outputs(None, args.html, flag='--html')
+    test_sets, list_paths = test_sets_to_run(args)
+    names = list(dict.fromkeys(args.models or default_models()))
+    bicubic_named = 'bicubic' in names
+    if args.html and not bicubic_named:
+        print('note: --html: bicubic added, the page shows it beside every model', file=sys.stderr)
+        names = ['bicubic', *names]
+    plan, page = plan_outputs(args, names, test_sets, list_paths)  # every output refused now, not after the work
 
     device = pick_device(args.device)
     amp_dtype = autocast_dtype(device) if args.amp else None
     if args.amp and amp_dtype is None:
         print(f'note: --amp: no fast autocast dtype on {device}, running in fp32', file=sys.stderr)
-    test_sets = test_sets_to_run(args)
-    names = args.models or default_models()
-    if args.html and 'bicubic' not in names:
-        print('note: --html: bicubic added, the page shows it beside every model', file=sys.stderr)
-        names = ['bicubic', *names]
     models, model_problems = load_models(names, args, device, amp_dtype)
+    models = bicubic_at_every_scale(models, bicubic_named) if page is not None else models
+    saved = plan_saved_images(plan, args.save_dir, models, test_sets) if args.save_dir else {}
+    if page is not None:
+        page.plan_images(page_images(models, test_sets))
     columns = [(name, standard_set(name, paths)) for name, paths in test_sets]
-    page = EvalPage(args.html) if args.html else None
 
     def on_result(row, sr_img, hr_img):
-        if args.save_dir:
-            save_sr(sr_img, args.save_dir, row['model'], row['dataset'], row['image'])
+        key = (row['model'], row['scale'], row['dataset'], row['image'])
+        if key in saved:
+            save_sr(sr_img, plan, saved[key])
         if page is not None:
             page.add(row, sr_img, hr_img)
 
     rows = evaluate(models, test_sets, args.protocol, lr_kernel, args.workers, on_result)
+    model_problems += [m.failure for m in models if m.failure is not None]
+    models = [m for m in models if m.failure is None]
+    if not models:
+        raise no_model_error(model_problems, 'run')
 
     # stdout: the results alone (python eval.py > table.md); notes and errors go to stderr
     precision = f'autocast {str(amp_dtype).split(".")[-1]}' if amp_dtype else 'fp32'
@@ -502,10 +593,11 @@ def main(argv=None):
     print('\n'.join(notes) + '\n')
     print(table)
     if page is not None:
-        title = f'eval.py: {", ".join(m.label for m in models)} on {", ".join(name for name, _ in test_sets)}'
-        print(f'\nevaluation page: {page.write(title, notes, table)}')
+        labels = ', '.join(dict.fromkeys(m.label for m in models))
+        title = f'eval.py: {labels} on {", ".join(name for name, _ in test_sets)}'
+        print(f'\nevaluation page: {page.write(title, notes, table, rows)}')
     if args.csv:
-        write_csv(rows, args.csv)
+        write_csv(rows, plan, args.csv)
         print(f'\nper-image results: {args.csv}')
     if args.save_dir:
         print(f'SR images: {args.save_dir}/')

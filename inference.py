@@ -101,13 +101,13 @@ def load_upscaler(path=None, device='cpu', precision='auto', tile=DEFAULT_TILE, 
     return Upscaler.for_model(model, tile, tile_overlap, pick_amp_dtype(device, precision))
 
 
-def check_scale(model_scale, scale, path):
-    """A CheckpointError when a scale was asked for (not None) and the model at `path` (a --model; None: the shipped
-    one) upscales by another."""
+def check_scale(model_scale, scale, model, scale_flag='--scale ', other=''):
+    """A CheckpointError when a scale was asked for (not None) and the model upscales by another. model: the model
+    as the user named it ('--model x.pt', '--srgan g.pt', 'the shipped model'); scale_flag: how the scale is asked
+    for, before its value ('--scale ', or 'scale=' from Python); other: what else the user may do, for the message."""
     if scale is not None and model_scale != scale:
-        or_shipped = '' if path is None else ' (or no --model: the shipped one)'
-        raise CheckpointError(f'{path or "the shipped model"} upscales x{model_scale}, not --scale {scale}: pass '
-                              f'--scale {model_scale}, or a model of x{scale}{or_shipped}')
+        raise CheckpointError(f'{model} upscales x{model_scale}, not {scale_flag}{scale}: pass {scale_flag}'
+                              f'{model_scale}, or a model of x{scale}{other}')
 
 
 @dataclasses.dataclass
@@ -127,7 +127,8 @@ class Upscaler:
 
     @classmethod
     def for_onnx(cls, path, device='cpu', tile=DEFAULT_TILE, tile_overlap=DEFAULT_TILE_OVERLAP):
-        """An .onnx export of this repo (deploy.py) -> an Upscaler running it with onnxruntime."""
+        """An .onnx export of this repo (deploy.py), or one that fits it -> an Upscaler running it with onnxruntime
+        (deploy.OnnxGenerator, the one reader of .onnx files: a model that does not fit is a CheckpointError)."""
         import deploy  # only .onnx models need it (and onnxruntime)
         model = deploy.OnnxGenerator(path, device)
         return cls(model, model.scaling_factor, tile, tile_overlap)

@@ -9,27 +9,24 @@ no CDN; it opens from file://) with the images beside it in DIR/images/:
 - keys: j / k next / previous image, Left / Right move the slider, [ and ] change the right-hand image, z zooms in;
 - images load lazily (BSD100 x 4 models is 500 images), as the reader scrolls.
 
-The page's numbers are eval.py's rows (the same as its --csv), written into the page as JSON.
+The page's numbers are eval.py's rows (the same as its --csv), written into the page as JSON. Every file of the page
+is planned (outputs.OutputPlan) before the evaluation starts, named by outputs.file_names: two test sets, images or
+models never share a file, whatever their names.
 """
 
 import html
 import json
-import os
-import re
+import math
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from outputs import atomic_path
+from outputs import file_names
 from utils import convert_image
 
 ZOOM_FRACTION = 0.25  # the zoomed region's side, as a fraction of the image's shorter side
 MIN_ZOOM_SIDE = 24  # px
-
-
-def slug(text):
-    """A file-name-safe form of a model label or image name."""
-    return re.sub(r'[^\w.-]+', '_', text).strip('_') or 'x'
 
 
 def most_detailed_region(hr_img, side):
@@ -46,51 +43,79 @@ def most_detailed_region(hr_img, side):
 
 
 class EvalPage:
-    """Collects what eval.py measures, image by image, then writes the page. Images are saved as they come (PNG,
-    lossless: the artefacts are what one looks for), so memory stays flat on BSD100."""
+    """Collects what eval.py measures, image by image, then writes the page. Every file is planned first: the page
+    when it is made, its images by plan_images once the models and test images are known, all before the
+    evaluation. Images are saved as they come (PNG, lossless: the artefacts are what one looks for), so memory stays
+    flat on BSD100."""
 
-    def __init__(self, folder):
-        self.folder = folder
-        self.images = {}  # (dataset, image name, scale) -> what the page shows of it: sizes, HR, zoom, panels
-        os.makedirs(os.path.join(folder, 'images'), exist_ok=True)
+    def __init__(self, folder, plan, flag='--html'):
+        """folder: where the page goes (folder/index.html, folder/images/...); plan: the command's
+        outputs.OutputPlan, which refuses an existing index.html without --overwrite, a folder inside a test
+        folder, ..."""
+        self.folder, self.plan, self.flag = Path(folder), plan, flag
+        plan.folder(self.folder, flag)
+        self.index = plan.file(self.folder / 'index.html', flag, formats=('.html',))
+        self.files = {}  # (dataset, image name, scale) -> (HR file, {model label: SR file}), relative to folder
+        self.images = {}  # (dataset, image name, scale) -> what the page shows of it: sizes, HR, zoom
+
+    def plan_images(self, images):
+        """images: (dataset, image name, scale, model labels) for every image the page shows. Plans its files,
+        images/<dataset>/x<scale>/<image>/<model>.png and HR.png, each name from file_names."""
+        images = list(images)
+        datasets = file_names([dataset for dataset, _, _, _ in images])
+        names = file_names([image for _, image, _, _ in images])
+        models = file_names([label for _, _, _, labels in images for label in labels])
+        for dataset, image, scale, labels in images:
+            folder = Path('images', datasets[dataset], f'x{scale}', names[image])
+            files = (folder / 'HR.png', {label: folder / f'{models[label]}.png' for label in labels})
+            for path in [files[0], *files[1].values()]:
+                self.plan.file(self.folder / path, self.flag, formats=('.png',))
+            self.files[dataset, image, scale] = files
 
     def add(self, row, sr_img, hr_img):
         """One model's result on one image: row as eval.py's CSV row; sr_img (3, H, W) in [-1, 1]; hr_img (3, H, W)
         uint8. The HR image and its zoom region are kept once per image."""
         key = (row['dataset'], row['image'], row['scale'])
-        folder = os.path.join('images', slug(row['dataset']), f'x{row["scale"]}', slug(row['image']))
-        entry = self.images.get(key)
-        if entry is None:
-            os.makedirs(os.path.join(self.folder, folder), exist_ok=True)
-            hr_path = os.path.join(folder, 'HR.png')
+        hr_path, sr_paths = self.files[key]
+        if key not in self.images:
             self._save(convert_image(hr_img.double(), '[0, 255]', '[-1, 1]'), hr_path)
             height, width = hr_img.shape[1:]
             side = min(max(MIN_ZOOM_SIDE, round(min(height, width) * ZOOM_FRACTION)), height, width)
             left, top = most_detailed_region(hr_img, side)
-            entry = self.images[key] = {'dataset': row['dataset'], 'image': row['image'], 'scale': row['scale'],
-                                        'width': width, 'height': height, 'hr': hr_path.replace(os.sep, '/'),
-                                        'zoom': [left, top, side], 'panels': []}
-        path = os.path.join(folder, f'{slug(row["model"])}.png')
-        self._save(sr_img, path)
-        entry['panels'].append({'model': row['model'], 'kind': row['kind'], 'src': path.replace(os.sep, '/'),
-                                'psnr': row['psnr'], 'ssim': row['ssim']})
+            self.images[key] = {'dataset': row['dataset'], 'image': row['image'], 'scale': row['scale'],
+                                'width': width, 'height': height, 'hr': hr_path.as_posix(), 'zoom': [left, top, side]}
+        self._save(sr_img, sr_paths[row['model']])
 
     def _save(self, img, path):
-        with atomic_path(os.path.join(self.folder, path)) as tmp_path:
+        with self.plan.write(self.folder / path) as tmp_path:
             convert_image(img.float(), '[-1, 1]', 'pil').save(tmp_path, compress_level=1)
 
-    def write(self, title, notes, table_markdown):
-        """Write index.html: the title, notes (lines of text, e.g. the protocol), the results table and the images.
-        -> its path."""
+    def cards(self, rows):
+        """The page's data: per image saved, its panels (the models' outputs with their numbers), in the rows'
+        order. rows: eval.py's final rows, so a model left out of the results is left out of the page too."""
+        cards = {}
+        for row in rows:
+            key = (row['dataset'], row['image'], row['scale'])
+            if key in self.images and row['psnr'] is not None:
+                card = cards.setdefault(key, {**self.images[key], 'panels': []})
+                card['panels'].append({'model': row['model'], 'kind': row['kind'],
+                                       'src': self.files[key][1][row['model']].as_posix(),
+                                       # an SR equal to the HR (a flat image) is inf dB: JSON has no Infinity
+                                       'psnr': row['psnr'] if math.isfinite(row['psnr']) else 'inf',
+                                       'ssim': row['ssim']})
+        return list(cards.values())
+
+    def write(self, title, notes, table_markdown, rows):
+        """Write index.html: the title, notes (lines of text, e.g. the protocol), the results table and, per image,
+        the panels of `rows` (see cards). -> its path."""
         page = (PAGE.replace('@TITLE@', html.escape(title))
                 .replace('@NOTES@', ''.join(f'<p>{html.escape(line)}</p>' for line in notes))
                 .replace('@TABLE@', markdown_to_html(table_markdown))
-                .replace('@DATA@', json.dumps(list(self.images.values())).replace('</', '<\\/')))
-        path = os.path.join(self.folder, 'index.html')
-        with atomic_path(path) as tmp_path:
+                .replace('@DATA@', json.dumps(self.cards(rows), allow_nan=False).replace('</', '<\\/')))
+        with self.plan.write(self.index) as tmp_path:
             with open(tmp_path, 'w', encoding='utf-8') as f:
                 f.write(page)
-        return path
+        return self.index
 
 
 def markdown_to_html(table):
@@ -192,7 +217,8 @@ function makeCard(info, index) {
   const controls = el('div', {class: 'controls'}, [selA, slider, selB]);
   const zooms = el('div', {class: 'zooms'});
   panels.forEach((p, i) => {
-    const numbers = p.psnr === null ? 'reference' : `${p.psnr.toFixed(2)} / ${p.ssim.toFixed(4)}`;
+    const fixed = (value, digits) => typeof value === 'number' ? value.toFixed(digits) : value;  // 'inf'
+    const numbers = p.psnr === null ? 'reference' : `${fixed(p.psnr, 2)} / ${fixed(p.ssim, 4)}`;
     zooms.appendChild(el('div', {class: 'zoom'}, [
       el('div', {class: 'view'}, [lazyImg(p.src)]),
       el('div', {class: 'label', text: p.model}),

@@ -19,6 +19,8 @@ cross-faded on a CPU canvas (inference.Upscaler, which eval.py uses too), so mem
 the image; on out-of-memory the tile is halved and the image tried again.
 What you give is kept: transparency (upscaled with bicubic and re-attached), grayscale, 16-bit depth (PNG and
 TIFF outputs), the ICC colour profile; EXIF orientation is applied. The output format follows the extension.
+Every output is planned before any work (outputs.OutputPlan): never an input, even with --overwrite; never two
+inputs on one output; never inside an input folder; existing ones are skipped unless --overwrite.
 Speed: the model is rewritten once for inference (speedups.for_inference) and run under inference_mode with
 bf16 autocast where the hardware runs bf16 natively (CPUs with AVX-512 BF16 or AMX, Ampere and newer GPUs),
 else fp32; --fp32 and --half override that.
@@ -28,6 +30,7 @@ import argparse
 import gc
 import glob
 import json
+import numbers
 import os
 import struct
 import sys
@@ -51,9 +54,9 @@ import inference
 from checkpoints import CheckpointError
 from inference import (DEFAULT_MODEL, DEFAULT_TILE, DEFAULT_TILE_OVERLAP, MIN_TILE, MIN_TILE_OVERLAP, load_upscaler,
                        tiling)
-from outputs import WriteError, atomic_path
-from utils import (IMAGE_EXTENSIONS, ImageLoadError, convert_image, crop_to_multiple, downsample, load_image, number,
-                   pick_device, read_image, run_main)
+from outputs import OutputError, OutputPlan, WriteError, atomic_path
+from utils import (IMAGE_EXTENSIONS, ImageLoadError, UserError, convert_image, crop_to_multiple, downsample, load_image,
+                   number, pick_device, read_image, run_main)
 
 DEFAULT_OUTPUT_DIR = 'results'
 MIN_INPUT_SIZE = 8  # smaller inputs are mostly padding for the 9x9 kernels: a thumbnail given by mistake
@@ -65,8 +68,9 @@ FORMATS_WITHOUT_ALPHA = ('.jpg', '.jpeg')
 PNG_COMPRESS_LEVEL = 1
 
 
-class InputError(ValueError):
-    """An input that cannot be super-resolved or an output that cannot be written; the message names the file."""
+class InputError(UserError, ValueError):
+    """An input that cannot be super-resolved, an output that cannot be written (the message names the file), or an
+    argument of visualize_sr that does not fit."""
 
 
 class TileBar:
@@ -285,7 +289,8 @@ class FrameEncoder:
         try:
             self.stream = target.add_stream(codec, rate=frame_rate)
         except ValueError as e:  # a container that cannot hold the codec
-            raise InputError(f'{out_path}: {out_path.suffix} cannot hold {codec} video ({e}); use .mp4 or .mkv') from None
+            raise InputError(f'{out_path}: {out_path.suffix} cannot hold {codec} video ({e}); use .mp4 or '
+                             f'.mkv') from None
         s = upscaler.scaling_factor
         self.stream.width, self.stream.height, self.stream.pix_fmt = video_in.width * s, video_in.height * s, 'yuv420p'
         # near-transparent quality: constant rate factor 18 for x264 and VP9 (b=0: quality alone decides);
@@ -361,11 +366,16 @@ def visualize_sr(img, halve=False, srresnet_checkpoint=DEFAULT_MODEL, srgan_chec
     every panel starts from), then upsampled with bicubic and super-resolved by each model. halve: halve the HR
     first (Lanczos), as the tutorial did for large images. srresnet_checkpoint, srgan_checkpoint: checkpoint paths
     (from train_srresnet.py / train_srgan.py), inference.Upscalers (to choose tiles or precision, or to load an
-    original-tutorial checkpoint with allow_unsafe_pickle), or None to leave that panel saying so. scale: 2, 4 or 8,
-    the shipped SRResNet of that scale when srresnet_checkpoint is left as it is, and a CheckpointError for a
-    checkpoint of another scale (None: the checkpoints' own scale, x4 without any).
+    original-tutorial checkpoint with allow_unsafe_pickle), or None to leave that panel saying so. scale: 2, 4 or 8
+    (an int; an InputError for anything else), the shipped SRResNet of that scale when srresnet_checkpoint is left as
+    it is, and a CheckpointError for a checkpoint of another scale (None: the checkpoints' own scale, x4 without
+    any).
     Returns the grid as a PIL RGB image of (2 W + 3 m) x (2 H + 3 m) pixels (W x H: the HR, trimmed to a multiple
     of the scale; m: the label margin); saves it to save_path when given. Needs no display."""
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Integral)
+                              or scale not in inference.SCALES):
+        raise InputError(f'scale={scale!r}: pass one of {", ".join(map(str, inference.SCALES))} (an int), or None for '
+                         f'the checkpoints\' own scale')
     name = img if isinstance(img, (str, os.PathLike)) else 'image'
     hr_img = load_image(img) if isinstance(img, (str, os.PathLike)) else img.convert('RGB')
     if halve:
@@ -374,10 +384,12 @@ def visualize_sr(img, halve=False, srresnet_checkpoint=DEFAULT_MODEL, srgan_chec
         srresnet_checkpoint = inference.shipped_model(scale)
     upscalers = {}
     for label, checkpoint in (('SRResNet', srresnet_checkpoint), ('SRGAN', srgan_checkpoint)):
-        upscalers[label] = (checkpoint if isinstance(checkpoint, inference.Upscaler) else
+        given = isinstance(checkpoint, inference.Upscaler)
+        upscalers[label] = (checkpoint if given else
                             load_upscaler(checkpoint, pick_device(device)) if checkpoint is not None else None)
         if upscalers[label] is not None:
-            inference.check_scale(upscalers[label].scaling_factor, scale, f'the {label} model ({checkpoint})')
+            named = f'{label.lower()}_checkpoint={"an Upscaler" if given else checkpoint}'
+            inference.check_scale(upscalers[label].scaling_factor, scale, named, scale_flag='scale=')
     scales = {u.scaling_factor for u in upscalers.values() if u is not None}
     if len(scales) > 1:
         raise CheckpointError(f'the two checkpoints upscale by different factors ({sorted(scales)})')
@@ -425,9 +437,10 @@ def draw_grid(panels, width, height):
 
 def find_inputs(patterns):
     """Files, folders (searched recursively for images and videos), glob patterns and the JSON image lists of
-    create_data_lists.py -> [(path, folder it was found in or None)], and the patterns that matched nothing."""
+    create_data_lists.py -> [(path, folder it was found in or None)], the patterns that matched nothing, and the
+    folders and lists read for them."""
     extensions = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
-    found, missing = [], []
+    found, missing, sources = [], [], []
     for pattern in patterns:
         if os.path.exists(pattern) or not glob.has_magic(pattern):
             paths = [pattern] if os.path.exists(pattern) else []
@@ -436,6 +449,8 @@ def find_inputs(patterns):
         if not paths:
             missing.append(pattern)
         for path in map(Path, paths):
+            if path.is_dir() or path.suffix.lower() == '.json':
+                sources.append(path)
             if path.is_dir():
                 found += [(p, path) for p in sorted(path.rglob('*'))
                           if p.is_file() and p.suffix.lower() in extensions and not p.name.startswith('.')]
@@ -444,28 +459,23 @@ def find_inputs(patterns):
                     with open(path) as f:
                         listed = json.load(f)
                 except (OSError, ValueError) as e:
-                    raise SystemExit(f'error: {path}: not a readable image list ({e})') from None
+                    raise InputError(f'{path}: not a readable image list ({e})') from None
                 if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
-                    raise SystemExit(f'error: {path}: not an image list (create_data_lists.py writes a JSON list '
-                                     f'of paths)')
+                    raise InputError(f'{path}: not an image list (create_data_lists.py writes a JSON list of paths)')
                 found += [(Path(p), None) for p in listed]
             else:
                 found.append((path, None))  # named explicitly: tried whatever its extension
-    return found, missing
+    return found, missing, sources
 
 
-def output_path(in_path, folder, output, suffix, ext):
-    """Where one input's result goes: `output` itself when it names a file, else output/<subfolders>/<stem>
-    <suffix><ext>, keeping the layout below a folder given as input."""
-    output = Path(output)
-    if names_one_file(output):
-        return output
+def output_path(in_path, folder, output, suffix, ext, video):
+    """Where one input's result goes in the output folder: output/<subfolders>/<stem><suffix><ext>, keeping the
+    layout below a folder given as input. video: the result is a video, which keeps the input's extension."""
     subfolder = in_path.parent.relative_to(folder) if folder is not None else Path()
-    is_video = in_path.suffix.lower() in VIDEO_EXTENSIONS
-    extension = in_path.suffix if is_video or not ext else ext
-    if not is_video and extension.lower() not in Image.registered_extensions():
-        extension = '.png'  # an input named without an image extension
-    return output / subfolder / f'{in_path.stem}{suffix}{extension}'
+    extension = in_path.suffix if video else ext or in_path.suffix
+    if not video and extension.lower() not in IMAGE_EXTENSIONS:
+        extension = '.png'  # an input named without an image extension, or of one not written (.gif)
+    return Path(output) / subfolder / f'{in_path.stem}{suffix}{extension}'
 
 
 def parse_args(argv=None):
@@ -476,8 +486,9 @@ def parse_args(argv=None):
                         help='image or video files, folders (searched recursively), glob patterns, or image '
                              'lists (.json) written by create_data_lists.py')
     parser.add_argument('-o', '--output', default=None,
-                        help=f'output folder, or one output file when there is one input (its extension picks '
-                             f'the format) [default: {DEFAULT_OUTPUT_DIR}/]')
+                        help=f'output folder, outside the input folders (the next run would read its files as '
+                             f'inputs), or one output file when there is one input (its extension picks the format) '
+                             f'[default: {DEFAULT_OUTPUT_DIR}/]')
     parser.add_argument('--model', default=None,
                         help='generator checkpoint from train_srresnet.py or train_srgan.py '
                              '[default: the shipped weights/srresnet_x<scale>.pt]')
@@ -522,35 +533,40 @@ def parse_args(argv=None):
         parser.error('--halve applies to --grid only (it halves each image before drawing the grid)')
     if args.ext is not None and not args.ext.startswith('.'):
         args.ext = f'.{args.ext}'
+    if args.ext is not None and args.ext.lower() not in IMAGE_EXTENSIONS:
+        parser.error(f'--ext {args.ext}: images are written as {", ".join(IMAGE_EXTENSIONS)}')
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    inputs, missing = find_inputs(args.inputs)
+    inputs, missing, sources = find_inputs(args.inputs)
     if not inputs and not missing:
-        raise SystemExit(f'error: no images or videos found in {" ".join(args.inputs)}')
+        raise InputError(f'no images or videos found in {" ".join(args.inputs)}')
     output = args.output or DEFAULT_OUTPUT_DIR
-    inputs = check_output(output, inputs, len(inputs) + len(missing))
+    if names_one_file(output) and len(inputs) + len(missing) > 1:
+        raise OutputError(f'-o {output} names one file but {len(inputs) + len(missing)} inputs were given; pass a '
+                          f'folder')
+    models = [args.model or inference.shipped_model(args.scale or 4), args.srgan]
+    lists, folders = [p for p in sources if not p.is_dir()], [p for p in sources if p.is_dir()]
+    plan = OutputPlan(reads=[path for path, _ in inputs] + lists + models, read_folders=folders,
+                      overwrite=args.overwrite)
     upscaler, srgan = load_upscalers(args)
-    suffix = args.suffix if args.suffix is not None else ('_grid' if args.grid else f'_x{upscaler.scaling_factor}')
-    ext = '.png' if args.grid and args.ext is None else args.ext
-    plan = [(in_path, output_path(in_path, folder, output, suffix, ext)) for in_path, folder in inputs]
-    check_plan(plan)
+    jobs = plan_outputs(plan, inputs, args, upscaler.scaling_factor)
     failed = [f'{pattern}: no such file or folder' for pattern in missing]
     for message in failed:
         note(f'error: {message}')
-    counts = {'written': 0, 'skipped': 0}
+    counts = {'written': 0, 'skipped': sum(out_path is None for _, out_path in jobs)}
     try:
-        upscale_plan(plan, args, (upscaler, srgan), counts, failed)
-    except KeyboardInterrupt:  # the file being written is not left half-written (atomic writes)
-        note(f'stopped (Ctrl-C): {counts["written"]} written, {counts["skipped"]} skipped, {len(failed)} failed, '
-             f'{len(plan) - counts["written"] - counts["skipped"] - len(failed) + len(missing)} not done; the same '
+        upscale_all(jobs, args, (upscaler, srgan), counts, failed)
+    except KeyboardInterrupt:  # the file being written is not left half-written (atomic writes); run_main says stopped
+        note(f'{counts["written"]} written, {counts["skipped"]} skipped, {len(failed)} failed, '
+             f'{len(jobs) - counts["written"] - counts["skipped"] - len(failed) + len(missing)} not done; the same '
              f'command goes on from there (it skips what exists)')
-        raise SystemExit(130) from None
+        raise
     summary = f'{counts["written"]} written, {counts["skipped"]} skipped (already there), {len(failed)} failed'
     if failed:
-        raise SystemExit(f'error: {summary}')
+        raise UserError(summary)
     note(summary)
 
 
@@ -559,39 +575,41 @@ def note(message):
     tqdm.write(message, file=sys.stderr)
 
 
-def check_output(output, inputs, n_inputs):
-    """-o as a file or a folder, checked against the inputs before any work -> the inputs to upscale (those inside an
-    output folder, the results of an earlier run, left out)."""
-    if names_one_file(output):
-        if n_inputs > 1:
-            raise SystemExit(f'error: -o {output} names one file but {n_inputs} inputs were given; pass a folder')
-        if Path(output).is_file() and not Path(output).suffix:
-            raise SystemExit(f'error: -o {output} is an existing file, not a folder or an image name; pass a folder '
-                             f'or a new file name such as out.png')
-        return inputs
-    # an output folder inside an input folder: do not upscale the previous run's results again
-    kept = [(path, folder) for path, folder in inputs
-            if folder is None or Path(output).resolve() not in path.resolve().parents]
-    if inputs and not kept:
-        raise SystemExit(f'error: every input is inside the output folder {output}; choose an -o outside the '
-                         f'input folders')
-    return kept
-
-
 def names_one_file(output):
     """True when -o names one output file: an existing file, or a name with an extension that is not a folder."""
-    output = Path(output)
-    return output.is_file() or (bool(output.suffix) and not output.is_dir())
+    return os.path.isfile(output) or (bool(Path(output).suffix) and not os.path.isdir(output))  # no OSError
 
 
-def upscale_plan(plan, args, upscalers, counts, failed):
-    """Upscale each (input, output) of the plan, counting into `counts` ('written', 'skipped') and appending each
-    failure (one line) to `failed`: a bad file is reported and passed over."""
-    upscaler, srgan = upscalers
-    for in_path, out_path in tqdm(plan, unit='file', desc='super-resolving', disable=len(plan) < 2):
-        if out_path.exists() and not args.overwrite:
+def plan_outputs(plan, inputs, args, scale):
+    """[(input, folder it was found in)] -> [(input, output, or None for an existing output to skip)], every output
+    planned (outputs.OutputPlan) before any work: never an input (even with --overwrite), never two inputs on one
+    output, never inside an input folder, a format known before writing, an existing one skipped unless
+    --overwrite. -o is one file (its extension picks the format) or a folder."""
+    output = Path(args.output or DEFAULT_OUTPUT_DIR)
+    one_file = names_one_file(output)
+    if not one_file:
+        plan.folder(output, '-o')
+    suffix = args.suffix if args.suffix is not None else ('_grid' if args.grid else f'_x{scale}')
+    ext = '.png' if args.grid and args.ext is None else args.ext
+    jobs = []
+    for in_path, folder in inputs:
+        video = in_path.suffix.lower() in VIDEO_EXTENSIONS and not args.grid
+        out_path = output if one_file else output_path(in_path, folder, output, suffix, ext, video)
+        planned = plan.file(out_path, '-o' if one_file else f'{in_path} ->',
+                            formats=VIDEO_EXTENSIONS if video else IMAGE_EXTENSIONS,
+                            if_exists='replace' if args.overwrite else 'skip')
+        if planned is None:
             note(f'skip: {out_path} exists (pass --overwrite to replace it)')
-            counts['skipped'] += 1
+        jobs.append((in_path, planned))
+    return jobs
+
+
+def upscale_all(jobs, args, upscalers, counts, failed):
+    """Upscale each (input, output) planned (output None: skipped), counting into `counts` ('written') and appending
+    each failure (one line) to `failed`: a bad file is reported and passed over."""
+    upscaler, srgan = upscalers
+    for in_path, out_path in tqdm(jobs, unit='file', desc='super-resolving', disable=len(jobs) < 2):
+        if out_path is None:
             continue
         try:
             if args.grid:
@@ -599,7 +617,7 @@ def upscale_plan(plan, args, upscalers, counts, failed):
             elif in_path.suffix.lower() in VIDEO_EXTENSIONS:
                 super_resolve_video(upscaler, in_path, out_path, args.batch_size, note)
             else:  # one image: the file bar is off, so a large one shows its tiles instead
-                super_resolve_file(upscaler, in_path, out_path, note, progress=len(plan) < 2)
+                super_resolve_file(upscaler, in_path, out_path, note, progress=len(jobs) < 2)
         except (ImageLoadError, InputError) as e:
             note(f'error: {e}')
             failed.append(str(e))
@@ -608,40 +626,23 @@ def upscale_plan(plan, args, upscalers, counts, failed):
         counts['written'] += 1
 
 
-def check_plan(plan):
-    """[(input, output)] -> refuse, before any work, an output that is one of the inputs (even with --overwrite)
-    and two inputs that would be written to the same output."""
-    inputs = {in_path.resolve(): in_path for in_path, _ in plan}
-    written = {}
-    for in_path, out_path in plan:
-        target = out_path.resolve()
-        if target in inputs:
-            raise SystemExit(f'error: {out_path} would replace the input {inputs[target]}; choose another -o, '
-                             f'--suffix or --ext')
-        if target in written:
-            raise SystemExit(f'error: {written[target]} and {in_path} would both be written to {out_path}; give '
-                             f'them different names, or upscale them into different -o folders')
-        written[target] = in_path
-
-
 def load_upscalers(args):
-    """--model (and --srgan with --grid) -> (Upscaler, SRGAN Upscaler or None); errors are one line."""
+    """--model (and --srgan with --grid) -> (Upscaler, SRGAN Upscaler or None); a CheckpointError (one line) for a
+    model that cannot be loaded or is not of --scale."""
     device = pick_device(args.device)
     settings = dict(device=device, precision=args.precision, tile=args.tile, tile_overlap=args.tile_overlap,
                     allow_unsafe_pickle=args.unsafe_pickle)
-    try:
-        upscaler = load_upscaler(args.model or inference.shipped_model(args.scale or 4), **settings)
-        inference.check_scale(upscaler.scaling_factor, args.scale, args.model)
-        srgan = None
-        if args.grid and args.srgan is not None:
-            srgan = load_upscaler(args.srgan, **settings)
-            inference.check_scale(srgan.scaling_factor, args.scale, args.srgan)
-            if srgan.scaling_factor != upscaler.scaling_factor:  # the grid's panels must share one LR image
-                raise CheckpointError(f'--srgan {args.srgan} upscales x{srgan.scaling_factor} but --model '
-                                      f'{args.model or "(the shipped model)"} upscales x{upscaler.scaling_factor}; '
-                                      f'pass two checkpoints of the same scale')
-    except CheckpointError as e:
-        raise SystemExit(f'error: {e}') from None
+    upscaler = load_upscaler(args.model or inference.shipped_model(args.scale or 4), **settings)
+    inference.check_scale(upscaler.scaling_factor, args.scale, f'--model {args.model}' if args.model else
+                          'the shipped model', other=' (or no --model: the shipped one)' if args.model else '')
+    srgan = None
+    if args.grid and args.srgan is not None:
+        srgan = load_upscaler(args.srgan, **settings)
+        inference.check_scale(srgan.scaling_factor, args.scale, f'--srgan {args.srgan}')
+        if srgan.scaling_factor != upscaler.scaling_factor:  # the grid's panels must share one LR image
+            raise CheckpointError(f'--srgan {args.srgan} upscales x{srgan.scaling_factor} but --model '
+                                  f'{args.model or "(the shipped model)"} upscales x{upscaler.scaling_factor}; '
+                                  f'pass two checkpoints of the same scale')
     return upscaler, srgan
 
 

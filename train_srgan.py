@@ -33,7 +33,7 @@ from checkpoints import CheckpointError, generator_of, load_checkpoint
 from models import Discriminator, Generator, TruncatedVGG19, VGGWeightsUnavailable
 from training import (TrainingState, animate_run, make_grad_scaler, make_optimizer, prepare_model, setup_run,
                       train_loop, training_argument_parser)
-from utils import convert_image, number, run_main
+from utils import UserError, convert_image, number, run_main
 
 VGG_FEATURE_SCALE = 1 / 12.75  # the paper rescales the VGG feature maps by this before the MSE
 CONTENT_LAYERS = {'vgg54': (5, 4), 'vgg22': (2, 2)}  # phi(i, j): j-th conv (after ReLU) before the i-th max-pool
@@ -145,7 +145,7 @@ def build_vgg(args, run):
         reason = ' '.join(str(e).split())
         if not (auto and weights == 'imagenet'):  # a --vgg-weights PATH that fails is a mistake to fix, not to skip
             hint = '' if auto else ', or auto (vgg54 when the weights can be had, else mse)'
-            raise SystemExit(f'error: {reason}; or train with --content-loss mse{hint}') from None
+            raise UserError(f'{reason}; or train with --content-loss mse{hint}') from None
         if run.is_main:
             print(f"note: --content-loss auto: {reason}; training with the pixel MSE content loss instead (the "
                   f"paper's SRGAN-MSE variant)")
@@ -170,9 +170,9 @@ def keep_the_loss(args, config):
     for name in ('content_loss', 'adversarial_weight'):
         if name in config and getattr(args, name) != config[name]:
             flag = '--' + name.replace('_', '-')
-            raise SystemExit(f'error: the run being resumed trains with {flag} {config[name]}, not '
-                             f'{getattr(args, name)}; resume it with {flag} {config[name]}, or start a new run in '
-                             f'another --output-dir (--srresnet-checkpoint gives it the same start)')
+            raise UserError(f'the run being resumed trains with {flag} {config[name]}, not {getattr(args, name)}; '
+                            f'resume it with {flag} {config[name]}, or start a new run in another --output-dir '
+                            f'(--srresnet-checkpoint gives it the same start)')
 
 
 def generator_start(args, run):
@@ -182,30 +182,33 @@ def generator_start(args, run):
         return run.checkpoint['model_config'], None
     if args.srresnet_checkpoint.lower() == 'none':
         if run.is_main:
-            print('--srresnet-checkpoint none: the generator starts from random weights (the paper starts from SRResNet)')
+            print('--srresnet-checkpoint none: the generator starts from random weights (the paper starts from '
+                  'SRResNet)')
         return dict(large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=16,
                     scaling_factor=args.scaling_factor), None
     try:
         srresnet = load_checkpoint(args.srresnet_checkpoint, allow_unsafe_pickle=args.unsafe_pickle)
         return generator_of(srresnet, args.srresnet_checkpoint)
     except CheckpointError as e:
-        raise SystemExit(f'error: {e}' + ('; train one first with train_srresnet.py, or pass '
-                                          '--srresnet-checkpoint PATH' if 'no such' in str(e) else '')) from None
+        raise UserError(f'{e}' + ('; train one first with train_srresnet.py, or pass --srresnet-checkpoint PATH'
+                                  if 'no such' in str(e) else '')) from None
 
 
 def main(argv=None):
     args = get_args(argv)
     if args.animate is not None:  # make a run's progress animation, train nothing
-        animate_run(args.animate, args.animate_to)
+        animate_run(args.animate, args.animate_to, args.overwrite)
         return
     run = setup_run(args, kind='srgan')
+    if run.nothing_to_do:
+        return
     if run.checkpoint is not None:
         keep_the_loss(args, run.checkpoint['config'])
 
     model_config, srresnet_weights = generator_start(args, run)
     if model_config['scaling_factor'] != args.scaling_factor:
-        raise SystemExit(f'error: the generator upscales x{model_config["scaling_factor"]}, not '
-                         f'--scaling-factor {args.scaling_factor}')
+        raise UserError(f'the generator upscales x{model_config["scaling_factor"]}, not --scaling-factor '
+                        f'{args.scaling_factor}')
     generator = Generator(**model_config)
     if srresnet_weights is not None:
         generator.initialize_with_srresnet(srresnet_weights)

@@ -13,9 +13,11 @@ On N GPUs of one machine (DDP; the effective batch is N x --batch-size, so divid
     torchrun --standalone --nproc_per_node=4 train_srresnet.py --batch-size 4
 
 Stop any time with Ctrl-C (or SIGTERM): the step in progress finishes, last.pt is saved, and the exit code (130 or
-143) says the run stopped early; continue with `--resume auto`. Outputs in --output-dir: last.pt, best.pt (best validation PSNR), log.jsonl, samples/*.png,
-loss_curves.png, and tensorboard/ when TensorBoard is installed.
+143) says the run stopped early; continue with `--resume auto`. Outputs in --output-dir: last.pt, best.pt (best
+validation PSNR), log.jsonl, samples/*.png, loss_curves.png, and tensorboard/ when TensorBoard is installed.
 """
+
+import inspect
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +26,7 @@ from checkpoints import CheckpointError, generator_of, load_checkpoint
 from models import SRResNet
 from training import (TrainingState, animate_run, freeze_batchnorm, make_grad_scaler, make_optimizer, prepare_model,
                       setup_run, train_loop, training_argument_parser)
-from utils import number, run_main
+from utils import UserError, number, run_main
 
 
 def get_args(argv=None):
@@ -37,10 +39,11 @@ def get_args(argv=None):
     parser.add_argument('--n-blocks', type=number(int, minimum=1), default=16, help='residual blocks')
     parser.add_argument('--n-channels', type=number(int, minimum=1), default=64, help='channels of the residual blocks')
     parser.add_argument('--trunk-from', default=None, metavar='CHECKPOINT',
-                        help='start a new run from the weights of another SRResNet of the same size but any scale '
-                             '(e.g. weights/srresnet_x4.pt for an x2 or x8 model): every layer except the sub-pixel '
-                             'stages, whose number depends on the scale; for a larger scale, its stages too, and '
-                             'each extra one starts as a nearest-neighbour upsampling; not used when resuming')
+                        help='start a new run from the weights of another SRResNet of the same size (e.g. '
+                             'weights/srresnet_x4.pt): at its scale, every tensor (fine-tuning it); at another scale, '
+                             'every layer except the sub-pixel stages, whose number depends on the scale, and for a '
+                             'larger scale its stages too, each extra one starting as a nearest-neighbour upsampling; '
+                             'not used when resuming')
     return parser.parse_args(argv)
 
 
@@ -58,20 +61,27 @@ def train_step(model, optimizer, scaler, lr_imgs, hr_imgs, amp_dtype):
 
 
 def load_trunk(model, model_config, path):
-    """Copy into `model` (an SRResNet of model_config) the layers of the SRResNet in the checkpoint at `path`, of any
-    scale: the first convolution, the residual blocks, the convolution after them and the last convolution. Its
-    sub-pixel stages too when `model` has more of them (x8 from x4): then each extra stage starts as a nearest-
-    neighbour x2 upsampling of the features (start_as_upsampling), so the new model starts as the old one followed
-    by an upsampling, already above bicubic (Set5 x8 24.95 dB from the x4 before any training; bicubic 24.39), not
-    from noise. With fewer stages (x2 from x4) the stages start at random. -> (tensors copied, whether it grew)."""
+    """Copy into `model` (an SRResNet of model_config) the weights of the SRResNet in the checkpoint at `path`.
+    At the same scale, every tensor: a fine-tuning start. At another scale, the first convolution, the residual
+    blocks, the convolution after them and the last convolution; the sub-pixel stages too when `model` has more of
+    them (x8 from x4): then each extra stage starts as a nearest-neighbour x2 upsampling of the features
+    (start_as_upsampling), so the new model starts as the old one followed by an upsampling, already above bicubic
+    (Set5 x8 24.95 dB from the x4 before any training; bicubic 24.39), not from noise. With fewer stages (x2 from
+    x4) the stages start at random. -> (tensors copied, what the sub-pixel stages start as: 'copied', 'grown' or
+    'random')."""
     try:
         config, state_dict = generator_of(load_checkpoint(path, unsafe_flag=None), path)
     except CheckpointError as e:
-        raise SystemExit(f'error: --trunk-from {e}') from None
+        raise UserError(f'--trunk-from {e}') from None
+    defaults = {name: p.default for name, p in inspect.signature(SRResNet).parameters.items()}
+    config = {**defaults, **config}  # a config that leaves some out means SRResNet's defaults, as when it is loaded
     size = ('large_kernel_size', 'small_kernel_size', 'n_channels', 'n_blocks')
     if any(config.get(k) != model_config[k] for k in size):
-        raise SystemExit(f'error: --trunk-from {path} is SRResNet({config}); its trunk fits only a model with its '
-                         f'{", ".join(size)} (pass them, or another checkpoint)')
+        raise UserError(f'--trunk-from {path} is SRResNet({config}); its trunk fits only a model with its '
+                        f'{", ".join(size)} (pass them, or another checkpoint)')
+    if config['scaling_factor'] == model_config['scaling_factor']:
+        model.load_state_dict(state_dict)  # strict: every tensor
+        return len(state_dict), 'copied'
     grow = model_config['scaling_factor'] > config['scaling_factor']
     copied = {k: v for k, v in state_dict.items() if grow or not k.startswith('subpixel_convolutional_blocks.')}
     missing, unexpected = model.load_state_dict(copied, strict=False)
@@ -81,7 +91,12 @@ def load_trunk(model, model_config, path):
         n_old = config['scaling_factor'].bit_length() - 1  # one x2 stage per doubling
         for stage in model.subpixel_convolutional_blocks[n_old:]:
             start_as_upsampling(stage)
-    return len(copied), grow
+    return len(copied), 'grown' if grow else 'random'
+
+
+TRUNK_STAGES = {'copied': 'every tensor, at the same scale: a fine-tuning start',
+                'grown': 'the extra sub-pixel stages start as a nearest-neighbour upsampling',
+                'random': 'the sub-pixel stages start at random'}
 
 
 @torch.no_grad()
@@ -101,22 +116,22 @@ def start_as_upsampling(stage):
 def main(argv=None):
     args = get_args(argv)
     if args.animate is not None:  # make a run's progress animation, train nothing
-        animate_run(args.animate, args.animate_to)
+        animate_run(args.animate, args.animate_to, args.overwrite)
         return
     run = setup_run(args, kind='srresnet')
+    if run.nothing_to_do:
+        return
 
     model_config = dict(large_kernel_size=9, small_kernel_size=3, n_channels=args.n_channels,
                         n_blocks=args.n_blocks, scaling_factor=args.scaling_factor)
     if run.checkpoint is not None and run.checkpoint['model_config'] != model_config:
-        raise SystemExit(f'error: the run being resumed is SRResNet({run.checkpoint["model_config"]}); resume it with '
-                         f'its --n-blocks and --n-channels, or start a new run in another --output-dir')
+        raise UserError(f'the run being resumed is SRResNet({run.checkpoint["model_config"]}); resume it with its '
+                        f'--n-blocks and --n-channels, or start a new run in another --output-dir')
     model = SRResNet(**model_config)
     if args.trunk_from is not None and run.checkpoint is None:
-        n_loaded, grown = load_trunk(model, model_config, args.trunk_from)
+        n_loaded, stages = load_trunk(model, model_config, args.trunk_from)
         if run.is_main:
-            print(f'--trunk-from: {n_loaded} tensors from {args.trunk_from}; ' +
-                  ('the extra sub-pixel stages start as a nearest-neighbour upsampling' if grown
-                   else 'the sub-pixel stages start at random'))
+            print(f'--trunk-from: {n_loaded} tensors from {args.trunk_from}; {TRUNK_STAGES[stages]}')
     model, model_ddp = prepare_model(model, run)
     optimizer = make_optimizer(model, run)
     state = TrainingState(model_config, models={'model': model}, optimizers={'optimizer': optimizer},

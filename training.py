@@ -33,13 +33,14 @@ from tqdm import tqdm
 import speedups
 from checkpoints import (CheckpointError, PickledCheckpointError, generator_state_dict, load_checkpoint,
                          save_checkpoint)
-from datasets import ImageCache, InfiniteSampler, SRDataset, TrainingCrops, decoded_size, test_set_names
-from animation import make_animation
+from datasets import (TEST_LIST_SUFFIX, TRAIN_LIST, DataListError, ImageCache, InfiniteSampler, SRDataset,
+                      TrainingCrops, check_listed_files, decoded_size, read_image_list, test_set_names)
+from animation import FORMATS as ANIMATION_FORMATS, make_animation
 from inference import Upscaler
 from metrics import evaluate_image
-from outputs import WriteError, atomic_path
-from utils import (ImageLoadError, autocast_dtype, convert_image, downsample_batch, number, pick_device,
-                   seed_everything, transpose_batch)
+from outputs import OutputPlan, WriteError, atomic_path
+from utils import (UserError, autocast_dtype, convert_image, downsample_batch, number, pick_device, seed_everything,
+                   transpose_batch)
 
 CHECKPOINT_FILE, BEST_CHECKPOINT_FILE, LOG_FILE = 'last.pt', 'best.pt', 'log.jsonl'
 COMPILE_MIN_ITERATIONS = 5000  # --compile auto: compiling (~1 min on a CPU) pays for itself long before this
@@ -69,7 +70,8 @@ def training_argument_parser(description, output_dir, iterations, lr_decay_at):
     parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     add = parser.add_argument
     add('--data-folder', default='./data', help='where train_images.json and the test lists are')
-    add('--output-dir', default=output_dir, help='checkpoints, log, samples and plots go here')
+    add('--output-dir', default=output_dir,
+        help="checkpoints, log, samples and plots go here: a folder per run, outside the listed images' folders")
     add('--iterations', type=number(int, minimum=1), default=iterations, help='training iterations (optimizer steps)')
     add('--batch-size', type=number(int, minimum=1), default=16, help='HR crops per step, per process (DDP: x N)')
     add('--lr', type=number(float, above=0), default=1e-4, help='Adam learning rate; may be changed when resuming')
@@ -77,7 +79,8 @@ def training_argument_parser(description, output_dir, iterations, lr_decay_at):
         help='multiply the lr by 0.1 from this iteration on' + ('' if lr_decay_at else ' (default: never, as the '
                                                                                      'paper)')
              + '; may be changed when resuming')
-    add('--beta1', type=number(float, minimum=0, below=1), default=0.9, help="Adam's beta1; may be changed when resuming")
+    add('--beta1', type=number(float, minimum=0, below=1), default=0.9,
+        help="Adam's beta1; may be changed when resuming")
     add('--crop-size', type=number(int, minimum=8), default=96, help='side of the HR training crops')
     add('--scaling-factor', type=int, default=4, choices=[2, 4, 8], help='upscaling factor')
     add('--blur-sigma', type=number(float, minimum=0), default=0.0,
@@ -90,8 +93,8 @@ def training_argument_parser(description, output_dir, iterations, lr_decay_at):
     add('--image-cache', choices=['auto', 'on', 'off'], default='auto',
         help=f'decode the training images once into a memory-mapped file ({CACHE_FILE} beside the lists) that every '
              f'worker and DDP rank shares; auto: when, decoded, they take at most {CACHE_RAM_FRACTION * 100:.0f}%% '
-             f"of this machine's memory (291 images: yes; the paper's 350k ImageNet photos: no, they are decoded from disk "
-             f'in workers)')
+             f"of this machine's memory (291 images: yes; the paper's 350k ImageNet photos: no, they are decoded from "
+             f'disk in workers)')
     add('--cache-images', dest='image_cache', action='store_const', const='on', help='the same as --image-cache on')
     add('--workers', type=number(int, minimum=0), default=None,
         help='DataLoader worker processes (0: load in the training process). Default: none when the images are '
@@ -120,9 +123,16 @@ def training_argument_parser(description, output_dir, iterations, lr_decay_at):
              f'{COMPILE_MIN_ITERATIONS} iterations are left to run and a compiler is there (a C++ compiler for the '
              f'CPU, Triton for CUDA), saying so; its cache is kept in --output-dir, so a resumed run starts fast')
     add('--sync-bn', action='store_true', help='DDP: BatchNorm statistics over all GPUs')
+    add_animation_flags(add)
+    return parser
+
+
+def add_animation_flags(add):
+    """--animate and its output: training scripts also make a run's progress animation, training nothing."""
     add('--animate', metavar='RUN_DIR', help="train nothing: animate a run's sample sheets (made at every run's end)")
     add('--animate-to', metavar='PATH', help='--animate to PATH: .webp (default RUN_DIR/progress.webp), .gif, .mp4')
-    return parser
+    add('--overwrite', action='store_true',
+        help="--animate-to: replace an existing file (the run's own RUN_DIR/progress.webp is always replaced)")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -138,6 +148,7 @@ class Run:
     rank: int = 0  # DDP: this process's rank, and the number of processes
     world_size: int = 1
     checkpoint: dict | None = None  # the checkpoint being resumed; None: a new run
+    val_set: str | None = None  # the test list validated on (choose_val_set); None: no validation
 
     @property
     def is_main(self):  # rank 0 logs, validates and saves
@@ -146,6 +157,11 @@ class Run:
     @property
     def start_iteration(self):
         return self.checkpoint['iteration'] if self.checkpoint else 0
+
+    @property
+    def nothing_to_do(self):
+        """A resumed run already at --iterations: the scripts return without building anything."""
+        return self.start_iteration >= self.args.iterations
 
     @property
     def memory_format(self):
@@ -164,13 +180,13 @@ class Run:
 
 
 def setup_run(args, kind):
-    """Check the flags, start DDP when run under torchrun, pick the device and mixed precision, seed, and read the
-    checkpoint to resume from. -> Run."""
-    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
-        raise SystemExit(f'error: --output-dir {args.output_dir} is a file; choose a folder')
+    """Check the flags and where the run writes, start DDP when run under torchrun, pick the device and mixed
+    precision, seed, and read the checkpoint to resume from. -> Run (see Run.nothing_to_do)."""
+    OutputPlan().folder(args.output_dir, '--output-dir')  # a file there, a name too long: said before anything else
     if args.crop_size % args.scaling_factor:
-        raise SystemExit(f'error: --crop-size {args.crop_size} must be divisible by --scaling-factor '
-                         f'{args.scaling_factor}')
+        raise UserError(f'--crop-size {args.crop_size} must be divisible by --scaling-factor {args.scaling_factor}')
+    val_set = choose_val_set(args.data_folder, args.val_set)
+    OutputPlan(read_folders=check_data_lists(args.data_folder, val_set)).folder(args.output_dir, '--output-dir')
 
     device = pick_device(args.device)
     rank, world_size = 0, 1
@@ -181,17 +197,33 @@ def setup_run(args, kind):
             torch.cuda.set_device(device)
         torch.distributed.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
     if args.sync_bn and world_size > 1 and device.type != 'cuda':
-        raise SystemExit('error: --sync-bn needs CUDA GPUs (PyTorch has no SyncBatchNorm on the CPU)')
+        raise UserError('--sync-bn needs CUDA GPUs (PyTorch has no SyncBatchNorm on the CPU)')
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest convolutions
     seed_everything(args.seed + rank)
     amp_dtype = None if args.no_amp else autocast_dtype(device)
-    run = Run(args, kind, device, amp_dtype, rank, world_size)
+    run = Run(args, kind, device, amp_dtype, rank, world_size, val_set=val_set)
     run.checkpoint = _checkpoint_to_resume(run)
+    if run.nothing_to_do:
+        return run
     args.compile = choose_compile(run)
     if run.is_main:
         _remove_partial_checkpoints(args.output_dir)
     return run
+
+
+def check_data_lists(data_folder, val_set):
+    """Read the training list and the validation list (their structure; the validation images are checked now, on
+    every DDP rank, not at the first validation; the training images when the data stream starts, make_train_loader).
+    -> the folders of the images they name: a run writes none of its files (sample sheets are images) inside them,
+    where the next create_data_lists.py would list them as data."""
+    train_paths = read_image_list(os.path.join(data_folder, TRAIN_LIST))
+    val_paths = []
+    if val_set is not None:
+        val_list = os.path.join(data_folder, f'{val_set}{TEST_LIST_SUFFIX}')
+        val_paths = read_image_list(val_list)
+        check_listed_files(val_list, val_paths)
+    return sorted({os.path.dirname(os.path.abspath(path)) for path in train_paths + val_paths})
 
 
 def choose_compile(run):
@@ -202,6 +234,10 @@ def choose_compile(run):
         return args.compile
     compiler = {'cpu': any(shutil.which(c) for c in (os.environ.get('CXX', 'g++'), 'c++', 'clang++')),
                 'cuda': importlib.util.find_spec('triton') is not None}.get(run.device.type, False)
+    needed = {'cpu': 'a C++ compiler (g++, c++ or clang++ on the PATH, or $CXX)', 'cuda': 'the triton package'}
+    if args.compile == 'on' and not compiler and run.device.type in needed:  # else it fails after a minute of work
+        raise UserError(f'--compile on: no compiler for {run.device.type} here (it needs {needed[run.device.type]}); '
+                        f'install it, or pass --compile off')
     left = args.iterations - run.start_iteration
     compile_ = args.compile == 'on' or (args.compile == 'auto' and compiler and left >= COMPILE_MIN_ITERATIONS)
     if args.compile == 'auto' and run.is_main:
@@ -229,11 +265,11 @@ def _checkpoint_to_resume(run):
     if args.resume == 'auto':
         path = last_path if os.path.isfile(last_path) else None
     elif args.resume is None and os.path.isfile(last_path):
-        raise SystemExit(f'error: {args.output_dir} already holds a run ({last_path}); continue it with --resume '
-                         f'auto, or choose another --output-dir')
+        raise UserError(f'{args.output_dir} already holds a run ({last_path}); continue it with --resume auto, or '
+                        f'choose another --output-dir')
     if path is None and os.path.isfile(best_path):  # a new run would write over it
-        raise SystemExit(f'error: {args.output_dir} holds {best_path} but no {CHECKPOINT_FILE}; continue from it with '
-                         f'--resume {best_path}, or choose another --output-dir')
+        raise UserError(f'{args.output_dir} holds {best_path} but no {CHECKPOINT_FILE}; continue from it with '
+                        f'--resume {best_path}, or choose another --output-dir')
     if path is None:
         if args.resume == 'auto' and run.is_main:
             print(f'--resume auto: no {last_path} yet, starting a new run')
@@ -241,25 +277,26 @@ def _checkpoint_to_resume(run):
     try:
         checkpoint = load_checkpoint(path)
     except PickledCheckpointError:
-        raise SystemExit(f"error: {path} is an original-tutorial checkpoint (pickled model objects), which cannot "
-                         f"be resumed: start a new run, or start train_srgan.py from it after `python "
-                         f"checkpoints.py convert {path} converted.pt` (--srresnet-checkpoint converted.pt)") from None
+        raise UserError(f"{path} is an original-tutorial checkpoint (pickled model objects), which cannot be "
+                        f"resumed: start a new run, or start train_srgan.py from it after `python checkpoints.py "
+                        f"convert {path} converted.pt` (--srresnet-checkpoint converted.pt)") from None
     except CheckpointError as e:
-        raise SystemExit(f'error: {e}') from None
+        raise UserError(str(e)) from None
     if checkpoint.get('kind') != run.kind:
-        raise SystemExit(f'error: {path} is not a {run.kind} training checkpoint written by train_{run.kind}.py, so '
-                         f'it cannot be resumed (found kind {checkpoint.get("kind")!r})')
+        raise UserError(f'{path} is not a {run.kind} training checkpoint written by train_{run.kind}.py, so it '
+                        f'cannot be resumed (found kind {checkpoint.get("kind")!r})')
     if 'rng' not in checkpoint or 'iteration' not in checkpoint:
-        raise SystemExit(f'error: {path} holds a {run.kind} model alone (exported or converted: no optimizer or '
-                         f'training state), so it cannot be resumed; start a new run from a training last.pt')
+        raise UserError(f'{path} holds a {run.kind} model alone (exported or converted: no optimizer or training '
+                        f'state), so it cannot be resumed; start a new run from a training last.pt')
     config = checkpoint['config']
     if config.get('scaling_factor', args.scaling_factor) != args.scaling_factor:
-        raise SystemExit(f'error: {path} trains x{config["scaling_factor"]}, not --scaling-factor '
-                         f'{args.scaling_factor}; resume with --scaling-factor {config["scaling_factor"]}')
-    if checkpoint['iteration'] >= args.iterations:
-        print(f'{path} is at iteration {checkpoint["iteration"]}, --iterations is {args.iterations}: nothing to do '
-              f'(raise --iterations to train on)')
-        raise SystemExit(0)
+        raise UserError(f'{path} trains x{config["scaling_factor"]}, not --scaling-factor {args.scaling_factor}; '
+                        f'resume with --scaling-factor {config["scaling_factor"]}')
+    if checkpoint['iteration'] >= args.iterations:  # a finished run: not an error (see Run.nothing_to_do)
+        if run.is_main:
+            print(f'{path} is at iteration {checkpoint["iteration"]}, --iterations is {args.iterations}: nothing to '
+                  f'do (raise --iterations to train on)')
+        return checkpoint
     if run.is_main:
         print(f'resuming from {path} at iteration {checkpoint["iteration"]}')
         changed = [f'--{k.replace("_", "-")} {getattr(args, k)} (was {config[k]})' for k in NOTED_ON_RESUME
@@ -382,14 +419,14 @@ def make_train_loader(run):
     the default: uint8 HR crops (datasets.TrainingCrops) cut from the images decoded once into a memory-mapped cache
     when they fit (see choose_image_cache; else decoded from disk in DataLoader workers), moved to the device, where
     the flips/rotations (--augment) and one antialiased bicubic resize of the whole batch make the LR;
-    --blur-sigma (Pillow's Gaussian blur, then its bicubic) and --pillow-lr: SRDataset's Pillow path per sample."""
+    --blur-sigma (Pillow's Gaussian blur, then its bicubic) and --pillow-lr: SRDataset's Pillow path per sample.
+    Every listed image is checked first (datasets.check_listed_files; the cache decodes them all), so a missing or
+    unreadable one is one line now, not a traceback later."""
     args = run.args
-    try:
-        dataset = SRDataset(args.data_folder, 'train', args.crop_size, args.scaling_factor, 'imagenet-norm',
-                            '[-1, 1]', blur_sigma=args.blur_sigma, augment=args.augment)
-    except (FileNotFoundError, ValueError, ImageLoadError) as e:
-        raise SystemExit(f'error: {e}') from None
-    cache, why = choose_image_cache(run, dataset.images)
+    dataset = SRDataset(args.data_folder, 'train', args.crop_size, args.scaling_factor, 'imagenet-norm', '[-1, 1]',
+                        blur_sigma=args.blur_sigma, augment=args.augment)
+    check_listed_files(dataset.list_path, dataset.images)
+    cache, why = choose_image_cache(run, dataset.list_path, dataset.images)
     workers = default_workers(run.device) if args.workers is None else args.workers
     if args.blur_sigma > 0 or args.pillow_lr:
         reason = '--blur-sigma' if args.blur_sigma > 0 else '--pillow-lr'
@@ -407,10 +444,11 @@ def make_train_loader(run):
     return iter(loader), to_batch
 
 
-def choose_image_cache(run, paths):
+def choose_image_cache(run, list_path, paths):
     """--image-cache auto|on|off -> (datasets.ImageCache or None, why, in a few words). auto: decode once when the
     decoded images take at most CACHE_RAM_FRACTION of this machine's memory. The cache is written beside the lists
-    (train_images.cache, made again when the images change), else in --output-dir; under DDP rank 0 makes it."""
+    (train_images.cache, made again when an image's content changes), else in --output-dir; under DDP rank 0 makes
+    it. `paths`: the images of the list at list_path."""
     args = run.args
     if args.image_cache == 'off':
         return None, 'decoded from disk for every crop (--image-cache off)'
@@ -423,7 +461,7 @@ def choose_image_cache(run, paths):
         torch.distributed.barrier()  # rank 0 decodes, the others map its file
     for folder in (args.data_folder, args.output_dir):
         try:
-            cache = ImageCache.build(paths, os.path.join(folder, CACHE_FILE))
+            cache = ImageCache.build(paths, os.path.join(folder, CACHE_FILE), list_path)
             break
         except WriteError as e:  # a read-only data folder, a full disk
             cache, why = None, f'decoded from disk for every crop (the cache could not be written: {e})'
@@ -510,14 +548,17 @@ def train_loop(run, state, train_step, sr_model):
     and on SIGINT/SIGTERM, and stops with an error on a non-finite value before anything is saved. Under DDP only
     rank 0 logs, validates and saves."""
     args = run.args
-    monitor = Monitor(run, state)
     if args.ema_decay and run.is_main:
         state.ema = make_ema(sr_model)
-    batches, to_batch = make_train_loader(run)  # starts the workers (their crops depend on the sampler's seeds alone)
-    if run.checkpoint is not None:
-        restore_run(run, state)  # the RNGs included, as they were when the checkpoint was written
-    stop = StopSignals()
+    batches = stop = monitor = None
     try:
+        # the listed images are checked before the run writes anything; this starts the workers (their crops depend
+        # on the sampler's seeds alone)
+        batches, to_batch = make_train_loader(run)
+        monitor = Monitor(run, state)
+        if run.checkpoint is not None:
+            restore_run(run, state)  # the RNGs included, as they were when the checkpoint was written
+        stop = StopSignals()
         while state.iteration < args.iterations:
             start = time.perf_counter()
             lr_imgs, hr_imgs = next_batch(batches, to_batch, run)
@@ -535,38 +576,39 @@ def train_loop(run, state, train_step, sr_model):
             stopping = stop.requested(run)
             monitor.after_step(values, lr, (sr_model, lr_imgs), stopping)
             if stopping:
-                monitor.bar.write(f'stopped by {stop.signal_name or "a signal to another process"} at iteration '
-                                  f'{state.iteration}; continue with --resume auto')
                 break
     except WriteError as e:  # a full disk: the checkpoint before it is whole (atomic writes)
-        raise SystemExit(f'error: {e}; {monitor.last_good()}. Free some space (or choose another --output-dir) '
-                         f'and continue with --resume auto') from None
+        raise UserError(f'{e}; {last_good_state(args.output_dir)}. Free some space (or choose another --output-dir) '
+                        f'and continue with --resume auto') from None
     finally:
         # the workers ignore SIGTERM (see _ignore_stop_signals), so one left running when an error ends the program
         # would hang it at exit, where multiprocessing terminates and joins them: shut them down here
         shutdown_workers = getattr(batches, '_shutdown_workers', None)  # DataLoader's own (its __del__ calls it)
         if shutdown_workers is not None:
             shutdown_workers()
-        stop.restore()
-        monitor.close()
+        if stop is not None:
+            stop.restore()
+        if monitor is not None:
+            monitor.close()
     if run.world_size > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     if state.iteration < args.iterations:  # stopped early: a scheduler or an `&&` chain must not take it as done
-        raise SystemExit(128 + stop.signal_number if stop.signal_number else 1)
+        raise UserError(f'stopped by {stop.signal_name or "a signal to another process"} at iteration '
+                        f'{state.iteration}; continue with --resume auto',
+                        exit_code=128 + stop.signal_number if stop.signal_number else 1)
 
 
 def next_batch(batches, to_batch, run):
     """The next (lr_imgs, hr_imgs) on the device in the run's memory format (see make_train_loader); a training image
-    that cannot be used (named in the message, also when a DataLoader worker found it) ends the program in one
-    error line."""
+    that cannot be used (named in the message, also when a DataLoader worker found it) is one UserError line."""
     try:
         lr_imgs, hr_imgs = to_batch(next(batches))
-    except ValueError as e:  # ImageLoadError too
+    except UserError as e:  # ImageLoadError, DataListError
         text = str(e).strip()
-        if 'Original Traceback' in text:  # a worker's: '...Original Traceback ...\nValueError: <message>'
+        if 'Original Traceback' in text:  # a worker's: '...Original Traceback ...\nutils.ImageLoadError: <message>'
             text = text.splitlines()[-1].split(': ', 1)[-1]
-        raise SystemExit(f'error: {text}') from None
+        raise UserError(text) from None
     lr_imgs = lr_imgs.to(run.device, non_blocking=True).contiguous(memory_format=run.memory_format)
     hr_imgs = hr_imgs.to(run.device, non_blocking=True).contiguous(memory_format=run.memory_format)
     return lr_imgs, hr_imgs
@@ -579,16 +621,13 @@ class Monitor:
     def __init__(self, run, state):
         args = run.args
         self.run, self.state = run, state
-        self.val_set = choose_val_set(args.data_folder, args.val_set)
+        self.val_set = run.val_set
         self.val_dataset = None
         if self.val_set is not None and run.is_main:
             self.val_dataset = SRDataset(args.data_folder, 'test', args.crop_size, args.scaling_factor,
                                          'imagenet-norm', '[-1, 1]', test_data_name=self.val_set,
                                          blur_sigma=args.blur_sigma)
-        try:
-            self.log = TrainingLog(args.output_dir, run.start_iteration) if run.is_main else None
-        except WriteError as e:
-            raise SystemExit(f'error: {e}') from None
+        self.log = TrainingLog(args.output_dir, run.start_iteration) if run.is_main else None
         self.bar = tqdm(total=args.iterations, initial=run.start_iteration, disable=not run.is_main,
                         dynamic_ncols=True, desc=os.path.basename(os.path.normpath(args.output_dir)))
         self.sums, self.count, self.data_time, self.interval_start = {}, 0, 0.0, time.perf_counter()
@@ -647,15 +686,8 @@ class Monitor:
             self.diverged('weights that compute a non-finite output')
 
     def diverged(self, what):
-        raise SystemExit(f'error: {what} at iteration {self.state.iteration}; the training diverged and stopped '
-                         f'without saving: {self.last_good()}. Try a lower --lr, or --no-amp')
-
-    def last_good(self):
-        """Which checkpoint holds the run's last good state, in words."""
-        last = os.path.join(self.run.args.output_dir, CHECKPOINT_FILE)
-        if not os.path.isfile(last):
-            return f'no {CHECKPOINT_FILE} was saved yet'
-        return f'{last} (iteration {load_checkpoint(last)["iteration"]}) is the last good state'
+        raise UserError(f'{what} at iteration {self.state.iteration}; the training diverged and stopped without '
+                        f'saving: {last_good_state(self.run.args.output_dir)}. Try a lower --lr, or --no-amp')
 
     def validate(self, model):
         """PSNR/SSIM on the validation set, a sample sheet, and best.pt when the PSNR is the best so far."""
@@ -678,13 +710,22 @@ class Monitor:
             try:
                 if plot_loss_curves(os.path.join(output_dir, LOG_FILE), os.path.join(output_dir, 'loss_curves.png')):
                     print(f'loss curves: {output_dir}/loss_curves.png')
-            except WriteError as e:  # the run itself is saved: say so, and go on
+            except UserError as e:  # a full disk: the run itself is saved; say so, and go on
                 print(f'note: {e}', file=sys.stderr)
             try:
-                animate_run(output_dir)
-            except SystemExit as e:  # as above: a note, the run is saved
-                print(f'note: {str(e.code).removeprefix("error: ")}', file=sys.stderr)
+                if os.path.isdir(os.path.join(output_dir, 'samples')):  # none without validation (--val-set none)
+                    animate_run(output_dir)
+            except UserError as e:  # as above, or sample sheets cut short: a note, the run is saved
+                print(f'note: {e}', file=sys.stderr)
             print(f'done: {iteration} iterations, {output_dir}/{CHECKPOINT_FILE}')
+
+
+def last_good_state(output_dir):
+    """Which checkpoint holds the run's last good state, in words."""
+    last = os.path.join(output_dir, CHECKPOINT_FILE)
+    if not os.path.isfile(last):
+        return f'no {CHECKPOINT_FILE} was saved yet'
+    return f'{last} (iteration {load_checkpoint(last)["iteration"]}) is the last good state'
 
 
 @torch.no_grad()
@@ -739,9 +780,9 @@ def choose_val_set(data_folder, val_set):
     if val_set == 'auto':
         return next((name for name in ('Set5', 'demo') if name in names), names[0] if names else None)
     if val_set not in names:
-        raise SystemExit(f'error: no {val_set}_test_images.json in {data_folder} (lists there: '
-                         f'{", ".join(names) or "none"}); write it with create_data_lists.py --test-folders, or pass '
-                         f'--val-set none')
+        raise DataListError(f'no {val_set}{TEST_LIST_SUFFIX} in {data_folder} (lists there: '
+                            f'{", ".join(names) or "none"}); write it with create_data_lists.py --test-folders, or '
+                            f'pass --val-set none')
     return val_set
 
 
@@ -826,38 +867,72 @@ class TrainingLog:
 
 
 def read_log(path):
-    """The rows of a log.jsonl; a last line cut short by a kill while it was written is left out."""
-    rows = []
-    with open(path) as f:
-        for line in f:
-            try:
-                rows.append(json.loads(line))
-            except ValueError:  # a line cut short by a kill while it was written
-                continue
+    """The rows of a log.jsonl, the one reader of training logs: each row a JSON object with an integer 'iteration'
+    and numbers for the rest. Other lines are skipped, with a note of how many (one line, naming the first); a last
+    line cut short by a kill while it was written is skipped without one (a resumed run drops it anyway). A UserError
+    when the file cannot be read."""
+    try:
+        with open(path, 'rb') as f:
+            *lines, last = f.read().split(b'\n')  # last: b'' after a final newline, else a line cut short
+    except OSError as e:
+        raise UserError(f'cannot read the training log {path}: {e.strerror or e}') from None
+    rows, bad = [], []
+    for number, line in enumerate(lines, 1):
+        row = _log_row(line)
+        if row is not None:
+            rows.append(row)
+        elif line.strip():
+            bad.append(number)
+    last_row = _log_row(last)
+    if last_row is not None:  # a whole row that lacks only its newline
+        rows.append(last_row)
+    if bad:
+        print(f'note: {path}: {len(bad)} line{"s" * (len(bad) > 1)} skipped, not log rows (a JSON object with an '
+              f'integer "iteration" and numbers), the first: line {bad[0]}', file=sys.stderr)
     return rows
 
 
-def animate_run(run_dir, out_path=None):
+def _log_row(line):
+    """A line of log.jsonl -> its row, or None when it is not one."""
+    try:
+        row = json.loads(line)
+    except ValueError:  # not JSON, not UTF-8, empty
+        return None
+    if not isinstance(row, dict) or type(row.get('iteration')) is not int:
+        return None
+    if not all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in row.values()):
+        return None
+    return row
+
+
+def animate_run(run_dir, out_path=None, overwrite=False):
     """The training-progress animation of `run_dir` (animation.make_animation), labelled with the validation PSNRs
-    of its log; says where it went in one line. A SystemExit (one line) for a folder that is not a run."""
-    if not os.path.isdir(os.path.join(run_dir, 'samples')):
-        raise SystemExit(f'error: --animate {run_dir}: no samples/ folder there; pass the --output-dir of a '
-                         f'training run (it writes samples/iter_*.png at each validation)')
-    psnrs, log = {}, os.path.join(run_dir, LOG_FILE)
+    of its log, at out_path (default: the run's own RUN_DIR/progress.webp, replaced; another existing file only with
+    overwrite); says where it went in one line. A UserError (one line) for a folder that is not a run, an output
+    the plan refuses, or sheets none of which can be read."""
+    samples = os.path.join(run_dir, 'samples')
+    if not os.path.isdir(samples):
+        raise UserError(f'--animate {run_dir}: no samples/ folder there; pass the --output-dir of a training run (it '
+                        f'writes samples/iter_*.png at each validation)')
+    log, own_path = os.path.join(run_dir, LOG_FILE), os.path.join(run_dir, 'progress.webp')
+    own = out_path is None or os.path.abspath(out_path) == os.path.abspath(own_path)
+    plan = OutputPlan(reads=[log], read_folders=[samples], overwrite=overwrite)
+    out_path = plan.file(out_path or own_path, '--animate' if own else '--animate-to', formats=ANIMATION_FORMATS,
+                         if_exists='replace' if own else None)
+    psnrs = {}
     for row in read_log(log) if os.path.isfile(log) else []:
         for key, value in row.items():
             if key.startswith('val_psnr_'):
                 psnrs[row['iteration']] = (key.removeprefix('val_psnr_'), value)
-    try:
-        made = make_animation(run_dir, psnrs, out_path)
-    except (ValueError, WriteError) as e:  # a format it cannot write; a folder it cannot write to
-        raise SystemExit(f'error: {e}') from None
+    made = make_animation(run_dir, psnrs, os.fspath(out_path))
     if made is None:
         print(f'no animation: {run_dir}/samples has fewer than two sample sheets (one per --val-every)')
         return None
-    path, n_frames = made
-    print(f'animation: {path} ({n_frames} frames, {os.path.getsize(path) / 1e6:.2f} MB)')
-    return path
+    if made.skipped:
+        print(f'note: {len(made.skipped)} sample sheet{"s" * (len(made.skipped) > 1)} left out, unreadable; the '
+              f'first: {made.skipped[0]}', file=sys.stderr)
+    print(f'animation: {made.path} ({made.frames} frames, {os.path.getsize(made.path) / 1e6:.2f} MB)')
+    return made.path
 
 
 def plot_loss_curves(log_path, png_path):

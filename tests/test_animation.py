@@ -9,6 +9,8 @@ from PIL import Image
 import animation
 import train_srgan
 import train_srresnet
+from outputs import OutputError
+from utils import UserError
 
 
 def fake_run(folder, iterations, size=(120, 100)):
@@ -66,19 +68,20 @@ def test_gif_and_mp4(tmp_path, name):
 
 def test_a_long_run_is_sampled_evenly_and_kept_small(tmp_path):
     run = fake_run(tmp_path / 'run', list(range(100, 10_100, 100)), size=(1200, 900))  # 100 sheets, large
-    path, n_frames = animation.make_animation(str(run), {})
-    assert n_frames == animation.MAX_FRAMES
+    path, n_frames, skipped = animation.make_animation(str(run), {})
+    assert n_frames == animation.MAX_FRAMES and skipped == []
     with Image.open(path) as img:
         assert max(img.size) <= animation.MAX_SIDE + 80 and img.size[0] % 2 == 0 and img.size[1] % 2 == 0
     assert animation.evenly(list(range(100)), 40)[::39] == [0, 99]  # the first and the last always in
 
 
 def test_what_cannot_be_animated_is_one_line(tmp_path, capsys):
-    with pytest.raises(SystemExit, match=r'^error: --animate .*nowhere: no samples/ folder there'):
+    with pytest.raises(UserError, match=r'^--animate .*nowhere: no samples/ folder there'):
         train_srresnet.main(['--animate', str(tmp_path / 'nowhere')])
     run = fake_run(tmp_path / 'run', [100])
     train_srresnet.main(['--animate', str(run)])
     assert 'fewer than two sample sheets' in capsys.readouterr().out and not (run / 'progress.webp').exists()
     run = fake_run(tmp_path / 'run2', [100, 200])
-    with pytest.raises(SystemExit, match=r'^error: .*progress.avi: an animation is .webp, .gif, .mp4'):
+    with pytest.raises(OutputError, match=r'^--animate-to .*progress.avi: cannot write .avi here; name it \*.webp or '
+                                          r'\*.gif or \*.mp4'):
         train_srresnet.main(['--animate', str(run), '--animate-to', str(tmp_path / 'progress.avi')])

@@ -11,8 +11,8 @@ from PIL import Image
 from conftest import REPO
 import create_data_lists as cdl
 from create_data_lists import create_data_lists, folder_name
-from datasets import SRDataset
-from utils import convert_image
+from datasets import DataListError, SRDataset
+from utils import UserError, convert_image
 
 
 def write_png(path, size, seed=0):
@@ -87,11 +87,11 @@ def sr_folders(tmp_path):
 
 
 def refusal(*args, **kwargs):
-    """The one-line error create_data_lists exits with."""
-    with pytest.raises(SystemExit) as error:
+    """The one-line error create_data_lists raises (run_main prints it as `error: ...`)."""
+    with pytest.raises(UserError) as error:
         create_data_lists(*args, **kwargs)
-    message = str(error.value.code)
-    assert message.startswith('error: ') and '\n' not in message
+    message = str(error.value)
+    assert not message.startswith('error: ') and '\n' not in message
     return message
 
 
@@ -168,7 +168,7 @@ def test_a_test_set_given_twice_is_refused_before_any_work(sr_folders, tmp_path,
     write_png(sr_folders / 'T91' / 'Set5' / 'other.png', (24, 20), 7)
     monkeypatch.setattr(cdl, 'check_image', None)  # nothing is decoded before the refusal
     message = refusal([str(sr_folders / 'T91')], [str(sr_folders / f) for f in folders], 16, str(tmp_path / 'o'))
-    assert message.startswith('error: ' + expected.format(*[sr_folders / f for f in folders]))
+    assert message.startswith(expected.format(*[sr_folders / f for f in folders]))
     assert not (tmp_path / 'o').exists()
 
 
@@ -209,7 +209,7 @@ def test_demo_lists_and_dataset(tmp_path):
     assert hr.shape == (3, 300, 448) and lr.shape == (3, 75, 112)
     assert hr.max() > 200 and lr.max() <= 1
 
-    with pytest.raises(FileNotFoundError, match='create_data_lists.py'):
+    with pytest.raises(DataListError, match='create_data_lists.py'):
         SRDataset(str(tmp_path), 'test', None, 4, '[0, 1]', '[0, 1]', test_data_name='Set5')
 
 
@@ -226,3 +226,53 @@ def test_shared_data_lists(shared_data, tmp_path, capsys):
            f'{t36})' in capsys.readouterr().out
     bridge = SRDataset(str(tmp_path), 'test', None, 4, '[0, 1]', '[0, 1]', 'Set14')[2][1]  # grayscale bridge.png
     assert bridge.shape[0] == 3 and torch.equal(bridge[0], bridge[2])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Near copies of test images (by thumbnail), and where the lists may be written
+
+def photo_pair(data):
+    """Set5/baby.png and T91/other.png: two natural pictures (scikit-image's astronaut and cat) of one size."""
+    from datasets import demo_images
+    for path, name in ((data / 'Set5' / 'baby.png', 'astronaut.png'), (data / 'T91' / 'other.png', 'chelsea.png')):
+        Image.open(demo_images([name])[0]).convert('RGB').resize((72, 56), Image.BICUBIC).save(path)
+    return Image.open(data / 'Set5' / 'baby.png')
+
+
+@pytest.mark.parametrize('copy', ['flipped', 'rotated', 'grey', 'jpeg q30', 'jpeg q100'])
+def test_a_flipped_rotated_grey_or_jpeg_copy_of_a_test_image_is_caught(sr_folders, tmp_path, copy):
+    """They used to pass: only identical pixels were caught."""
+    baby = photo_pair(sr_folders)
+    made = {'flipped': lambda: baby.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(sr_folders / 'T91' / 'c.png'),
+            'rotated': lambda: baby.transpose(Image.Transpose.ROTATE_90).save(sr_folders / 'T91' / 'c.png'),
+            'grey': lambda: baby.convert('L').save(sr_folders / 'T91' / 'c.png'),
+            'jpeg q30': lambda: baby.save(sr_folders / 'T91' / 'c.jpg', quality=30),
+            'jpeg q100': lambda: baby.save(sr_folders / 'T91' / 'c.jpg', quality=100)}
+    made[copy]()
+    copy_path = next(p for p in (sr_folders / 'T91').iterdir() if p.stem == 'c')
+    message = refusal([str(sr_folders / 'T91')], [str(sr_folders / 'Set5')], 16, str(tmp_path / 'lists'))
+    assert message.startswith('1 of 4 training images is also a test image (Set5: 1; copies flipped, rotated, grey '
+                              f"or re-saved lossily), e.g. {copy_path} looks like Set5's baby.png; ")
+    assert 'move the copies of test images out of the training folders' in message
+    assert not (tmp_path / 'lists').exists()
+
+
+def test_another_picture_of_the_same_size_is_no_copy(sr_folders, tmp_path):
+    photo_pair(sr_folders)  # T91/other.png: 72x56 as Set5/baby.png, another picture
+    summary = create_data_lists([str(sr_folders / 'T91')], [str(sr_folders / 'Set5')], 16, str(tmp_path))
+    assert summary[str(tmp_path / 'train_images.json')] == 3
+
+
+def test_the_lists_replace_earlier_lists_but_no_other_file(sr_folders, tmp_path):
+    out = tmp_path / 'lists'
+    out.mkdir()
+    (out / 'train_images.json').write_text('["an earlier list.png"]')  # this script's own output: replaced
+    create_data_lists([str(sr_folders / 'T91')], [], 16, str(out))
+    assert len(json.load(open(out / 'train_images.json'))) == 2
+    (out / 'Set5_test_images.json').write_text('my notes')  # not a list: refused before any image is decoded
+    with pytest.raises(cdl.OutputError, match=f'{out / "Set5_test_images.json"} exists and is not a data list'):
+        create_data_lists([str(sr_folders / 'T91')], [str(sr_folders / 'Set5')], 16, str(out))
+    assert (out / 'Set5_test_images.json').read_text() == 'my notes'
+    (tmp_path / 'file').write_text('mine')
+    with pytest.raises(cdl.OutputError, match='--output-folder .*file is a file; name a folder'):
+        create_data_lists([str(sr_folders / 'T91')], [], 16, str(tmp_path / 'file'))

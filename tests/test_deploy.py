@@ -22,6 +22,7 @@ import super_resolve
 import utils
 from checkpoints import CheckpointError, save_checkpoint
 from models import SRResNet
+from utils import UserError
 from test_super_resolve import _make_video, _photo, _write_png_16
 
 onnx = pytest.importorskip('onnx', reason='the ONNX tests need onnx, onnxscript and onnxruntime (requirements.txt)')
@@ -154,10 +155,11 @@ def test_the_readmes_plain_onnxruntime_example_runs(exported, tmp_path):
 # one-line errors
 
 def _exit_line(argv, main=deploy.main):
-    with pytest.raises(SystemExit) as raised:
+    """The one line a script's main refuses `argv` with (run_main prints it as `error: ...`)."""
+    with pytest.raises(UserError) as raised:
         main(argv)
-    message = str(raised.value.code)
-    assert message.startswith('error: ') and '\n' not in message
+    message = str(raised.value)
+    assert message and not message.startswith('error: ') and '\n' not in message
     return message
 
 
@@ -167,14 +169,43 @@ def test_export_refuses_what_is_not_a_generator_and_an_unwritable_output(tmp_pat
     save_checkpoint({'kind': 'srgan', 'discriminator': {'w': torch.zeros(1)}}, tmp_path / 'd.pt')
     assert 'no generator weights' in _exit_line([str(tmp_path / 'd.pt'), str(tmp_path / 'a.onnx')])
     (tmp_path / 'file').write_text('a file, not a folder')
-    message = _exit_line([str(inference.shipped_model(2)), str(tmp_path / 'file' / 'x2.onnx')])
-    assert 'could not write' in message and 'x2.onnx' in message
-    assert _exit_line([str(inference.shipped_model(2)), str(exported[2][1])]).endswith(
-        'pass --overwrite to replace it, or choose another file')
+    message = _exit_line([str(inference.shipped_model(2)), str(tmp_path / 'file' / 'x2.onnx')])  # before any work
+    assert message == f'OUTPUT {tmp_path / "file" / "x2.onnx"}: {tmp_path / "file"} is a file, where a folder is needed'
+    assert _exit_line([str(inference.shipped_model(2)), str(exported[2][1])]) == (
+        f'OUTPUT {exported[2][1]} exists; pass --overwrite to replace it, or choose another name')
     assert 'checkpoints.py export' in _exit_line([str(inference.shipped_model(2)), str(tmp_path / 'x2.pt')])
     assert 'python deploy.py' in _exit_line(['export', str(inference.shipped_model(2)), str(tmp_path / 'x2.onnx')],
                                             checkpoints.main)
     assert not list(tmp_path.glob('*.onnx')) and not list(tmp_path.glob('.*partial*'))
+
+
+def test_an_output_that_is_the_checkpoint_is_said_as_such(tmp_path):
+    """`deploy.py W.pt W.pt --overwrite` used to suggest `checkpoints.py export W.pt W.pt`, which would replace W.pt
+    just the same; the output is the input, and that is what is said (and W.pt is untouched)."""
+    weights = tmp_path / 'W.pt'
+    weights.write_bytes(inference.shipped_model(2).read_bytes())
+    for main, argv in ((deploy.main, [str(weights), str(weights), '--overwrite']),
+                       (checkpoints.main, ['export', str(weights), str(weights), '--overwrite'])):
+        assert _exit_line(argv, main) == f'OUTPUT {weights} is {weights}, which this command reads; write to another ' \
+                                         f'file'
+    assert weights.read_bytes() == inference.shipped_model(2).read_bytes()
+
+
+def test_an_onnx_where_a_checkpoint_belongs_is_named_for_what_it_is(exported, tmp_path):
+    """It used to be 'a file of an unknown format'; our export (producer 'pytorch') is known by its first bytes, under
+    any name."""
+    onnx_path = exported[2][1]
+    (tmp_path / 'renamed.pt').write_bytes(onnx_path.read_bytes())
+    for path in (onnx_path, tmp_path / 'renamed.pt'):
+        with pytest.raises(CheckpointError) as error:
+            checkpoints.load_checkpoint(path)
+        assert str(error.value).startswith(f'{path} is an ONNX model (run it with `python super_resolve.py IMAGE '
+                                           f'--model {path}` or `python eval.py {path}`; it cannot be trained from or '
+                                           f'exported again), not a checkpoint')
+    assert 'is an ONNX model' in _exit_line([str(onnx_path), str(tmp_path / 'again.onnx')])
+    assert 'is an ONNX model' in _exit_line(['export', str(onnx_path), str(tmp_path / 'g.pt')], checkpoints.main)
+    assert 'is an ONNX model' in _exit_line(['convert', str(onnx_path), str(tmp_path / 'g.pt')], checkpoints.main)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['renamed.pt']
 
 
 def test_missing_onnx_packages_are_one_line(tmp_path, monkeypatch, exported):
@@ -207,13 +238,14 @@ def test_an_onnx_from_elsewhere_is_run_with_what_is_assumed_said_or_refused(tmp_
     assert torch.allclose(upscaler.upscale(lr_img), expected, atol=1e-5)
 
     _foreign_onnx(tmp_path / 'fixed.onnx', fixed=True)
-    with pytest.raises(CheckpointError, match=r'fixed.onnx: not an export of this repo .* not \(N, 3, H, W\) of any'):
+    with pytest.raises(CheckpointError, match=r'fixed.onnx: its input x \[1, 3, 8, 8\] is fixed at 8x8, and images of '
+                                              r'any size are run here; export it with dynamic height and width'):
         inference.load_upscaler(tmp_path / 'fixed.onnx')
     (tmp_path / 'text.onnx').write_text('not a model')
     Image.fromarray(_photo(8, 8)).save(tmp_path / 'x.png')
     with pytest.raises(CheckpointError, match=r'text.onnx: onnxruntime cannot load it .*; pass an .onnx written by'):
         inference.load_upscaler(tmp_path / 'text.onnx')
-    with pytest.raises(SystemExit, match='error: .*text.onnx: onnxruntime cannot load it'):
+    with pytest.raises(CheckpointError, match='^.*text.onnx: onnxruntime cannot load it'):
         super_resolve.main([str(tmp_path / 'x.png'), '--model', str(tmp_path / 'text.onnx'), '-o', str(tmp_path)])
 
 

@@ -19,6 +19,8 @@ import utils
 from checkpoints import save_checkpoint
 from inference import Upscaler, load_generator
 from models import SRResNet
+from outputs import OutputPlan, WriteError
+from utils import UserError
 from conftest import SmallMemory
 
 REPO = Path(__file__).resolve().parents[1]
@@ -304,10 +306,9 @@ def test_command_line_errors_are_one_line(tmp_path, monkeypatch, capsys):
                           (['bicubic', '--test-sets', 'Set5', '--data-folder', str(tmp_path)], 'Set5_test_images.json'),
                           (['bicubic', '--test-folders', str(tmp_path), '--workers', '0'], '1 image skipped')):
         monkeypatch.setattr(sys, 'argv', ['eval.py', *args])
-        with pytest.raises(SystemExit) as exit_info:  # Python prints a string exit code as one line, status 1
+        with pytest.raises(UserError) as raised:  # run_main prints it as one 'error: ' line, status 1
             eval_py.main()
-        assert isinstance(exit_info.value.code, str) and exit_info.value.code.startswith('error: ')
-        assert message in exit_info.value.code and '\n' not in exit_info.value.code
+        assert message in str(raised.value) and '\n' not in str(raised.value)
 
 
 def test_a_fresh_checkout_evaluates_the_demo_set(tmp_path, monkeypatch, capsys):
@@ -341,16 +342,24 @@ def test_eval_goes_through_the_upscaler_and_retries_out_of_memory(tiny_checkpoin
 
 def test_unwritable_csv_and_save_dir_are_one_line_errors(tmp_path, monkeypatch):
     (tmp_path / 'a_file').write_text('')
-    for args, message in ((['--csv', str(tmp_path)], f'--csv {tmp_path} is a folder'),
-                          (['--csv', str(tmp_path / 'a_file' / 'rows.csv')], 'is not a folder you can write to'),
-                          (['--save-dir', str(tmp_path / 'a_file' / 'sr')], 'cannot create it')):
+    (tmp_path / 'folder.csv').mkdir()
+    a_file = tmp_path / 'a_file'
+    for args, message in ((['--csv', str(tmp_path / 'rows')], 'cannot write a file without an extension here; '
+                                                              'name it *.csv'),
+                          (['--csv', str(tmp_path)], f'--csv {tmp_path} is a folder'),
+                          (['--csv', str(tmp_path / 'folder.csv')], f'--csv {tmp_path / "folder.csv"} is a folder'),
+                          (['--csv', str(a_file / 'rows.csv')], f'{a_file} is a file, where a folder is needed'),
+                          (['--save-dir', str(a_file / 'sr')], f'{a_file} is a file, where a folder is needed'),
+                          (['--html', str(a_file)], f'--html {a_file} is a file; name a folder')):
         monkeypatch.setattr(sys, 'argv', ['eval.py', 'bicubic', '--data-folder', str(tmp_path / 'none'), *args])
-        with pytest.raises(SystemExit) as exit_info:  # before any image is evaluated
+        with pytest.raises(UserError) as raised:  # before any image is evaluated
             eval_py.main()
-        assert isinstance(exit_info.value.code, str) and exit_info.value.code.startswith('error: ')
-        assert message in exit_info.value.code and '\n' not in exit_info.value.code
-    with pytest.raises(SystemExit, match='error: --csv .*: cannot write it'):  # and when writing, should it fail
-        eval_py.write_csv([{'psnr': 1.0}], str(tmp_path / 'a_file' / 'rows.csv'))
+        assert message in str(raised.value) and '\n' not in str(raised.value)
+    plan = OutputPlan()
+    plan.file(tmp_path / 'later' / 'rows.csv', '--csv')
+    (tmp_path / 'later').write_text('a file where the folder was to be')
+    with pytest.raises(WriteError, match='could not write .*rows.csv: .*later is a file'):  # should writing fail
+        eval_py.write_csv([{'psnr': 1.0}], plan, tmp_path / 'later' / 'rows.csv')
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -363,14 +372,14 @@ def _save(img_uint8, path):
 
 
 def _run(monkeypatch, capsys, *args):
-    """eval.py ARGS --workers 0, in this process -> (the exit message, None when it ended well; stdout; stderr).
-    Anything but a SystemExit (a traceback) fails the test."""
+    """eval.py ARGS --workers 0, in this process -> (the error's message, None when it ended well; stdout; stderr).
+    Anything but a UserError (a traceback) fails the test."""
     monkeypatch.setattr(sys, 'argv', ['eval.py', *map(str, args), '--workers', '0'])
     try:
         eval_py.main()
         code = None
-    except SystemExit as e:
-        code = e.code
+    except UserError as e:
+        code = str(e)
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -401,7 +410,7 @@ def test_bad_images_and_models_are_skipped_and_reported_at_the_end(tiny_checkpoi
 
     code, out, err = _run(monkeypatch, capsys, 'bicubic', *bad_models, tiny_checkpoint, '--test-sets', 'listed',
                           '--data-folder', tmp_path, '--test-folders', folder, '--csv', tmp_path / 'rows.csv')
-    assert code == ('error: 4 images and 6 models skipped; the table above leaves them out, and marks each mean '
+    assert code == ('4 images and 6 models skipped; the table above leaves them out, and marks each mean '
                     'over fewer images "(n of N images)"')
     errors = [line for line in err.splitlines() if line.startswith('error: ')]
     assert len(errors) == 10 and 'Traceback' not in err
@@ -434,7 +443,7 @@ def test_when_no_model_loads_that_is_one_line(tmp_path, monkeypatch, capsys):
     empty.write_bytes(b'')
     code, out, err = _run(monkeypatch, capsys, missing, empty, '--test-folders', tmp_path)
     assert isinstance(code, str) and '\n' not in code
-    assert code.startswith('error: none of the 2 models could be loaded: (1) ')
+    assert code.startswith('none of the 2 models could be loaded: (1) ')
     assert f'{missing}: no such checkpoint file' in code and f'{empty} is an empty file (0 bytes)' in code
     assert out == '' and 'error' not in err
 
@@ -444,7 +453,7 @@ def test_a_broken_test_list_is_one_line(tmp_path, monkeypatch, capsys):
         list_path = tmp_path / f'{name}_test_images.json'
         list_path.write_text(text)
         code, _, _ = _run(monkeypatch, capsys, 'bicubic', '--test-sets', name, '--data-folder', tmp_path)
-        assert isinstance(code, str) and code.startswith(f'error: {list_path}: ') and '\n' not in code
+        assert isinstance(code, str) and code.startswith(f'{list_path}: ') and '\n' not in code
         assert code.endswith('write it again with `python create_data_lists.py`')
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 import eval as eval_py
 import inference
 import report
+from outputs import OutputPlan
 from test_super_resolve import _photo
 
 CHROMIUM = next((shutil.which(name) for name in ('chromium', 'chromium-browser', 'google-chrome')
@@ -130,15 +131,35 @@ def test_the_default_zoom_is_the_most_detailed_region():
 def test_a_page_of_bsd100s_size_loads_its_images_lazily(tmp_path):
     """100 images x (4 models + HR), 500 files: every <img> is loading=lazy (fetched as it nears the view; headless
     Chromium does not defer them, so that part is the browser's), and every one loads."""
-    page = report.EvalPage(str(tmp_path))
+    page = report.EvalPage(tmp_path, OutputPlan())
+    models = ['bicubic', 'a.pt', 'b.pt', 'c.pt']
+    page.plan_images(('BSD100', f'{i:03d}', 4, models) for i in range(100))
     rng = torch.Generator().manual_seed(0)
+    rows = []
     for i in range(100):
         hr = torch.randint(0, 256, (3, 24, 32), dtype=torch.uint8, generator=rng)
-        for j, model in enumerate(['bicubic', 'a.pt', 'b.pt', 'c.pt']):
-            row = {'dataset': 'BSD100', 'image': f'{i:03d}', 'scale': 4, 'model': model,
-                   'kind': 'bicubic' if j == 0 else 'srresnet', 'psnr': 20.0 + j, 'ssim': 0.5}
-            page.add(row, torch.rand(3, 24, 32) * 2 - 1, hr)
-    page.write('BSD100', ['a note'], '| model | BSD100 PSNR / SSIM |\n|---|---|\n| bicubic | 20.00 / 0.5000 |')
+        for j, model in enumerate(models):
+            rows.append({'dataset': 'BSD100', 'image': f'{i:03d}', 'scale': 4, 'model': model,
+                         'kind': 'bicubic' if j == 0 else 'srresnet', 'psnr': 20.0 + j, 'ssim': 0.5})
+            page.add(rows[-1], torch.rand(3, 24, 32) * 2 - 1, hr)
+    page.write('BSD100', ['a note'], '| model | BSD100 PSNR / SSIM |\n|---|---|\n| bicubic | 20.00 / 0.5000 |', rows)
     seen = run_in_chromium(tmp_path)
     assert len(seen['widths']) == 100 * (2 + 5) and all(width == 32 for width in seen['widths'])
     assert seen['lazy'] == 700
+
+
+def test_a_flat_image_of_infinite_psnr_keeps_the_page_working(tmp_path):
+    """A flat image: bicubic gives the HR back, inf dB. JSON has no Infinity: written as such, JSON.parse failed and
+    the page showed no image at all."""
+    page = report.EvalPage(tmp_path, OutputPlan())
+    page.plan_images([('flat', 'grey', 2, ['bicubic'])])
+    hr = torch.full((3, 20, 24), 128, dtype=torch.uint8)
+    row = {'dataset': 'flat', 'image': 'grey', 'scale': 2, 'model': 'bicubic', 'kind': 'bicubic',
+           'psnr': float('inf'), 'ssim': 1.0}
+    page.add(row, hr.float() / 127.5 - 1, hr)
+    page.write('flat', [], '| model | flat PSNR / SSIM |\n|---|---|\n| bicubic | inf / 1.0000 |', [row])
+    text = (tmp_path / 'index.html').read_text()
+    data = re.search(r'<script id="data" type="application/json">(.*?)</script>', text, re.S).group(1)
+    json.loads(data, parse_constant=lambda name: pytest.fail(f'{name} is not JSON'))  # as strict as JSON.parse
+    seen = run_in_chromium(tmp_path)
+    assert [n['text'] for n in seen['numbers']] == ['inf / 1.0000']

@@ -64,10 +64,9 @@ def sandbox_template(tmp_path_factory):
     (root / 'afile').write_text('a file where a folder belongs\n')
     for ext in ('.png', '.pt', '.onnx', '.csv', '.gif'):
         (root / f'existing{ext}').write_bytes(b'a file of the user\n')
-    good_list = [str(root / 'images' / 'im0.png'), str(root / 'images' / 'im1.png')]
+    good_list = ['images/im0.png', 'images/im1.png']  # relative: each case's copy of the sandbox reads its own
     lists = {'data': good_list, 'lists_dict': {'a': 1}, 'lists_numbers': [1, 2, 3], 'lists_string': 'images/im0.png',
-             'lists_missing': good_list + [str(root / 'images' / 'gone.png')],
-             'lists_bad_image': good_list + [str(root / 'truncated.png')]}
+             'lists_missing': good_list + ['images/gone.png'], 'lists_bad_image': good_list + ['truncated.png']}
     for folder, content in lists.items():
         (root / folder).mkdir()
         (root / folder / 'train_images.json').write_text(json.dumps(content))
@@ -151,12 +150,10 @@ HOSTILE_INPUTS = {
     'run': ['images', 'afile', 'missing', 'data', 'run/samples'],
 }
 
-INPUT_FOLDER_SLOTS = ('images', 'run')
-
-
 def input_folder(slots):
-    """The folder of input files a command reads: its images, its run, or the folder of the images its lists name."""
-    return next((slots[s] for s in INPUT_FOLDER_SLOTS if s in slots), 'images' if 'list_folder' in slots else None)
+    """The folder of input files a command reads: its images, its run's sample sheets (the run folder itself is where
+    --animate writes by default), or the folder of the images its lists name."""
+    return slots.get('images') or ('run/samples' if 'run' in slots else 'images' if 'list_folder' in slots else None)
 
 HOSTILE_OUTPUTS = {  # what -> (the output given its command's slots and the output's extension, must it be refused)
     'same as an input': (lambda slots, ext: next((slots[s] for s in ('image', 'model', 'run') if s in slots), None), True),
@@ -253,6 +250,6 @@ def test_the_generated_cases_change_nothing_even_in_combination(sandbox):
     """Two hostile slots at once (a bad model and an output on an input) still refuse without touching anything."""
     before = snapshot(sandbox)
     for model, out in itertools.product(['empty.pt', 'model.pt'], ['good.png', 'images/im0.png']):
-        code, err = run(super_resolve, ['good.png', '--model', model, '-o', out], sandbox)
+        code, err = run(super_resolve, ['good.png', 'images', '--model', model, '-o', out], sandbox)
         assert code != 0 and err.strip().splitlines()[-1].startswith('error: '), err
     assert snapshot(sandbox) == before

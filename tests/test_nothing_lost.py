@@ -14,8 +14,10 @@ from PIL import Image
 import create_data_lists
 import super_resolve
 import train_srresnet
-from checkpoints import load_checkpoint, main as checkpoint_tool, save_checkpoint
+from checkpoints import CheckpointError, load_checkpoint, main as checkpoint_tool, save_checkpoint
 from models import SRResNet
+from outputs import OutputError
+from utils import UserError
 
 SMALL = ['--batch-size', '2', '--crop-size', '48', '--workers', '0', '--log-every', '1', '--n-blocks', '1',
          '--val-set', 'none']
@@ -37,7 +39,7 @@ def photo(path, size=(24, 20)):
 def test_an_output_never_replaces_its_input(tmp_path, tiny_model):
     original = photo(tmp_path / 'a.png')
     for flags in (['-o', str(tmp_path), '--suffix', '', '--overwrite'], ['-o', str(tmp_path / 'a.png'), '--overwrite']):
-        with pytest.raises(SystemExit, match='would replace the input'):
+        with pytest.raises(OutputError, match='which this command reads; write to another file'):
             super_resolve.main([str(tmp_path / 'a.png'), '--model', str(tiny_model), *flags])
     assert (tmp_path / 'a.png').read_bytes() == original
 
@@ -51,21 +53,21 @@ def test_two_inputs_never_write_one_output(tmp_path, tiny_model):
     cases = [[str(tmp_path / 'c1' / 'a.png'), str(tmp_path / 'c2' / 'a.png')],
              [str(tmp_path / 'b.png'), str(tmp_path / 'b.jpg'), '--ext', '.png']]
     for args in cases:
-        with pytest.raises(SystemExit, match='would both be written to'):
+        with pytest.raises(OutputError, match='are one file'):
             super_resolve.main([*args, '-o', str(tmp_path / 'out'), '--model', str(tiny_model), '--overwrite'])
     assert not (tmp_path / 'out').exists()  # refused before any work
 
 
 def test_an_output_folder_holding_every_input_is_an_error_not_zero_files(tmp_path, tiny_model):
     photo(tmp_path / 'a.png')
-    with pytest.raises(SystemExit, match='every input is inside the output folder'):
+    with pytest.raises(OutputError, match=r'is inside .*, which this command reads as input'):
         super_resolve.main([str(tmp_path), '-o', str(tmp_path), '--model', str(tiny_model)])
 
 
 def test_a_new_run_never_overwrites_a_best_pt(demo_data, tmp_path):
     save_checkpoint({'kind': 'srresnet', 'iteration': 7}, tmp_path / 'best.pt')
     for resume in ([], ['--resume', 'auto']):
-        with pytest.raises(SystemExit, match='holds .*best.pt but no last.pt; continue from it with --resume'):
+        with pytest.raises(UserError, match='holds .*best.pt but no last.pt; continue from it with --resume'):
             train_srresnet.main(['--data-folder', str(demo_data), '--output-dir', str(tmp_path), *SMALL,
                                  '--iterations', '1', *resume])
     assert load_checkpoint(tmp_path / 'best.pt')['iteration'] == 7
@@ -73,18 +75,18 @@ def test_a_new_run_never_overwrites_a_best_pt(demo_data, tmp_path):
 
 def test_export_and_convert_never_overwrite(tmp_path, tiny_model, capsys):
     before = tiny_model.read_bytes()
-    with pytest.raises(SystemExit, match='is the input itself'):
+    with pytest.raises(OutputError, match='which this command reads'):
         checkpoint_tool(['export', str(tiny_model), str(tiny_model), '--overwrite'])
     (tmp_path / 'out.pt').write_bytes(b'mine')
     for command in ('export', 'convert'):
-        with pytest.raises(SystemExit, match='exists; pass --overwrite'):
+        with pytest.raises(OutputError, match='exists; pass --overwrite'):
             checkpoint_tool([command, str(tiny_model), str(tmp_path / 'out.pt')])
     assert tiny_model.read_bytes() == before and (tmp_path / 'out.pt').read_bytes() == b'mine'
 
 
 def test_resuming_an_exported_model_says_what_it_is(demo_data, tmp_path, tiny_model):
     save_checkpoint({'kind': 'srresnet', 'model_config': {}, 'model': {}, 'iteration': 4}, tmp_path / 'exported.pt')
-    with pytest.raises(SystemExit, match='holds a srresnet model alone .*cannot be resumed'):
+    with pytest.raises(UserError, match='holds a srresnet model alone .*cannot be resumed'):
         train_srresnet.main(['--data-folder', str(demo_data), '--output-dir', str(tmp_path / 'run'), *SMALL,
                              '--resume', str(tmp_path / 'exported.pt')])
 
@@ -103,7 +105,7 @@ def test_data_lists_are_written_atomically(tmp_path, monkeypatch):
 
 
 def test_divergence_on_a_fresh_run_says_nothing_was_saved(demo_data, tmp_path):
-    with pytest.raises(SystemExit) as stop:
+    with pytest.raises(UserError) as stop:
         train_srresnet.main(['--data-folder', str(demo_data), '--output-dir', str(tmp_path), *SMALL,
                              '--iterations', '6', '--lr', '1e30'])
     assert 'the training diverged' in str(stop.value) and 'no last.pt was saved yet' in str(stop.value)
@@ -120,7 +122,7 @@ def test_non_finite_weights_never_reach_a_checkpoint(demo_data, tmp_path, monkey
             next(model_and_batch[0].parameters()).fill_(float('nan'))
         return original(self, values, lr, model_and_batch, stopping)
     monkeypatch.setattr(training.Monitor, 'after_step', wreck_then_step)
-    with pytest.raises(SystemExit, match='non-finite model weights at iteration 1; the training diverged'):
+    with pytest.raises(UserError, match='non-finite model weights at iteration 1; the training diverged'):
         train_srresnet.main(['--data-folder', str(demo_data), '--output-dir', str(tmp_path), *SMALL,
                              '--iterations', '2', '--checkpoint-every', '1'])
     assert not (tmp_path / 'last.pt').exists()
@@ -131,9 +133,9 @@ def test_finite_but_wrecked_weights_never_reach_a_checkpoint(demo_data, tmp_path
     next step's loss is not: last.pt must keep the state before them, and resume from it."""
     args = ['--data-folder', str(demo_data), '--output-dir', str(tmp_path), *SMALL, '--checkpoint-every', '1']
     train_srresnet.main([*args, '--iterations', '2'])
-    with pytest.raises(SystemExit) as stop:
+    with pytest.raises(UserError) as stop:
         train_srresnet.main([*args, '--iterations', '6', '--resume', 'auto', '--lr', '1e6'])
-    assert str(stop.value).startswith('error: weights that compute a non-finite output at iteration 3; the training '
+    assert str(stop.value).startswith('weights that compute a non-finite output at iteration 3; the training '
                                       'diverged and stopped without saving: ')
     assert f'{tmp_path / "last.pt"} (iteration 2) is the last good state' in str(stop.value)
     assert load_checkpoint(tmp_path / 'last.pt')['iteration'] == 2
@@ -144,10 +146,9 @@ def test_finite_but_wrecked_weights_never_reach_a_checkpoint(demo_data, tmp_path
 def test_resuming_a_finished_run_says_there_is_nothing_to_do(demo_data, tmp_path, capsys):
     args = ['--data-folder', str(demo_data), '--output-dir', str(tmp_path), *SMALL]
     train_srresnet.main([*args, '--iterations', '2'])
-    with pytest.raises(SystemExit) as stop:
-        train_srresnet.main([*args, '--iterations', '1', '--resume', 'auto'])
-    assert stop.value.code == 0 and 'nothing to do' in capsys.readouterr().out
-    with pytest.raises(SystemExit, match='trains x4, not --scaling-factor 2; resume with --scaling-factor 4'):
+    train_srresnet.main([*args, '--iterations', '1', '--resume', 'auto'])  # returns: nothing is wrong
+    assert 'nothing to do' in capsys.readouterr().out
+    with pytest.raises(UserError, match='trains x4, not --scaling-factor 2; resume with --scaling-factor 4'):
         train_srresnet.main([*args, '--iterations', '3', '--resume', 'auto', '--scaling-factor', '2'])
 
 
@@ -162,7 +163,7 @@ def test_half_written_checkpoints_of_a_killed_run_are_removed(demo_data, tmp_pat
 
 def test_an_empty_checkpoint_file_is_one_line(tmp_path):
     (tmp_path / 'empty.pt').write_bytes(b'')
-    with pytest.raises(SystemExit, match=r'empty.pt is an empty file \(0 bytes\), not a checkpoint'):
+    with pytest.raises(CheckpointError, match=r'empty.pt is an empty file \(0 bytes\), not a checkpoint'):
         checkpoint_tool(['export', str(tmp_path / 'empty.pt'), str(tmp_path / 'out.pt')])
 
 

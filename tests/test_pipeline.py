@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import random
+import re
 
 import numpy as np
 import pytest
@@ -12,8 +13,8 @@ import torch
 from PIL import Image
 
 import training
-from datasets import DEMO_TRAIN_IMAGES, ImageCache, SRDataset, TrainingCrops, decoded_size, demo_images
-from utils import convert_image, downsample, downsample_batch, load_image, transpose_batch
+from datasets import DEMO_TRAIN_IMAGES, DataListError, ImageCache, SRDataset, TrainingCrops, decoded_size, demo_images
+from utils import UserError, convert_image, downsample, downsample_batch, load_image, transpose_batch
 
 
 def test_transpose_batch_is_pils_transpose():
@@ -80,6 +81,35 @@ def test_the_image_cache_is_made_once_and_again_when_an_image_changes(tmp_path):
     assert decoded_size(paths, budget=10 ** 9) == cache.nbytes and decoded_size(paths, budget=4000) is None
 
 
+def test_the_image_cache_is_made_again_after_an_edit_of_the_same_size_and_time(tmp_path):
+    """`cp -p` or `rsync -a` of an edited image keeps its size and modification time: the cache is keyed on the
+    bytes (BMP: the size depends on the dimensions alone)."""
+    paths = [str(tmp_path / f'{k}.bmp') for k in range(2)]
+    for k, path in enumerate(paths):
+        Image.new('RGB', (30, 20), (k, 100, 200)).save(path)
+    before = os.stat(paths[0])
+    cache = ImageCache.build(paths, str(tmp_path / 'c.cache'))
+    assert cache[0][0, 0].tolist() == [0, 100, 200]
+    Image.new('RGB', (30, 20), (7, 7, 7)).save(paths[0])
+    os.utime(paths[0], ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(paths[0]).st_size == before.st_size and os.stat(paths[0]).st_mtime_ns == before.st_mtime_ns
+    again = ImageCache.build(paths, str(tmp_path / 'c.cache'))
+    assert again[0][0, 0].tolist() == [7, 7, 7] and again.made_from != cache.made_from
+
+
+def test_images_the_cache_cannot_decode_are_one_line_naming_the_first_and_how_many(tmp_path):
+    paths = [str(tmp_path / f'{k}.png') for k in range(3)]
+    for path in paths:
+        Image.new('RGB', (30, 20)).save(path)
+    data = open(paths[1], 'rb').read()
+    open(paths[1], 'wb').write(data[:len(data) // 2])
+    os.remove(paths[2])
+    with pytest.raises(DataListError, match=f'^list.json: 2 of 3 listed images cannot be used, the first: {paths[1]}: '
+                                            f'.*; rebuild the lists with create_data_lists.py'):
+        ImageCache.build(paths, str(tmp_path / 'c.cache'), 'list.json')
+    assert sorted(os.listdir(tmp_path)) == ['0.png', '1.png']  # no cache, no partial file
+
+
 def _run(data_folder, output_dir, **flags):
     """A Run with the flags make_train_loader reads."""
     args = dict(data_folder=str(data_folder), output_dir=str(output_dir), crop_size=48, scaling_factor=4,
@@ -115,6 +145,7 @@ def test_every_way_of_making_batches_gives_the_same_hr_crops(demo_data, tmp_path
 def test_images_over_the_budget_stream_from_disk(demo_data, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(training, 'physical_memory', lambda: 2 * 2 ** 20)  # 1 MB of budget
     monkeypatch.setattr(os, 'cpu_count', lambda: 2)
+    monkeypatch.setattr(torch, 'get_num_threads', lambda: 2)  # two cores, both computing: no worker
     _batches(_run(demo_data, tmp_path), n=1)
     assert capsys.readouterr().out.strip().splitlines()[-1] == (
         "training data: 12 images, decoded from disk for every crop (decoded, they would take more than 0.0 GB, 50% "
@@ -125,10 +156,10 @@ def test_a_data_folder_that_cannot_hold_the_cache_puts_it_in_the_output_dir(demo
                                                                            capsys):
     original = ImageCache.build
 
-    def read_only_data_folder(paths, path):
+    def read_only_data_folder(paths, path, list_path):
         if str(demo_data) in path:
             raise training.WriteError(f'could not write {path}: Read-only file system')
-        return original(paths, path)
+        return original(paths, path, list_path)
     monkeypatch.setattr(ImageCache, 'build', staticmethod(read_only_data_folder))
     _batches(_run(demo_data, tmp_path), n=1)
     assert f'decoded once into {tmp_path / "train_images.cache"} (' in capsys.readouterr().out
@@ -158,3 +189,14 @@ def test_compile_by_default_only_for_long_runs_with_a_compiler(flag, iterations,
     assert note.startswith(f'--compile auto: {"on" if expected else "off"} (') if flag == 'auto' else note == ''
     if expected:  # the compile cache lives with the run, so a resumed run finds it
         assert os.environ['TORCHINDUCTOR_CACHE_DIR'] == str(tmp_path / 'compile_cache')
+
+
+@pytest.mark.parametrize('device, needed', [('cpu', 'a C++ compiler'), ('cuda', 'the triton package')])
+def test_compile_on_without_a_compiler_is_one_line_before_any_work(device, needed, tmp_path, monkeypatch):
+    """It used to fail with an InductorError after ~20 s of work; auto already said 'no compiler'."""
+    monkeypatch.setattr(training.shutil, 'which', lambda name: None)
+    monkeypatch.setattr(training.importlib.util, 'find_spec', lambda name: None)
+    args = argparse.Namespace(compile='on', iterations=4, output_dir=str(tmp_path))
+    expected = f'^--compile on: no compiler for {device} here \\(it needs {re.escape(needed)}.*\\); install it, or '
+    with pytest.raises(UserError, match=expected + 'pass --compile off$'):
+        training.choose_compile(training.Run(args, 'srresnet', torch.device(device), None))

@@ -17,6 +17,8 @@ import utils
 from checkpoints import CheckpointError, save_checkpoint
 from inference import Upscaler
 from models import SRResNet
+from outputs import OutputError
+from utils import UserError
 from conftest import SmallMemory
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,7 +78,7 @@ def test_visualize_sr_without_the_shipped_model_says_what_to_do(monkeypatch, tmp
     with pytest.raises(CheckpointError, match='--model PATH'):
         super_resolve.visualize_sr(Image.fromarray(_photo(64, 64)),
                                    srresnet_checkpoint=inference.DEFAULT_MODEL, device='cpu')
-    with pytest.raises(SystemExit, match='no shipped x4 model yet.*--model PATH'):
+    with pytest.raises(CheckpointError, match='^no shipped x4 model yet.*--model PATH'):
         super_resolve.main([str(tmp_path / 'any.png')])
 
 
@@ -173,9 +175,9 @@ def test_a_data_list_from_create_data_lists_is_its_images(checkpoint, tmp_path, 
                         str(checkpoint)])
     assert [Image.open(tmp_path / 'out' / name).size for name in ('a_x4.png', 'b_x4.png')] == [(64, 48), (80, 64)]
     (tmp_path / 'bad.json').write_text('{"a": 1}')
-    with pytest.raises(SystemExit) as error:
+    with pytest.raises(super_resolve.InputError) as error:
         super_resolve.main([str(tmp_path / 'bad.json'), '--model', str(checkpoint)])
-    assert str(error.value.code).startswith(f'error: {tmp_path}/bad.json: not an image list')
+    assert str(error.value).startswith(f'{tmp_path}/bad.json: not an image list')
 
 
 def test_16_bit_to_jpeg_falls_back_to_8_bit_and_alpha_is_dropped(checkpoint, tmp_path):
@@ -343,7 +345,8 @@ def test_video_round_trip(checkpoint, tmp_path, monkeypatch, codec):
                         '--batch-size', '3'])  # 8 frames: batches of 3, 3 and 2
     with av.open(str(tmp_path / 'clip_x4.mp4')) as container:
         video = container.streams.video[0]
-        assert (video.width, video.height) == (128, 96) and video.codec_context.name == {'libx264': 'h264', 'mpeg4': 'mpeg4'}[codec]
+        assert (video.width, video.height) == (128, 96)
+        assert video.codec_context.name == {'libx264': 'h264', 'mpeg4': 'mpeg4'}[codec]
         assert video.average_rate == 12
         assert [stream.type for stream in container.streams] == ['video', 'audio']
         assert container.streams.audio[0].codec_context.name == 'aac'
@@ -357,7 +360,7 @@ def test_video_round_trip(checkpoint, tmp_path, monkeypatch, codec):
 
 def test_not_a_video_is_one_line_error(checkpoint, tmp_path, capsys):
     (tmp_path / 'fake.mp4').write_bytes(b'\x00' * 100)
-    with pytest.raises(SystemExit, match='1 failed'):
+    with pytest.raises(UserError, match='^0 written, 0 skipped \\(already there\\), 1 failed$'):
         super_resolve.main([str(tmp_path / 'fake.mp4'), '-o', str(tmp_path / 'out'), '--model', str(checkpoint)])
     assert 'fake.mp4' in capsys.readouterr().err
     assert not (tmp_path / 'out' / 'fake_x4.mp4').exists()
@@ -437,10 +440,10 @@ def test_webm_is_vp9_and_without_vp9_one_line_error(checkpoint, tmp_path, monkey
 
     # without VP9: one error line for the webm, the other input still written, non-zero exit
     monkeypatch.setattr(av, 'codecs_available', av.codecs_available - {'libvpx-vp9'})
-    with pytest.raises(SystemExit) as error:
+    with pytest.raises(UserError) as error:
         super_resolve.main([str(tmp_path / 'clip.webm'), str(tmp_path / 'clip.mp4'), '-o', str(tmp_path / 'novp9'),
                             '--model', str(checkpoint)])
-    assert '1 written, 0 skipped (already there), 1 failed' in str(error.value.code)
+    assert str(error.value) == '1 written, 0 skipped (already there), 1 failed'
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
     assert errors[0].startswith(f'error: {tmp_path}/novp9/clip_x4.webm: this FFmpeg has no VP9 encoder')
     assert (tmp_path / 'novp9' / 'clip_x4.mp4').is_file() and not (tmp_path / 'novp9' / 'clip_x4.webm').exists()
@@ -451,11 +454,11 @@ def test_grid_with_checkpoints_of_different_scales_is_one_line_error(checkpoint,
     x2 = tmp_path / 'x2.pt'
     save_checkpoint({'kind': 'srresnet', 'model_config': config, 'model': SRResNet(**config).state_dict()}, x2)
     Image.fromarray(_photo(64, 64)).save(tmp_path / 'a.png')
-    with pytest.raises(SystemExit) as error:  # before any file is tried, not a CheckpointError traceback in the loop
+    with pytest.raises(CheckpointError) as error:  # before any file is tried, not an error in the loop
         super_resolve.main([str(tmp_path / 'a.png'), '--grid', '--model', str(checkpoint), '--srgan', str(x2),
                             '-o', str(tmp_path / 'out')])
-    message = str(error.value.code)
-    assert message.startswith(f'error: --srgan {x2} upscales x2 but --model {checkpoint} upscales x4')
+    message = str(error.value)
+    assert message.startswith(f'--srgan {x2} upscales x2 but --model {checkpoint} upscales x4')
     assert '\n' not in message and not (tmp_path / 'out').exists()
 
 
@@ -488,19 +491,146 @@ def test_on_tile_reports_every_tile_the_upscaler_runs(size, tile, tile_overlap):
 
 def test_a_model_of_another_scale_than_asked_is_one_line(checkpoint, tmp_path, monkeypatch):
     Image.fromarray(_photo(32, 32)).save(tmp_path / 'a.png')
-    with pytest.raises(SystemExit) as error:
+    with pytest.raises(CheckpointError) as error:
         super_resolve.main([str(tmp_path / 'a.png'), '--model', str(checkpoint), '--scale', '2', '-o',
                             str(tmp_path / 'out')])
-    assert str(error.value.code) == (f'error: {checkpoint} upscales x4, not --scale 2: pass --scale 4, or a model '
-                                     f'of x2 (or no --model: the shipped one)')
+    assert str(error.value) == (f'--model {checkpoint} upscales x4, not --scale 2: pass --scale 4, or a model of x2 '
+                                f'(or no --model: the shipped one)')
     super_resolve.main([str(tmp_path / 'a.png'), '--model', str(checkpoint), '--scale', '4', '-o',
                         str(tmp_path / 'out')])  # its own scale: fine
     assert Image.open(tmp_path / 'out' / 'a_x4.png').size == (128, 128)
-    with pytest.raises(CheckpointError, match=r'upscales x4, not --scale 8'):
+    with pytest.raises(CheckpointError, match=r'^srresnet_checkpoint=.*srresnet.pt upscales x4, not scale=8: pass '
+                                              r'scale=4, or a model of x8$'):
         super_resolve.visualize_sr(Image.fromarray(_photo(64, 64)), srresnet_checkpoint=checkpoint, scale=8,
                                    device='cpu')
     monkeypatch.setattr(inference, 'DEFAULT_MODEL', tmp_path / 'weights' / 'srresnet_x4.pt')
-    with pytest.raises(SystemExit, match=r'^error: no shipped x8 model yet \(.*srresnet_x8\.pt is missing\)'):
+    with pytest.raises(CheckpointError, match=r'^no shipped x8 model yet \(.*srresnet_x8\.pt is missing\)'):
         super_resolve.main([str(tmp_path / 'a.png'), '--scale', '8', '-o', str(tmp_path / 'out8')])
     with pytest.raises(SystemExit):  # a scale that no SRResNet has is a usage error
         super_resolve.parse_args([str(tmp_path / 'a.png'), '--scale', '3'])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Where outputs may go: every output planned (outputs.OutputPlan) before any work, refused in one line
+
+def _no_work(monkeypatch):
+    """Make any upscaling fail the test: a refusal must come before the work."""
+    def refuse(*args, **kwargs):
+        raise AssertionError('upscaled although the output was to be refused')
+    monkeypatch.setattr(Upscaler, 'upscale', refuse)
+
+
+def test_an_output_folder_inside_an_input_folder_is_refused_not_read_back(checkpoint, tmp_path, monkeypatch):
+    """It used to be written, its files left out of this run's inputs but read back as inputs by the next run's
+    folder search; now it is one line, before any work, and nothing is written."""
+    (tmp_path / 'in').mkdir()
+    Image.fromarray(_photo(16, 16)).save(tmp_path / 'in' / 'a.png')
+    _no_work(monkeypatch)
+    for output in ('in/results', 'in', 'in/sub/deeper'):
+        with pytest.raises(OutputError) as error:
+            super_resolve.main([str(tmp_path / 'in'), '-o', str(tmp_path / output), '--model', str(checkpoint)])
+        message = str(error.value)
+        assert message.startswith(f'-o {tmp_path / output} is inside {tmp_path / "in"}, which this command reads as '
+                                  f'input') and 'outside' in message and '\n' not in message
+    assert sorted(p.name for p in tmp_path.rglob('*')) == ['a.png', 'in']
+
+
+def test_an_output_on_an_input_or_two_on_one_file_is_refused_even_with_overwrite(checkpoint, tmp_path, monkeypatch):
+    for name in ('a.png', 'b.png', 'b.jpg'):
+        Image.fromarray(_photo(16, 16)).save(tmp_path / name)
+    before = {p: p.read_bytes() for p in tmp_path.iterdir()}
+    _no_work(monkeypatch)
+    a, b_png, b_jpg = (str(tmp_path / name) for name in ('a.png', 'b.png', 'b.jpg'))
+    with pytest.raises(OutputError, match=f'^-o {a} is {a}, which this command reads; write to another file$'):
+        super_resolve.main([a, '-o', a, '--model', str(checkpoint), '--overwrite'])
+    with pytest.raises(OutputError, match=f'^{a} -> {a} is {a}, which this command reads'):
+        super_resolve.main([a, '-o', str(tmp_path), '--suffix', '', '--model', str(checkpoint), '--overwrite'])
+    out = tmp_path / 'out' / 'b_x4.png'
+    with pytest.raises(OutputError, match=f'^{b_png} -> {out} and {b_jpg} -> {out} are one file'):
+        super_resolve.main([b_png, b_jpg, '--ext', '.png', '-o', str(tmp_path / 'out'), '--model', str(checkpoint),
+                            '--overwrite'])
+    with pytest.raises(OutputError, match=f'^-o {tmp_path / "out.png"} names one file but 2 inputs'):
+        super_resolve.main([a, b_png, '-o', str(tmp_path / 'out.png'), '--model', str(checkpoint)])
+    assert {p: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_an_unknown_output_format_is_refused_before_any_work(checkpoint, tmp_path, monkeypatch):
+    Image.fromarray(_photo(16, 16)).save(tmp_path / 'a.png')
+    _make_video(tmp_path / 'clip.mp4', n_frames=2)
+    (tmp_path / 'notes').write_text('mine')
+    _no_work(monkeypatch)
+    for in_name, out_name, written in [('a.png', 'a.xyz', '*.png'), ('a.png', 'a.mp4', '*.png'),
+                                       ('clip.mp4', 'clip.png', '*.mp4'), ('a.png', 'notes', '*.png')]:
+        out = tmp_path / out_name
+        with pytest.raises(OutputError) as error:
+            super_resolve.main([str(tmp_path / in_name), '-o', str(out), '--model', str(checkpoint)])
+        assert str(error.value).startswith(f'-o {out}: cannot write ') and written in str(error.value)
+    assert (tmp_path / 'notes').read_text() == 'mine' and not (tmp_path / 'a.xyz').exists()
+    with pytest.raises(SystemExit):  # --ext is a usage error
+        super_resolve.parse_args([str(tmp_path / 'a.png'), '--ext', 'gif'])
+
+
+def test_a_legal_long_name_is_written_and_a_name_over_255_bytes_is_refused(checkpoint, tmp_path, monkeypatch):
+    """The atomic write's temporary name fits NAME_MAX (it used to add ~16 characters and fail past 239)."""
+    Image.fromarray(_photo(16, 12)).save(tmp_path / 'a.png')
+    longest = tmp_path / ('n' * 246 + '.png')  # 250 characters
+    super_resolve.main([str(tmp_path / 'a.png'), '-o', str(longest), '--model', str(checkpoint)])
+    assert Image.open(longest).size == (64, 48)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(['a.png', longest.name])  # no temporary file left
+    too_long = tmp_path / ('n' * 252 + '.png')  # 256 bytes
+    _no_work(monkeypatch)
+    with pytest.raises(OutputError) as error:
+        super_resolve.main([str(tmp_path / 'a.png'), '-o', str(too_long), '--model', str(checkpoint)])
+    assert str(error.value).startswith(f'-o {too_long}: the name ') and 'is 256 bytes, longer than the 255' in str(
+        error.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(['a.png', longest.name])
+
+
+def test_ctrl_c_says_what_was_done_and_stops_as_an_interrupt(checkpoint, tmp_path, monkeypatch, capsys):
+    """The summary line, then KeyboardInterrupt again: run_main says 'stopped (Ctrl-C)' and exits 130."""
+    inputs = []
+    for name in 'abc':
+        Image.fromarray(_photo(16, 16)).save(tmp_path / f'{name}.png')
+        inputs.append(str(tmp_path / f'{name}.png'))
+    original = super_resolve.super_resolve_file
+
+    def interrupted_on_the_second(upscaler, in_path, *args, **kwargs):
+        if in_path.name == 'b.png':
+            raise KeyboardInterrupt
+        return original(upscaler, in_path, *args, **kwargs)
+    monkeypatch.setattr(super_resolve, 'super_resolve_file', interrupted_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        super_resolve.main([*inputs, '-o', str(tmp_path / 'out'), '--model', str(checkpoint)])
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        '1 written, 0 skipped, 0 failed, 2 not done; the same command goes on from there (it skips what exists)')
+    with pytest.raises(SystemExit) as stop:
+        utils.run_main(lambda: super_resolve.main([*inputs, '-o', str(tmp_path / 'out'), '--model', str(checkpoint)]))
+    assert stop.value.code == 130
+    err = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert err[-2:] == ['0 written, 1 skipped, 0 failed, 2 not done; the same command goes on from there (it skips '
+                        'what exists)', 'stopped (Ctrl-C)']
+
+
+def test_the_srgan_scale_refusal_speaks_of_the_srgan(checkpoint, tmp_path):
+    """It used to advise '(or no --model: the shipped one)', which --srgan has no use for."""
+    config = {'n_blocks': 1, 'n_channels': 8, 'scaling_factor': 2}
+    x2 = tmp_path / 'x2.pt'
+    save_checkpoint({'kind': 'srresnet', 'model_config': config, 'model': SRResNet(**config).state_dict()}, x2)
+    Image.fromarray(_photo(32, 32)).save(tmp_path / 'a.png')
+    with pytest.raises(CheckpointError) as error:
+        super_resolve.main([str(tmp_path / 'a.png'), '--grid', '--model', str(x2), '--srgan', str(checkpoint),
+                            '--scale', '2', '-o', str(tmp_path / 'out')])
+    assert str(error.value) == f'--srgan {checkpoint} upscales x4, not --scale 2: pass --scale 4, or a model of x2'
+
+
+@pytest.mark.parametrize('scale', [3, '2', 2.0, True, 16])
+def test_visualize_sr_takes_a_scale_of_its_shipped_models_only(scale, checkpoint, tmp_path, monkeypatch):
+    """scale=3 used to report a missing srresnet_x3.pt; scale='2' said "not --scale 2: pass --scale 2"."""
+    monkeypatch.setattr(inference, 'DEFAULT_MODEL', tmp_path / 'weights' / 'srresnet_x4.pt')  # none shipped
+    for srresnet in (inference.DEFAULT_MODEL, checkpoint):
+        with pytest.raises(super_resolve.InputError) as error:
+            super_resolve.visualize_sr(Image.fromarray(_photo(64, 64)), srresnet_checkpoint=srresnet, scale=scale,
+                                       device='cpu')
+        assert str(error.value) == (f"scale={scale!r}: pass one of 2, 4, 8 (an int), or None for the checkpoints' own "
+                                    f"scale")
+        assert isinstance(error.value, ValueError) and isinstance(error.value, UserError)

@@ -20,7 +20,8 @@ from checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from conftest import REPO
 from inference import MIN_TILE, MIN_TILE_OVERLAP, Upscaler, load_generator, tiling
 from models import SRResNet
-from utils import convert_image, downsample, load_image
+from outputs import OutputError
+from utils import UserError, convert_image, downsample, load_image
 
 SMALL = ['--batch-size', '2', '--crop-size', '48', '--workers', '0', '--log-every', '1']
 SHIPPED = REPO / 'weights' / 'srresnet_x4.pt'
@@ -172,9 +173,9 @@ def test_a_file_that_is_not_a_checkpoint_is_named_for_what_it_is(content, messag
     else:
         model.write_bytes(content)
     photo(tmp_path / 'a.png')
-    with pytest.raises(SystemExit) as stop:
+    with pytest.raises(CheckpointError) as stop:
         super_resolve.main([str(tmp_path / 'a.png'), '--model', str(model), '-o', str(tmp_path / 'out')])
-    assert str(stop.value) == f'error: {model} {message}' + str(stop.value).split(message)[1]
+    assert str(stop.value) == f'{model} {message}' + str(stop.value).split(message)[1]
     assert 'pickled' not in str(stop.value) and '\n' not in str(stop.value)
 
 
@@ -195,10 +196,10 @@ def test_a_checkpoint_without_a_generator_is_one_line(entry, message, tmp_path):
     assert one_error_line(result).startswith(f'error: {tmp_path / "other.pt"}: {message}')
 
 
-def test_a_discriminator_as_srresnet_checkpoint_is_one_line(tmp_path):
+def test_a_discriminator_as_srresnet_checkpoint_is_one_line(demo_data, tmp_path):
     save_checkpoint({'kind': 'srgan', 'discriminator': {'x': torch.zeros(1)}}, tmp_path / 'd.pt')
     result = run('train_srgan.py', '--srresnet-checkpoint', tmp_path / 'd.pt', '--output-dir', tmp_path / 'run',
-                 '--data-folder', tmp_path)
+                 '--data-folder', demo_data)
     assert one_error_line(result).startswith(f'error: {tmp_path / "d.pt"}: it holds no generator weights')
 
 
@@ -209,11 +210,11 @@ def test_an_existing_file_as_output_folder_is_one_line(tmp_path, tiny_model):
     (tmp_path / 'in').mkdir()
     photo(tmp_path / 'in' / 'a.png')
     (tmp_path / 'notes').write_text('mine')
-    with pytest.raises(SystemExit, match='-o .*notes is an existing file, not a folder or an image name'):
+    with pytest.raises(OutputError, match=r'-o .*notes: cannot write a file without an extension here; name it \*\.png'):
         super_resolve.main([str(tmp_path / 'in'), '-o', str(tmp_path / 'notes'), '--model', str(tiny_model)])
     assert (tmp_path / 'notes').read_text() == 'mine'
     result = run('train_srresnet.py', '--output-dir', tmp_path / 'notes', '--data-folder', tmp_path)
-    assert one_error_line(result) == f'error: --output-dir {tmp_path / "notes"} is a file; choose a folder'
+    assert one_error_line(result) == f'error: --output-dir {tmp_path / "notes"} is a file; name a folder'
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -272,12 +273,10 @@ def test_ctrl_c_during_a_folder_is_one_line_and_keeps_the_finished_files(tmp_pat
             raise KeyboardInterrupt
         return original(*args, **kwargs)
     monkeypatch.setattr(super_resolve, 'super_resolve_file', interrupted_on_the_second)
-    with pytest.raises(SystemExit) as stop:
+    with pytest.raises(KeyboardInterrupt):  # run_main then says 'stopped (Ctrl-C)' and exits 130
         super_resolve.main([*map(str, inputs), '-o', str(tmp_path / 'out'), '--model', str(tiny_model)])
-    assert stop.value.code == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        'stopped (Ctrl-C): 1 written, 0 skipped, 0 failed, 2 not done; the same command goes on from there (it '
-        'skips what exists)')
+        '1 written, 0 skipped, 0 failed, 2 not done; the same command goes on from there (it skips what exists)')
     assert sorted(os.listdir(tmp_path / 'out')) == ['a_x2.png']
 
 
@@ -292,7 +291,7 @@ def test_resuming_srgan_with_another_loss_is_refused(demo_data, tmp_path):
                                                          '--content-loss mse'),
                            (['--adversarial-weight', '0.01'], '--adversarial-weight 0.001, not 0.01; resume it with '
                                                               '--adversarial-weight 0.001')):
-        with pytest.raises(SystemExit, match=f'error: the run being resumed trains with {message}'):
+        with pytest.raises(UserError, match=f'the run being resumed trains with {message}'):
             train_srgan.main([*args, *flags, '--iterations', '2', '--resume', 'auto', '--vgg-weights', 'none'])
     assert load_checkpoint(tmp_path / 'last.pt')['iteration'] == 1
 
