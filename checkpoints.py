@@ -212,6 +212,7 @@ def export_generator(path, output_path, average=True):
     architecture, and where they came from (iteration, the run's flags); no optimizer or RNG state. average: the
     moving average when the run kept one (see generator_state_dict); False: the trained weights themselves.
     (An ONNX model instead: deploy.export_onnx.)"""
+    OutputPlan(reads=[path]).file(output_path, 'output_path', if_exists='replace')  # never over its input
     check_extension(path, output_path)
     checkpoint = load_checkpoint(path, unsafe_flag=None)
     config, state_dict = generator_of(checkpoint, path, average)

@@ -69,6 +69,7 @@ def export_onnx(path, output_path, average=True, fp16=False):
     module docstring). average: the run's moving average when it kept one, else the trained weights (as
     checkpoints.export_generator). fp16: the network in half precision. -> the largest |onnxruntime - PyTorch fp32|
     on a 17x31 random image, on the [0, 1] scale (None when onnxruntime is not installed)."""
+    OutputPlan(reads=[path]).file(output_path, 'output_path', if_exists='replace')  # never over its input
     checkpoint = load_checkpoint(path, unsafe_flag=None)
     config, state_dict = generator_of(checkpoint, path, average)
     iteration, weights = checkpoint.get('iteration'), 'moving average' if average and 'ema' in checkpoint else 'weights'

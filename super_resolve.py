@@ -371,11 +371,15 @@ def visualize_sr(img, halve=False, srresnet_checkpoint=DEFAULT_MODEL, srgan_chec
     it is, and a CheckpointError for a checkpoint of another scale (None: the checkpoints' own scale, x4 without
     any).
     Returns the grid as a PIL RGB image of (2 W + 3 m) x (2 H + 3 m) pixels (W x H: the HR, trimmed to a multiple
-    of the scale; m: the label margin); saves it to save_path when given. Needs no display."""
+    of the scale; m: the label margin); saves it to save_path when given (replaced if it exists; an OutputError if it
+    is the image or a checkpoint, or not an image format). Needs no display."""
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Integral)
                               or scale not in inference.SCALES):
         raise InputError(f'scale={scale!r}: pass one of {", ".join(map(str, inference.SCALES))} (an int), or None for '
                          f'the checkpoints\' own scale')
+    if save_path is not None:  # never over the image or a checkpoint it reads; a save_path given may be replaced
+        reads = [p for p in (img, srresnet_checkpoint, srgan_checkpoint) if isinstance(p, (str, os.PathLike))]
+        OutputPlan(reads=reads).file(save_path, 'save_path', formats=IMAGE_EXTENSIONS, if_exists='replace')
     name = img if isinstance(img, (str, os.PathLike)) else 'image'
     hr_img = load_image(img) if isinstance(img, (str, os.PathLike)) else img.convert('RGB')
     if halve:

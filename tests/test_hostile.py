@@ -253,3 +253,41 @@ def test_the_generated_cases_change_nothing_even_in_combination(sandbox):
         code, err = run(super_resolve, ['good.png', 'images', '--model', model, '-o', out], sandbox)
         assert code != 0 and err.strip().splitlines()[-1].startswith('error: '), err
     assert snapshot(sandbox) == before
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The Python functions that write a file a caller names: never over what they read
+
+def library_writers(root):
+    """name -> (a call writing to `output`, the files it reads)."""
+    model, photo = root / 'model.pt', root / 'good.png'
+    return {
+        'visualize_sr': (lambda output: super_resolve.visualize_sr(photo, srresnet_checkpoint=model, save_path=output,
+                                                                   device='cpu'), [photo, model]),
+        'export_generator': (lambda output: checkpoints.export_generator(model, output), [model]),
+        'export_onnx': (lambda output: deploy.export_onnx(model, output), [model]),
+        'create_demo_lists': (lambda output: create_data_lists.create_demo_lists(output), []),
+    }
+
+
+@pytest.mark.parametrize('writer', ['visualize_sr', 'export_generator', 'export_onnx'])
+def test_a_library_writer_never_replaces_what_it_reads(writer, sandbox):
+    from outputs import OutputError
+    write, reads = library_writers(sandbox)[writer]
+    before = snapshot(sandbox)
+    for read in reads:
+        with pytest.raises(OutputError, match='which this command reads'):
+            write(read)
+    with pytest.raises(OutputError, match='is a folder'):
+        write(sandbox / 'images')
+    assert snapshot(sandbox) == before
+
+
+def test_the_demo_lists_never_replace_a_file_that_is_not_a_list(sandbox):
+    from outputs import OutputError
+    (sandbox / 'lists').mkdir()
+    (sandbox / 'lists' / 'train_images.json').write_text('my notes\n')
+    before = snapshot(sandbox)
+    with pytest.raises(OutputError, match='is not a data list'):
+        library_writers(sandbox)['create_demo_lists'][0](sandbox / 'lists')
+    assert snapshot(sandbox) == before
