@@ -80,11 +80,7 @@ class OutputPlan:
         if path.is_dir():
             example = f' such as {path / ("out" + formats[0])}' if formats else ''
             raise OutputError(f'{what} is a folder; name a file{example}')
-        self._check_parents(path, what)
-        for folder in self.read_folders:
-            if _inside(path, folder):
-                raise OutputError(f'{what} is inside {folder}, which this command reads as input (its next run would '
-                                  f'read it back); write outside it')
+        self._check_place(path, what)
         if formats is not None and path.suffix.lower() not in formats:
             raise OutputError(f'{what}: cannot write {path.suffix or "a file without an extension"} here; name it '
                               f'{" or ".join("*" + f for f in formats)}')
@@ -107,22 +103,21 @@ class OutputPlan:
         check_name(path, what)
         if path.exists() and not path.is_dir():
             raise OutputError(f'{what} is a file; name a folder')
-        self._check_parents(path, what)
+        self._check_place(path, what)
+        return path
+
+    def _check_place(self, path, what):
+        """Where `path` would go: below a folder one can write to (the nearest that exists), outside the folders the
+        command reads as input."""
         for folder in self.read_folders:
             if _inside(path, folder):
                 raise OutputError(f'{what} is inside {folder}, which this command reads as input (its next run would '
-                                  f'read what it writes as input); choose a folder outside it')
-        return path
-
-    @staticmethod
-    def _check_parents(path, what):
-        for parent in Path(os.path.abspath(path)).parents:
-            if parent.exists():
-                if not parent.is_dir():
-                    raise OutputError(f'{what}: {parent} is a file, where a folder is needed')
-                if not os.access(parent, os.W_OK | os.X_OK):
-                    raise OutputError(f'{what}: {parent} is not a folder you can write to; choose another')
-                return
+                                  f'read it back); write outside it')
+        parent = next(p for p in Path(os.path.abspath(path)).parents if p.exists())
+        if not parent.is_dir():
+            raise OutputError(f'{what}: {parent} is a file, where a folder is needed')
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise OutputError(f'{what}: {parent} is not a folder you can write to; choose another')
 
     def write(self, path):
         """The atomic write of a planned file: `with plan.write(path) as tmp_path: ...` (see atomic_path)."""
