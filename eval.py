@@ -45,7 +45,6 @@ import collections
 import csv
 import dataclasses
 import hashlib
-import json
 import os
 import sys
 import time
@@ -58,7 +57,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from checkpoints import CheckpointError, load_checkpoint
-from datasets import DEMO_TEST_IMAGES, TEST_LIST_SUFFIX, demo_images, find_images, folder_name, test_set_names
+from datasets import (DEMO_TEST_IMAGES, TEST_LIST_SUFFIX, demo_images, find_images, folder_name, read_image_list,
+                      test_set_names)
 from inference import DEFAULT_TILE, DEFAULT_TILE_OVERLAP, MIN_TILE, MIN_TILE_OVERLAP, Upscaler, load_generator, tiling
 from metrics import EVAL_PROTOCOLS, evaluate_image, imresize
 from outputs import OutputPlan, distinct_stems, file_names
@@ -249,7 +249,7 @@ def test_sets_to_run(args):
         if not os.path.isfile(list_path):
             raise UserError(f'{list_path} not found; write it with `python create_data_lists.py '
                             f'--test-folders path/to/{name}`, or pass --test-folders path/to/{name} here')
-        sets.append((name, read_test_list(list_path)))
+        sets.append((name, read_image_list(list_path)))
     for folder in args.test_folders or []:
         paths, _ = find_images(folder)  # a UserError when the folder does not exist
         sets.append((folder_name(folder), paths))
@@ -260,20 +260,6 @@ def test_sets_to_run(args):
     if named_twice:  # their columns, rows and files would be one
         raise UserError(f'two test sets are named {named_twice[0]}; pass each once, or rename a folder')
     return [(name, list({os.path.abspath(p): p for p in paths}.values())) for name, paths in sets], list_paths
-
-
-def read_test_list(list_path):
-    """A test list written by create_data_lists.py -> its image paths; a list that is not one is a one-line error
-    before any work (a missing image in it is only skipped, when it is met)."""
-    how = 'write it again with `python create_data_lists.py`'
-    try:
-        with open(list_path) as f:
-            paths = json.load(f)
-    except (OSError, ValueError) as e:  # ValueError: not JSON
-        raise UserError(f'{list_path}: unreadable ({e}); {how}') from None
-    if not (isinstance(paths, list) and all(isinstance(path, str) for path in paths)):
-        raise UserError(f'{list_path}: not a JSON list of image paths; {how}')
-    return paths
 
 
 def evaluate(models, test_sets, protocol='paper', lr_kernel='matlab', workers=0, on_result=None):

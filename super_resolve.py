@@ -29,7 +29,6 @@ else fp32; --fp32 and --half override that.
 import argparse
 import gc
 import glob
-import json
 import numbers
 import os
 import struct
@@ -52,6 +51,7 @@ from tqdm import tqdm
 
 import inference
 from checkpoints import CheckpointError
+from datasets import read_image_list
 from inference import (DEFAULT_MODEL, DEFAULT_TILE, DEFAULT_TILE_OVERLAP, MIN_TILE, MIN_TILE_OVERLAP, load_upscaler,
                        tiling)
 from outputs import OutputError, OutputPlan, WriteError, atomic_path
@@ -459,14 +459,7 @@ def find_inputs(patterns):
                 found += [(p, path) for p in sorted(path.rglob('*'))
                           if p.is_file() and p.suffix.lower() in extensions and not p.name.startswith('.')]
             elif path.suffix.lower() == '.json':  # an image list written by create_data_lists.py
-                try:
-                    with open(path) as f:
-                        listed = json.load(f)
-                except (OSError, ValueError) as e:
-                    raise InputError(f'{path}: not a readable image list ({e})') from None
-                if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
-                    raise InputError(f'{path}: not an image list (create_data_lists.py writes a JSON list of paths)')
-                found += [(Path(p), None) for p in listed]
+                found += [(Path(p), None) for p in read_image_list(path)]
             else:
                 found.append((path, None))  # named explicitly: tried whatever its extension
     return found, missing, sources

@@ -13,6 +13,7 @@ from PIL import Image, ImageCms
 import inference
 import speedups
 import super_resolve
+from datasets import DataListError
 import utils
 from checkpoints import CheckpointError, save_checkpoint
 from inference import Upscaler
@@ -175,9 +176,9 @@ def test_a_data_list_from_create_data_lists_is_its_images(checkpoint, tmp_path, 
                         str(checkpoint)])
     assert [Image.open(tmp_path / 'out' / name).size for name in ('a_x4.png', 'b_x4.png')] == [(64, 48), (80, 64)]
     (tmp_path / 'bad.json').write_text('{"a": 1}')
-    with pytest.raises(super_resolve.InputError) as error:
+    with pytest.raises(DataListError) as error:  # the one reader of data lists: datasets.read_image_list
         super_resolve.main([str(tmp_path / 'bad.json'), '--model', str(checkpoint)])
-    assert str(error.value).startswith(f'{tmp_path}/bad.json: not an image list')
+    assert str(error.value).startswith(f'{tmp_path}/bad.json is JSON but not a list of image paths')
 
 
 def test_16_bit_to_jpeg_falls_back_to_8_bit_and_alpha_is_dropped(checkpoint, tmp_path):
