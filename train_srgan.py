@@ -17,7 +17,8 @@ On N GPUs of one machine (DDP; the effective batch is N x --batch-size):
 
 The content loss compares VGG19 feature maps scaled by 1/12.75, as the paper does (so the MSE is 1/12.75^2, about
 0.006, of the unscaled one; the original tutorial left this out, which made the adversarial term ~160x weaker
-relative to it). Ctrl-C / SIGTERM save last.pt and exit; `--resume auto` continues.
+relative to it). Ctrl-C / SIGTERM save last.pt and exit; `--resume auto` continues. --time-budget 10m stops at a
+saved last.pt (exit code 0), and the same command with `--resume auto` goes on for another 10 minutes.
 """
 
 import contextlib

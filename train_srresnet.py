@@ -12,9 +12,15 @@ On N GPUs of one machine (DDP; the effective batch is N x --batch-size, so divid
 
     torchrun --standalone --nproc_per_node=4 train_srresnet.py --batch-size 4
 
-Stop any time with Ctrl-C (or SIGTERM): the step in progress finishes, last.pt is saved, and the exit code (130 or
-143) says the run stopped early; continue with `--resume auto`. Outputs in --output-dir: last.pt, best.pt (best
-validation PSNR), log.jsonl, samples/*.png, loss_curves.png, and tensorboard/ when TensorBoard is installed.
+By the clock: after its first steps a run says how long --iterations will take here, and
+
+    python train_srresnet.py --time-budget 10m --output-dir runs/try   # again with --resume auto: 10 more minutes
+
+stops at a saved last.pt (exit code 0) when the budget is spent. Stop any time with Ctrl-C (or SIGTERM): the step in
+progress finishes, last.pt is saved, and the exit code (130 or 143) says the run stopped early; continue with
+`--resume auto`. With --deterministic, the same flags and --seed give the same bits. Outputs in --output-dir: last.pt,
+best.pt (best validation PSNR), log.jsonl, samples/*.png, loss_curves.png, and tensorboard/ when TensorBoard is
+installed.
 """
 
 import inspect

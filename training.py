@@ -5,7 +5,7 @@ The training machinery that train_srresnet.py and train_srgan.py share, read top
     setting up a run (setup_run -> Run): device, precision, DDP, seeds, the checkpoint to resume from
     the run's state (TrainingState) and the one place it is written and restored (save_run, restore_run)
     the data stream (make_train_loader), the moving average of the weights (--ema-decay)
-    the loop (train_loop): log, validate, checkpoint, stop cleanly on SIGINT/SIGTERM
+    the loop (train_loop): log, validate, checkpoint, stop cleanly on SIGINT/SIGTERM or when --time-budget is spent
 
 Each script keeps what makes it itself: its models, its optimizers and its train_step.
 """
@@ -18,6 +18,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import sys
@@ -46,6 +47,10 @@ CHECKPOINT_FILE, BEST_CHECKPOINT_FILE, LOG_FILE = 'last.pt', 'best.pt', 'log.jso
 COMPILE_MIN_ITERATIONS = 5000  # --compile auto: compiling (~1 min on a CPU) pays for itself long before this
 CACHE_FILE = 'train_images.cache'  # the decoded training images (datasets.ImageCache), beside train_images.json
 CACHE_RAM_FRACTION = 0.5  # --image-cache auto decodes once when the decoded images take at most this share of RAM
+DURATION_UNITS = {'d': 86400, 'h': 3600, 'm': 60, 's': 1}  # --time-budget 1h30m
+LONG_RUN = 3600  # seconds: the estimate of a longer run suggests --time-budget
+ESTIMATE_AFTER = 4  # steps before the estimate of the run's length: the first (warm-up, not counted) and 3 timed
+DETERMINISTIC_COST = 'no cost measurable on a 2-core CPU; a GPU may lose cuDNN\'s fastest convolutions'  # README
 
 # flags that may differ when resuming; a run continued with another value of one of these is noted as such
 NOTED_ON_RESUME = ('batch_size', 'crop_size', 'seed', 'lr', 'beta1', 'lr_decay_at', 'blur_sigma', 'augment',
@@ -112,9 +117,7 @@ def training_argument_parser(description, output_dir, iterations, lr_decay_at):
         help="test list for validation: a name (Set5 -> Set5_test_images.json), 'none', or 'auto': Set5 if "
              "listed, else demo, else the first list found")
     add('--log-every', type=number(int, minimum=1), default=10, help='log averaged values this often')
-    add('--resume', default=None, metavar='PATH|auto',
-        help=f'continue a run from a checkpoint; auto: {CHECKPOINT_FILE} in --output-dir if present')
-    add('--seed', type=number(int, minimum=0, below=2 ** 31), default=0, help='seeds weights, data order and crops')
+    add_sitting_flags(add)
     add('--device', default='auto', help='auto (CUDA, else MPS, else CPU), or e.g. cuda:1, cpu')
     add('--no-amp', action='store_true',
         help='train in fp32 (default: bf16 autocast where supported, else fp16 + GradScaler on GPUs)')
@@ -127,6 +130,21 @@ def training_argument_parser(description, output_dir, iterations, lr_decay_at):
     return parser
 
 
+def add_sitting_flags(add):
+    """How a run is continued, by the clock or not, and reproduced."""
+    add('--resume', default=None, metavar='PATH|auto',
+        help=f'continue a run from a checkpoint; auto: {CHECKPOINT_FILE} in --output-dir if present')
+    add('--time-budget', type=duration, default=None, metavar='TIME',
+        help=f'stop cleanly once this much time has passed (90s, 10m, 2h, 1h30m; a number: seconds), with '
+             f'{CHECKPOINT_FILE} saved and exit status 0; the same command with --resume auto goes on, the budget '
+             f'counted afresh for that sitting')
+    add('--seed', type=number(int, minimum=0, below=2 ** 31), default=0, help='seeds weights, data order and crops')
+    add('--deterministic', action='store_true',
+        help=f'two runs with the same flags and --seed give bit-identical checkpoints on one machine (at the same '
+             f'number of threads): deterministic kernels only, cuDNN included and not benchmarked; '
+             f'{DETERMINISTIC_COST}')
+
+
 def add_animation_flags(add):
     """--animate and its output: training scripts also make a run's progress animation, training nothing."""
     add('--animate', metavar='RUN_DIR', help="train nothing: animate a run's sample sheets (made at every run's end)")
@@ -135,8 +153,65 @@ def add_animation_flags(add):
         help="--animate-to: replace an existing file (the run's own RUN_DIR/progress.webp is always replaced)")
 
 
+def duration(text):
+    """An argparse type: a length of time, '90s', '10m', '2h', '1h30m' or a number of seconds -> seconds (> 0)."""
+    compact, amount = text.strip().lower(), r'\d+(?:\.\d+)?'
+    seconds = 0.0
+    if re.fullmatch(amount, compact):
+        seconds = float(compact)
+    elif re.fullmatch(f'({amount}[dhms])+', compact):
+        seconds = sum(float(value) * DURATION_UNITS[unit] for value, unit in re.findall(f'({amount})([dhms])', compact))
+    if not 0 < seconds < float('inf'):
+        raise argparse.ArgumentTypeError(f'{text!r} is not a length of time > 0 such as 90s, 10m, 2h, 1h30m or a '
+                                         f'number of seconds')
+    return seconds
+
+
+def format_duration(seconds):
+    """Seconds in words, to the two largest units: '20 d 3 h', '17 min 24 s', '2 h', '0 s'."""
+    seconds = max(0, round(seconds))
+    units = ((86400, 'd'), (3600, 'h'), (60, 'min'), (1, 's'))
+    for i, (size, name) in enumerate(units):
+        if seconds >= size or size == 1:
+            text = f'{seconds // size} {name}'
+            if size > 1 and (rest := seconds % size // units[i + 1][0]):
+                text += f' {rest} {units[i + 1][1]}'
+            return text
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The run
+
+class SittingClock:
+    """The time of one sitting (this process's part of a run, from setup_run on; a resumed run is a new sitting):
+    how long a step takes, and whether --time-budget leaves time for another."""
+    now = staticmethod(time.monotonic)  # tests put a fake clock here
+
+    def __init__(self, budget=None):
+        self.budget = budget  # seconds, or None: no budget
+        self.start = self.last_end = self.now()
+        self.steps, self.first_end = 0, None
+
+    def step_done(self, device):
+        if device.type == 'cuda' and self.steps < ESTIMATE_AFTER:  # steps run ahead of the CPU: time them whole
+            torch.cuda.synchronize(device)
+        self.last_end = self.now()
+        self.steps += 1
+        if self.steps == 1:
+            self.first_end = self.last_end
+
+    def seconds_per_iteration(self):
+        """Over this sitting's steps after the first (whose time includes the warm-up); None before the second.
+        Validation and checkpoints included, in proportion."""
+        return (self.last_end - self.first_end) / (self.steps - 1) if self.steps > 1 else None
+
+    def left(self):
+        return self.budget - (self.last_end - self.start)
+
+    def budget_spent(self):
+        """Whether another step would overrun --time-budget (until the second step is timed: whether it is over)."""
+        return self.budget is not None and self.left() < (self.seconds_per_iteration() or 0)
+
 
 @dataclasses.dataclass
 class Run:
@@ -149,6 +224,7 @@ class Run:
     world_size: int = 1
     checkpoint: dict | None = None  # the checkpoint being resumed; None: a new run
     val_set: str | None = None  # the test list validated on (choose_val_set); None: no validation
+    clock: SittingClock = dataclasses.field(default_factory=SittingClock)  # this sitting's time and --time-budget
 
     @property
     def is_main(self):  # rank 0 logs, validates and saves
@@ -175,13 +251,18 @@ class Run:
 
     def describe(self):
         precision = str(self.amp_dtype).removeprefix('torch.') + ' autocast' if self.amp_dtype else 'fp32'
+        threads = torch.get_num_threads()
+        deterministic = f', deterministic ({threads} thread{"s" * (threads > 1)})' if self.args.deterministic else ''
         return (f'{self.device}, {precision}, {self.world_size} process(es), effective batch '
-                f'{self.args.batch_size * self.world_size}')
+                f'{self.args.batch_size * self.world_size}{deterministic}')
 
 
 def setup_run(args, kind):
     """Check the flags and where the run writes, start DDP when run under torchrun, pick the device and mixed
     precision, seed, and read the checkpoint to resume from. -> Run (see Run.nothing_to_do)."""
+    clock = SittingClock(args.time_budget)  # the checks and the start-up count against the budget too
+    if args.deterministic:
+        make_deterministic()  # before anything starts CUDA
     OutputPlan().folder(args.output_dir, '--output-dir')  # a file there, a name too long: said before anything else
     if args.crop_size % args.scaling_factor:
         raise UserError(f'--crop-size {args.crop_size} must be divisible by --scaling-factor {args.scaling_factor}')
@@ -198,11 +279,11 @@ def setup_run(args, kind):
         torch.distributed.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
     if args.sync_bn and world_size > 1 and device.type != 'cuda':
         raise UserError('--sync-bn needs CUDA GPUs (PyTorch has no SyncBatchNorm on the CPU)')
-    if device.type == 'cuda':
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest convolutions
+    if device.type == 'cuda':  # fixed input sizes: let cuDNN time its convolutions and keep the fastest (whose sums
+        torch.backends.cudnn.benchmark = not args.deterministic  # may differ bit-wise from one run to the next)
     seed_everything(args.seed + rank)
     amp_dtype = None if args.no_amp else autocast_dtype(device)
-    run = Run(args, kind, device, amp_dtype, rank, world_size, val_set=val_set)
+    run = Run(args, kind, device, amp_dtype, rank, world_size, val_set=val_set, clock=clock)
     run.checkpoint = _checkpoint_to_resume(run)
     if run.nothing_to_do:
         return run
@@ -210,6 +291,20 @@ def setup_run(args, kind):
     if run.is_main:
         _remove_partial_checkpoints(args.output_dir)
     return run
+
+
+def make_deterministic():
+    """--deterministic: the same flags and seed give the same bits on one machine. A run already does the same work in
+    the same order; what differs between two runs are the kernels whose threads race to add into the same numbers:
+    on the CPU, the gradient of an indexing (speedups' tail weight), added by two threads at once in whatever order
+    they come; on CUDA, atomic adds, and the convolution algorithms cuDNN picks by timing them. The deterministic
+    kernels add in a fixed order. The thread count stays as it is: each count splits the sums its own way,
+    reproducibly (one thread would be as reproducible, and slower)."""
+    os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # cuBLAS reads it when it starts: before CUDA does
+    # warn_only: a CUDA op without a deterministic kernel warns instead of stopping the run; SRGAN's discriminator
+    # has one, adaptive pooling's backward, whose adds do not collide at the paper's 96x96 crops (6x6 -> 6x6)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
 
 
 def check_data_lists(data_folder, val_set):
@@ -544,13 +639,14 @@ def train_loop(run, state, train_step, sr_model):
     """Train from the resumed iteration (restore_run) to --iterations: each step sets the lr (Run.lr_at), runs
     train_step(lr_imgs, hr_imgs) -> {name: 0-dim tensor}, and updates the moving average of `sr_model` (the
     SRResNet being trained, or the Generator's) with --ema-decay. Logs the values averaged over --log-every
-    iterations, validates every --val-every (best.pt by PSNR), writes last.pt every --checkpoint-every, at the end
-    and on SIGINT/SIGTERM, and stops with an error on a non-finite value before anything is saved. Under DDP only
-    rank 0 logs, validates and saves."""
+    iterations, validates every --val-every (best.pt by PSNR), writes last.pt every --checkpoint-every, at the end,
+    on SIGINT/SIGTERM (then a UserError: the run is not done) and when --time-budget is spent (then it returns as
+    at the end: the sitting did what was asked), and stops with an error on a non-finite value before anything is
+    saved. Under DDP only rank 0 logs, validates and saves."""
     args = run.args
     if args.ema_decay and run.is_main:
         state.ema = make_ema(sr_model)
-    batches = stop = monitor = None
+    batches = stop = monitor = stopping = None
     try:
         # the listed images are checked before the run writes anything; this starts the workers (their crops depend
         # on the sampler's seeds alone)
@@ -572,6 +668,7 @@ def train_loop(run, state, train_step, sr_model):
             if state.ema is not None:
                 update_ema(state.ema, sr_model, args.ema_decay)
             state.iteration += 1
+            run.clock.step_done(run.device)
 
             stopping = stop.requested(run)
             monitor.after_step(values, lr, (sr_model, lr_imgs), stopping)
@@ -593,7 +690,8 @@ def train_loop(run, state, train_step, sr_model):
     if run.world_size > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-    if state.iteration < args.iterations:  # stopped early: a scheduler or an `&&` chain must not take it as done
+    # stopped by a signal: a scheduler or an `&&` chain must not take it as done (a spent budget is what was asked)
+    if state.iteration < args.iterations and stopping != 'budget':
         raise UserError(f'stopped by {stop.signal_name or "a signal to another process"} at iteration '
                         f'{state.iteration}; continue with --resume auto',
                         exit_code=128 + stop.signal_number if stop.signal_number else 1)
@@ -631,12 +729,15 @@ class Monitor:
         self.bar = tqdm(total=args.iterations, initial=run.start_iteration, disable=not run.is_main,
                         dynamic_ncols=True, desc=os.path.basename(os.path.normpath(args.output_dir)))
         self.sums, self.count, self.data_time, self.interval_start = {}, 0, 0.0, time.perf_counter()
+        self.postfix = {}  # what the progress bar shows after its counts: the time left, the last logged values
         self.finished = False  # the last iteration is done and saved
+        self.budget_spent = False  # --time-budget stopped the run at a saved checkpoint
 
     def after_step(self, values, lr, model_and_batch, stopping):
         """model_and_batch: the SRResNet being trained (a Generator's .net) and the step's LR batch."""
         args, iteration = self.run.args, self.state.iteration
         sr_model, lr_imgs = model_and_batch
+        self.show_time()
         self.bar.update(1)
         self.count += 1
         for name, value in values.items():
@@ -652,7 +753,7 @@ class Monitor:
             self.validate(sr_model if self.state.ema is None else self.state.ema)
         if saving and self.run.is_main:
             save_run(os.path.join(args.output_dir, CHECKPOINT_FILE), self.run, self.state)
-            self.finished = finished
+            self.finished, self.budget_spent = finished, stopping == 'budget' and not finished
         if self.count == 0:  # just logged: time the next interval from here, validation and saving excluded
             self.interval_start = time.perf_counter()
 
@@ -673,8 +774,24 @@ class Monitor:
                'step_ms': 1000 * (elapsed - self.data_time) / self.count}
         if self.log is not None:
             self.log.write(row)
-        self.bar.set_postfix({k: f'{v:.4g}' for k, v in row.items() if k not in {'iteration', 'lr'}}, refresh=False)
+        self.postfix.update({k: f'{v:.4g}' for k, v in row.items() if k not in {'iteration', 'lr'}})
+        self.bar.set_postfix(self.postfix, refresh=False)
         self.sums, self.count, self.data_time = {}, 0, 0.0
+
+    def show_time(self):
+        """--time-budget's time left on the progress bar, and once the first steps are timed, the one line that
+        estimates how long the run will take here (estimate_line)."""
+        run, clock = self.run, self.run.clock
+        if clock.budget is not None:
+            self.postfix['budget left'] = format_duration(clock.left())
+            self.bar.set_postfix(self.postfix, refresh=False)
+        if clock.steps != ESTIMATE_AFTER or not run.is_main:
+            return
+        per_iteration, stop_at = clock.seconds_per_iteration(), None
+        if clock.budget is not None and per_iteration > 0:
+            stop_at = self.state.iteration + max(0, int(clock.left() / per_iteration))
+        self.bar.write(estimate_line(per_iteration, run.args.iterations, run.start_iteration, run.device.type,
+                                     stop_at))
 
     def check_weights(self, sr_model, lr_imgs):
         """Weights wrecked by a diverging step (whose loss, computed before it, was still finite) must never reach a
@@ -705,19 +822,44 @@ class Monitor:
         if self.log is None:
             return
         self.log.close()
-        output_dir, iteration = self.run.args.output_dir, self.state.iteration
+        args, iteration = self.run.args, self.state.iteration
+        if self.finished or self.budget_spent:  # a sitting that ended as asked: the pictures of the run so far
+            self.draw_run()
         if self.finished:
-            try:
-                if plot_loss_curves(os.path.join(output_dir, LOG_FILE), os.path.join(output_dir, 'loss_curves.png')):
-                    print(f'loss curves: {output_dir}/loss_curves.png')
-            except UserError as e:  # a full disk: the run itself is saved; say so, and go on
-                print(f'note: {e}', file=sys.stderr)
-            try:
-                if os.path.isdir(os.path.join(output_dir, 'samples')):  # none without validation (--val-set none)
-                    animate_run(output_dir)
-            except UserError as e:  # as above, or sample sheets cut short: a note, the run is saved
-                print(f'note: {e}', file=sys.stderr)
-            print(f'done: {iteration} iterations, {output_dir}/{CHECKPOINT_FILE}')
+            print(f'done: {iteration} iterations, {args.output_dir}/{CHECKPOINT_FILE}')
+        elif self.budget_spent:
+            print(f'time budget spent ({format_duration(args.time_budget)} this sitting): iteration {iteration:,} of '
+                  f'{args.iterations:,} saved in {args.output_dir}/{CHECKPOINT_FILE}; the same command with --resume '
+                  f'auto goes on')
+
+    def draw_run(self):
+        """The loss curves and the progress animation; a note when they cannot be written (the run is saved)."""
+        output_dir = self.run.args.output_dir
+        try:
+            if plot_loss_curves(os.path.join(output_dir, LOG_FILE), os.path.join(output_dir, 'loss_curves.png')):
+                print(f'loss curves: {output_dir}/loss_curves.png')
+        except UserError as e:  # a full disk: the run itself is saved; say so, and go on
+            print(f'note: {e}', file=sys.stderr)
+        try:
+            if os.path.isdir(os.path.join(output_dir, 'samples')):  # none without validation (--val-set none)
+                animate_run(output_dir)
+        except UserError as e:  # as above, or sample sheets cut short: a note, the run is saved
+            print(f'note: {e}', file=sys.stderr)
+
+
+def estimate_line(seconds_per_iteration, iterations, start_iteration=0, device_type='cpu', stop_at=None):
+    """The line that tells a user, from the pace of a run's first steps, how long its --iterations will take here,
+    so that a month-long run on a CPU is known in seconds: with the iteration a --time-budget stops this sitting at
+    (stop_at, when before the end), or a hint when the run is long."""
+    left = iterations - start_iteration
+    total = seconds_per_iteration * left
+    what = f'the {left:,} iterations left of {iterations:,}' if start_iteration else f'{iterations:,} iterations'
+    line = f'estimate: {seconds_per_iteration:.3g} s/iteration here -> {what} would take {format_duration(total)}'
+    if stop_at is not None and stop_at < iterations:
+        return line + f'; --time-budget stops this sitting at about iteration {stop_at:,}'
+    if total > LONG_RUN:
+        line += ' (use --time-budget, or a GPU)' if device_type == 'cpu' else ' (use --time-budget)'
+    return line
 
 
 def last_good_state(output_dir):
@@ -757,12 +899,15 @@ class StopSignals:
               f'(Ctrl-C again to stop without saving)', file=sys.stderr, flush=True)
 
     def requested(self, run):
-        """True on every process once any process got a signal (so DDP ranks stop at the same iteration)."""
-        if run.world_size == 1:
-            return self.signal_name is not None
-        flag = torch.tensor([float(self.signal_name is not None)], device=run.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item())
+        """Why to stop after this step: 'signal' once any process got one, else 'budget' once any process's
+        --time-budget is spent (run.clock), else None. The same on every process (one all-reduce for both), so DDP
+        ranks stop at the same iteration."""
+        flags = [float(self.signal_name is not None), float(run.clock.budget_spent())]
+        if run.world_size > 1:
+            flags = torch.tensor(flags, device=run.device)
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+            flags = flags.tolist()
+        return 'signal' if flags[0] else 'budget' if flags[1] else None
 
     def restore(self):
         for sig, handler in self.previous.items():

@@ -399,3 +399,37 @@ def test_trunk_from_a_smaller_scale_starts_as_it_followed_by_an_upsampling(tmp_p
                                                     + x4.conv_block1(lr_imgs))  # (2, 8, 20, 28)
         upsampled = features.repeat_interleave(2, 2).repeat_interleave(2, 3)  # (2, 8, 40, 56), nearest x2
         assert torch.allclose(x8(lr_imgs), x4.conv_block3(upsampled), atol=1e-5)
+
+
+TINY_X2 = ['--n-blocks', '1', '--n-channels', '8', '--scaling-factor', '2', '--crop-size', '24', '--batch-size', '2',
+           '--workers', '0', '--val-set', 'none', '--compile', 'off']
+
+
+def test_deterministic_runs_give_bit_identical_checkpoints(demo_data, tmp_path):
+    """Two runs with the same flags and seed, in two processes of two threads each (run_script): the same bits."""
+    args = ['--data-folder', demo_data, *TINY_X2, '--iterations', 3, '--seed', 5, '--deterministic']
+    result = run_script('train_srresnet.py', *args, '--output-dir', tmp_path / 'a')
+    assert 'deterministic (2 threads)' in result.stdout
+    run_script('train_srresnet.py', *args, '--output-dir', tmp_path / 'b')
+    a, b = (load_checkpoint(tmp_path / name / 'last.pt') for name in 'ab')
+    assert a['model'].keys() == b['model'].keys() and all(torch.equal(a['model'][k], b['model'][k]) for k in a['model'])
+    for state_a, state_b in zip(a['optimizer']['state'].values(), b['optimizer']['state'].values()):
+        assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+
+
+def test_deterministic_switches_on_deterministic_kernels(demo_data, tmp_path, monkeypatch, capsys):
+    """What --deterministic sets, in this process: torch's deterministic kernels (warning, not stopping, where CUDA has
+    none), cuDNN's, and cuBLAS's fixed workspace; a run without it leaves them as they are."""
+    monkeypatch.delenv('CUBLAS_WORKSPACE_CONFIG', raising=False)
+    args = ['--data-folder', str(demo_data), *map(str, TINY_X2), '--iterations', '1']
+    try:
+        train_srresnet.main([*args, '--output-dir', str(tmp_path / 'plain')])
+        assert not torch.are_deterministic_algorithms_enabled() and 'CUBLAS_WORKSPACE_CONFIG' not in os.environ
+        train_srresnet.main([*args, '--output-dir', str(tmp_path / 'deterministic'), '--deterministic'])
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.backends.cudnn.deterministic and os.environ['CUBLAS_WORKSPACE_CONFIG'] == ':4096:8'
+        threads = torch.get_num_threads()
+        assert f', deterministic ({threads} thread{"s" * (threads > 1)})' in capsys.readouterr().out
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
