@@ -37,6 +37,8 @@ def test_readme_quickstart_runs_offline_and_writes_what_it_says(tmp_path):
     repo.mkdir()
     for script in REPO.glob('*.py'):  # the flat layout: the scripts are the whole program
         shutil.copy(script, repo)
+    (repo / 'weights').mkdir()
+    shutil.copy(REPO / 'weights' / 'srresnet_x4.pt', repo / 'weights')  # what the quick start fine-tunes
     # offline for certain: no cached VGG19 weights, and every download goes to a closed local port (refused at once)
     proxy = 'http://127.0.0.1:9'
     env = {k: v for k, v in os.environ.items() if k.lower() not in {'no_proxy', 'http_proxy', 'https_proxy'}}
@@ -66,8 +68,10 @@ def test_readme_quickstart_runs_offline_and_writes_what_it_says(tmp_path):
     rows = {line.split(' | ')[0].strip('| '): line for line in out.splitlines() if line.startswith('| ')}
     assert rows['bicubic'].startswith('| bicubic | x4 | 29.15 / 0.8236 |')
     assert f'{q}/srresnet/last.pt (SRResNet)' in rows and f'{q}/srgan/last.pt (SRGAN-MSE)' in rows
+    assert rows['weights/srresnet_x4.pt (SRResNet)'].startswith('| weights/srresnet_x4.pt (SRResNet) | x4 | 30.60 / ')
+    assert 'every tensor, at the same scale: a fine-tuning start' in out
 
     # visualize_sr's 2x2 grids: 2 W + 3 margins wide (astronaut 512x512, margin 40; chelsea 448x300, margin 24)
     assert Image.open(repo / q / 'grids/astronaut_grid.png').size == (1144, 1144)
     assert Image.open(repo / q / 'grids/chelsea_grid.png').size == (968, 672)
-    assert sorted(p.name for p in repo.iterdir()) == sorted([*(p.name for p in REPO.glob('*.py')), 'runs'])
+    assert sorted(p.name for p in repo.iterdir()) == sorted([*(p.name for p in REPO.glob('*.py')), 'runs', 'weights'])
