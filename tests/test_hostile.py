@@ -156,7 +156,8 @@ def input_folder(slots):
     return slots.get('images') or ('run/samples' if 'run' in slots else 'images' if 'list_folder' in slots else None)
 
 HOSTILE_OUTPUTS = {  # what -> (the output given its command's slots and the output's extension, must it be refused)
-    'same as an input': (lambda slots, ext: next((slots[s] for s in ('image', 'model', 'run') if s in slots), None), True),
+    'same as an input': (lambda slots, ext: next((slots[s] for s in ('image', 'model', 'run') if s in slots), None),
+                         True),
     'an existing file': (lambda slots, ext: f'existing{ext or ".png"}', None),  # refused, or skipped as it is
     'an input folder': (lambda slots, ext: input_folder(slots), True),
     'a file where a folder belongs': (lambda slots, ext: f'afile/out{ext}', True),

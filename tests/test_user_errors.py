@@ -97,7 +97,8 @@ def test_every_numeric_flag_is_range_checked_at_parse_time(script):
         if action.choices:
             continue
         for bad in ('nan', 'inf', '-1', 'x'):
-            with pytest.raises(argparse.ArgumentTypeError, match=f"^'?{bad}'? is not (an integer|a number)"):
+            expected = f"^'?{bad}'? is not (an integer|a number|a length of time)"  # --time-budget: 90s, 10m, 2h
+            with pytest.raises(argparse.ArgumentTypeError, match=expected):
                 action.type(bad)
 
 
@@ -210,7 +211,7 @@ def test_an_existing_file_as_output_folder_is_one_line(tmp_path, tiny_model):
     (tmp_path / 'in').mkdir()
     photo(tmp_path / 'in' / 'a.png')
     (tmp_path / 'notes').write_text('mine')
-    with pytest.raises(OutputError, match=r'-o .*notes: cannot write a file without an extension here; name it \*\.png'):
+    with pytest.raises(OutputError, match=r'-o .*notes: cannot write a file without an extension here; name it'):
         super_resolve.main([str(tmp_path / 'in'), '-o', str(tmp_path / 'notes'), '--model', str(tiny_model)])
     assert (tmp_path / 'notes').read_text() == 'mine'
     result = run('train_srresnet.py', '--output-dir', tmp_path / 'notes', '--data-folder', tmp_path)
