@@ -1022,12 +1022,12 @@ def read_log(path):
     except OSError as e:
         raise UserError(f'cannot read the training log {path}: {e.strerror or e}') from None
     rows, bad = [], []
-    for number, line in enumerate(lines, 1):
+    for line_number, line in enumerate(lines, 1):
         row = _log_row(line)
         if row is not None:
             rows.append(row)
         elif line.strip():
-            bad.append(number)
+            bad.append(line_number)
     last_row = _log_row(last)
     if last_row is not None:  # a whole row that lacks only its newline
         rows.append(last_row)

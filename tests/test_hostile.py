@@ -14,7 +14,6 @@ import itertools
 import json
 import shutil
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest

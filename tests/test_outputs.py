@@ -121,6 +121,6 @@ def test_temporary_names_fit_beside_a_name_at_the_limit(tmp_path):
 def test_a_failed_write_keeps_the_old_file_and_names_the_users_file(tmp_path):
     (tmp_path / 'out.png').write_bytes(b'old')
     with pytest.raises(WriteError, match=f'could not write {tmp_path / "out.png"}: '):
-        with atomic_path(tmp_path / 'out.png') as path:
+        with atomic_path(tmp_path / 'out.png'):
             raise OSError(28, 'No space left on device')
     assert (tmp_path / 'out.png').read_bytes() == b'old' and len(list(tmp_path.iterdir())) == 1
