@@ -7,6 +7,7 @@ of HR images), printed as a markdown table beside the paper's numbers.
     python eval.py bicubic --test-folders ../shared/data/Set5 ../shared/data/Set14 ../shared/data/BSD100
     python eval.py checkpoint_srresnet.pth.tar --unsafe-pickle --protocol tutorial   # the tutorial's checkpoint
     python eval.py runs/srresnet/best.pt --csv per_image.csv --save-dir results/eval  # per-image rows, SR images
+    python eval.py weights/srresnet_x4.pt --test-sets Set5 Set14 --self-ensemble  # + each model's self-ensemble row
 
 Why a protocol: the same SR image scores 0.1-0.3 dB apart depending on how the LR image was made, the channel
 measured, the border, 8-bit rounding and the SSIM window. Every number printed says which protocol made it.
@@ -24,6 +25,11 @@ The table goes to stdout, notes and errors to stderr: `python eval.py > table.md
       float SR, neither clamped nor rounded; float Y with 4 px of border removed whatever the scale;
       scikit-image's peak_signal_noise_ratio and structural_similarity(data_range=255) with their defaults
       (a 7x7 uniform window, sample covariance).
+
+--self-ensemble adds under each model's row (not bicubic's) the same model run as EDSR+ (Lim et al. 2017): the
+mean of its outputs over the 8 flips and rotations of each LR image, each turned back. That row is marked
+'+ self-ensemble' in the table and in the CSV's model column, and takes ~8x the time; the plain row stays beside it,
+and every other number this repo publishes is without it.
 
 The published rows are printed beside the standard test sets only, recognised by their pixels (not their folder's
 name): a folder of other images called Set5 gets none.
@@ -93,6 +99,7 @@ REFERENCES = {
         'srgan': {'Set5': (29.719, 0.859), 'Set14': (26.509, 0.729), 'BSD100': (25.531, 0.678)}}),
 }
 KIND_NAMES = {'bicubic': 'bicubic', 'srresnet': 'SRResNet', 'srgan': 'SRGAN'}
+ENSEMBLE_MARK = ' + self-ensemble'  # ends the label of a model's self-ensemble row (--self-ensemble)
 SET_ALIASES = {'set5': 'Set5', 'set14': 'Set14', 'bsd100': 'BSD100', 'b100': 'BSD100', 'bsds100': 'BSD100'}
 
 
@@ -183,6 +190,18 @@ def no_model_error(problems, done):
     numbered = ' '.join(f'({i}) {problem}' for i, problem in enumerate(problems, 1))
     return UserError(problems[0] if len(problems) == 1 else
                      f'none of the {len(problems)} models could be {done}: {numbered}')
+
+
+def with_self_ensemble(models):
+    """--self-ensemble: each model but bicubic followed by the same model run with the self-ensemble (its network
+    shared), labelled '<label> + self-ensemble' so that its rows, files and failures are never the model's own."""
+    out = []
+    for model in models:
+        out.append(model)
+        if model.upscaler is not None:
+            out.append(dataclasses.replace(model, label=model.label + ENSEMBLE_MARK,
+                                           upscaler=dataclasses.replace(model.upscaler, self_ensemble=True)))
+    return out
 
 
 def bicubic_at_every_scale(models, bicubic_named):
@@ -379,11 +398,22 @@ def markdown_table(models, columns, rows, protocol, lr_kernel):
         mine = [r for r in rows if r['model'] == model.label and r['scale'] == model.scaling_factor]
         cells = ' | '.join(mean_cell([r for r in mine if r['dataset'] == name]) for name in names)
         seconds = [r['seconds'] for r in mine if not r['skipped']]
-        variant = f'-{model.content_loss.upper()}' if model.content_loss else ''  # SRGAN-MSE, SRGAN-VGG54
-        label = model.label if model.kind == 'bicubic' else f'{model.label} ({KIND_NAMES[model.kind]}{variant})'
-        lines.append(f'| {label} | x{model.scaling_factor} | {cells} | {f"{np.mean(seconds):.3f}" if seconds else "-"} '
-                     f'| this eval.py, --protocol {protocol}, {lr_kernel} LR |')
+        ensemble = model.upscaler is not None and model.upscaler.self_ensemble
+        by = 'this eval.py' + (' --self-ensemble (the mean over 8 flips / rotations)' if ensemble else '')
+        lines.append(f'| {row_label(model)} | x{model.scaling_factor} | {cells} | '
+                     f'{f"{np.mean(seconds):.3f}" if seconds else "-"} | {by}, --protocol {protocol}, {lr_kernel} LR |')
     return '\n'.join(lines + published_rows(models, [standard for _, standard in columns], protocol))
+
+
+def row_label(model):
+    """A model's name in the table: its label, what it is ('SRResNet', 'SRGAN-MSE') and, for a self-ensemble row,
+    '+ self-ensemble' last: 'runs/x.pt (SRResNet) + self-ensemble'."""
+    if model.kind == 'bicubic':
+        return model.label
+    ensemble = model.upscaler.self_ensemble
+    variant = f'-{model.content_loss.upper()}' if model.content_loss else ''  # SRGAN-MSE, SRGAN-VGG54
+    name = model.label.removesuffix(ENSEMBLE_MARK) if ensemble else model.label
+    return f'{name} ({KIND_NAMES[model.kind]}{variant}){ENSEMBLE_MARK if ensemble else ""}'
 
 
 def mean_cell(rows):
@@ -476,6 +506,23 @@ def plan_outputs(args, names, test_sets, list_paths):
     return plan, EvalPage(args.html, plan) if args.html is not None else None
 
 
+def add_inference_arguments(parser):
+    """How the models run: tiles, self-ensemble, device, precision."""
+    parser.add_argument('--tile', type=number(int, minimum=0), default=DEFAULT_TILE,
+                        help=f'LR tile side for inference in bounded memory, at least {MIN_TILE}; 0: whole images '
+                             f'[default: {DEFAULT_TILE}]')
+    parser.add_argument('--tile-overlap', type=number(int, minimum=0), default=None,
+                        help=f'LR pixels shared by neighbouring tiles, from {MIN_TILE_OVERLAP} to half the tile '
+                             f'[default: {DEFAULT_TILE_OVERLAP}, or half the tile when less]')
+    parser.add_argument('--self-ensemble', action='store_true',
+                        help="also evaluate each model (not bicubic) with the self-ensemble, EDSR+'s mean over the 8 "
+                             "flips and rotations of each LR image: a row of its own, marked '+ self-ensemble', under "
+                             'the plain one; ~8x the time')
+    parser.add_argument('--device', default='auto', help="'auto' (CUDA, then MPS, then CPU), 'cpu', 'cuda:1', ...")
+    parser.add_argument('--amp', action='store_true',
+                        help='autocast (bf16 where supported, else fp16): faster, numbers may move ~0.01 dB')
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('models', nargs='*', metavar='MODEL',
@@ -499,15 +546,7 @@ def parse_args(argv=None):
     parser.add_argument('--scale', type=int, choices=[2, 3, 4, 8], default=None,
                         help="bicubic's upscaling factor [default: the first checkpoint's, else 4]; checkpoints "
                              'always run at their own scale')
-    parser.add_argument('--tile', type=number(int, minimum=0), default=DEFAULT_TILE,
-                        help=f'LR tile side for inference in bounded memory, at least {MIN_TILE}; 0: whole images '
-                             f'[default: {DEFAULT_TILE}]')
-    parser.add_argument('--tile-overlap', type=number(int, minimum=0), default=None,
-                        help=f'LR pixels shared by neighbouring tiles, from {MIN_TILE_OVERLAP} to half the tile '
-                             f'[default: {DEFAULT_TILE_OVERLAP}, or half the tile when less]')
-    parser.add_argument('--device', default='auto', help="'auto' (CUDA, then MPS, then CPU), 'cpu', 'cuda:1', ...")
-    parser.add_argument('--amp', action='store_true',
-                        help='autocast (bf16 where supported, else fp16): faster, numbers may move ~0.01 dB')
+    add_inference_arguments(parser)
     parser.add_argument('--workers', type=number(int, minimum=0), default=2,
                         help='DataLoader processes making LR images (0: none)')
     parser.add_argument('--csv', default=None, metavar='FILE.csv',
@@ -552,6 +591,7 @@ def main(argv=None):
     if args.amp and amp_dtype is None:
         print(f'note: --amp: no fast autocast dtype on {device}, running in fp32', file=sys.stderr)
     models, model_problems = load_models(names, args, device, amp_dtype)
+    models = with_self_ensemble(models) if args.self_ensemble else models
     models = bicubic_at_every_scale(models, bicubic_named) if page is not None else models
     saved = plan_saved_images(plan, args.save_dir, models, test_sets) if args.save_dir else {}
     if page is not None:
@@ -575,6 +615,9 @@ def main(argv=None):
     precision = f'autocast {str(amp_dtype).split(".")[-1]}' if amp_dtype else 'fp32'
     notes = [f'Protocol {args.protocol}: {EVAL_PROTOCOLS[args.protocol]}.',
              f'LR images: {LR_KERNELS[lr_kernel]} of the HR; device {device}, {precision}.']
+    if args.self_ensemble:
+        notes.append("Self-ensemble: the rows marked '+ self-ensemble' average the model over the 8 flips and "
+                     'rotations of each LR image (EDSR+); the others are the model alone.')
     table = markdown_table(models, columns, rows, args.protocol, lr_kernel)
     print('\n'.join(notes) + '\n')
     print(table)

@@ -6,6 +6,7 @@ Bicubic / SRResNet / SRGAN / Original HR comparison grid.
     python super_resolve.py photos/ scans/*.tif -o upscaled/     # files, folders (recursive) and globs
     python super_resolve.py photo.png -o big.png --model checkpoints/srgan/checkpoint.pt
     python super_resolve.py clip.mp4 -o clip_x4.mp4              # video: same frame rate, audio copied
+    python super_resolve.py photo.jpg --self-ensemble            # the mean over 8 flips / rotations: ~8x the time
     python super_resolve.py photo.png --grid --srgan checkpoints/srgan/checkpoint.pt   # visualize_sr's grid
     python super_resolve.py data/Set5_test_images.json --grid --srgan ...    # a list from create_data_lists.py
 
@@ -17,6 +18,9 @@ From Python:
 Images of any size: the LR image goes through the network in overlapping tiles (--tile, --tile-overlap) that are
 cross-faded on a CPU canvas (inference.Upscaler, which eval.py uses too), so memory is bounded by the tile, not
 the image; on out-of-memory the tile is halved and the image tried again.
+--self-ensemble (EDSR+'s, Lim et al. 2017; off by default): each image, tile or batch of video frames goes through
+the network in its 8 flips and rotations, each output is turned back, and the 8 are averaged: ~8x the time for a
+small gain in PSNR (README, Self-ensemble).
 What you give is kept: transparency (upscaled with bicubic and re-attached), grayscale, 16-bit depth (PNG and
 TIFF outputs), the ICC colour profile; EXIF orientation is applied. The output format follows the extension.
 Every output is planned before any work (outputs.OutputPlan): never an input, even with --overwrite; never two
@@ -27,6 +31,7 @@ else fp32; --fp32 and --half override that.
 """
 
 import argparse
+import dataclasses
 import gc
 import glob
 import numbers
@@ -366,7 +371,8 @@ def visualize_sr(img, halve=False, srresnet_checkpoint=DEFAULT_MODEL, srgan_chec
     every panel starts from), then upsampled with bicubic and super-resolved by each model. halve: halve the HR
     first (Lanczos), as the tutorial did for large images. srresnet_checkpoint, srgan_checkpoint: checkpoint paths
     (from train_srresnet.py / train_srgan.py), inference.Upscalers (to choose tiles or precision, or to load an
-    original-tutorial checkpoint with allow_unsafe_pickle), or None to leave that panel saying so. scale: 2, 4 or 8
+    original-tutorial checkpoint with allow_unsafe_pickle, or to run one with self_ensemble: its panel's label then
+    says so), or None to leave that panel saying so. scale: 2, 4 or 8
     (an int; an InputError for anything else), the shipped SRResNet of that scale when srresnet_checkpoint is left as
     it is, and a CheckpointError for a checkpoint of another scale (None: the checkpoints' own scale, x4 without
     any).
@@ -407,8 +413,11 @@ def visualize_sr(img, halve=False, srresnet_checkpoint=DEFAULT_MODEL, srgan_chec
     panels = {'Bicubic': lr_img.resize(hr_img.size, Image.BICUBIC)}
     lr_tensor = convert_image(lr_img, 'pil', 'imagenet-norm')  # (3, h, w)
     for label, upscaler in upscalers.items():
-        panels[label] = (convert_image(upscaler.upscale(lr_tensor), '[-1, 1]', 'pil') if upscaler is not None
-                         else f'no {label} checkpoint given')
+        if upscaler is None:
+            panels[label] = f'no {label} checkpoint given'
+        else:
+            panels[label + (' + self-ensemble' if upscaler.self_ensemble else '')] = convert_image(
+                upscaler.upscale(lr_tensor), '[-1, 1]', 'pil')
     panels['Original HR'] = hr_img
     grid = draw_grid(panels, *hr_img.size)
     if save_path is not None:
@@ -475,17 +484,8 @@ def output_path(in_path, folder, output, suffix, ext, video):
     return Path(output) / subfolder / f'{in_path.stem}{suffix}{extension}'
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description='Super-resolve images (any size; alpha, grayscale, 16-bit and ICC kept) and videos with a '
-                    'trained SRResNet or SRGAN generator, or draw the Bicubic/SRResNet/SRGAN/HR grid (--grid).')
-    parser.add_argument('inputs', nargs='+', metavar='INPUT',
-                        help='image or video files, folders (searched recursively), glob patterns, or image '
-                             'lists (.json) written by create_data_lists.py')
-    parser.add_argument('-o', '--output', default=None,
-                        help=f'output folder, outside the input folders (the next run would read its files as '
-                             f'inputs), or one output file when there is one input (its extension picks the format) '
-                             f'[default: {DEFAULT_OUTPUT_DIR}/]')
+def add_model_arguments(parser):
+    """Which model, and how it runs: tiles, precision, self-ensemble."""
     parser.add_argument('--model', default=None,
                         help='generator checkpoint from train_srresnet.py or train_srgan.py '
                              '[default: the shipped weights/srresnet_x<scale>.pt]')
@@ -506,6 +506,24 @@ def parse_args(argv=None):
     precision.add_argument('--half', dest='precision', action='store_const', const='half',
                            help='half precision even where it is not the default (fp16 on older GPUs and MPS)')
     parser.set_defaults(precision='auto')
+    parser.add_argument('--self-ensemble', action='store_true',
+                        help="average the model's outputs over the 8 flips and rotations of each input, each "
+                             'turned back (EDSR+, Lim et al. 2017): ~8x the time, a little closer to the HR (README, '
+                             'Self-ensemble) [default: off]')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Super-resolve images (any size; alpha, grayscale, 16-bit and ICC kept) and videos with a '
+                    'trained SRResNet or SRGAN generator, or draw the Bicubic/SRResNet/SRGAN/HR grid (--grid).')
+    parser.add_argument('inputs', nargs='+', metavar='INPUT',
+                        help='image or video files, folders (searched recursively), glob patterns, or image '
+                             'lists (.json) written by create_data_lists.py')
+    parser.add_argument('-o', '--output', default=None,
+                        help=f'output folder, outside the input folders (the next run would read its files as '
+                             f'inputs), or one output file when there is one input (its extension picks the format) '
+                             f'[default: {DEFAULT_OUTPUT_DIR}/]')
+    add_model_arguments(parser)
     parser.add_argument('--suffix', default=None, help='added to output names in a folder [default: _x<scale>]')
     parser.add_argument('--ext', default=None,
                         help="output image format in a folder, e.g. '.png' [default: the input's]")
@@ -630,11 +648,12 @@ def load_upscalers(args):
     settings = dict(device=device, precision=args.precision, tile=args.tile, tile_overlap=args.tile_overlap,
                     allow_unsafe_pickle=args.unsafe_pickle)
     upscaler = load_upscaler(args.model or inference.shipped_model(args.scale or 4), **settings)
+    upscaler = dataclasses.replace(upscaler, self_ensemble=args.self_ensemble)
     inference.check_scale(upscaler.scaling_factor, args.scale, f'--model {args.model}' if args.model else
                           'the shipped model', other=' (or no --model: the shipped one)' if args.model else '')
     srgan = None
     if args.grid and args.srgan is not None:
-        srgan = load_upscaler(args.srgan, **settings)
+        srgan = dataclasses.replace(load_upscaler(args.srgan, **settings), self_ensemble=args.self_ensemble)
         inference.check_scale(srgan.scaling_factor, args.scale, f'--srgan {args.srgan}')
         if srgan.scaling_factor != upscaler.scaling_factor:  # the grid's panels must share one LR image
             raise CheckpointError(f'--srgan {args.srgan} upscales x{srgan.scaling_factor} but --model '
