@@ -1,14 +1,11 @@
 """Smoke tests of the benchmarks: each documented command at its smallest settings, so a benchmark that no longer
 runs against the code fails CI. (Their numbers are measured by hand; timing belongs in no test.)"""
 
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_process
 
 
 # The multiply-adds of the default SRResNet step for one 24x24 LR image, layer by layer (in_channels x out_channels x
@@ -23,10 +20,8 @@ SRRESNET_GFLOP_PER_IMAGE = (3 * 2 * SRRESNET_MACS - 2 * 3 * 64 * 81 * 24 ** 2) /
 
 
 def run_benchmark(*args):
-    result = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=REPO, timeout=600,
-                            env=dict(os.environ, OMP_NUM_THREADS='2'))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
+    """The documented command, as a user runs it: `python benchmarks/NAME.py ARGS` -> its stdout."""
+    return run_process(*args, timeout=600).stdout
 
 
 def table_rows(text, first_cell):
@@ -59,7 +54,7 @@ def test_inference_benchmark_runs_every_path_on_the_shipped_model():
     names = [row[0] for row in rows]
     assert names[0] == 'tutorial forward (no_grad, NCHW)' and names[-3] == 'DEFAULT (super_resolve.py)'
     assert [row[:2] for row in rows[-2:]] == [['onnxruntime (super_resolve.py --model X.onnx)', precision]
-                                             for precision in ('fp32', 'fp16')]
+                                              for precision in ('fp32', 'fp16')]
     assert 'speedups.for_inference' in names and 'autocast + channels_last' in names
     psnrs = [float(row[9]) for row in rows]
     assert all(20 < psnr < 40 for psnr in psnrs)  # every path super-resolves (Set5 baby or the astronaut)

@@ -1,32 +1,26 @@
 """Command-line flags beyond their defaults: eval.py, super_resolve.py, train_srresnet.py / train_srgan.py, a
 graceful stop on SIGTERM / SIGINT, and the checkpoint conversion tool.
 
-The scripts are driven through their command line only: in this process (`cli`: the script run as __main__ with
-sys.argv set, its exit status, stdout and stderr as `python script ...` would give them; that saves the ~7 s each
-new Python process spends importing torch), or in a subprocess where a real process is the point (signals,
-torch.compile). Checks read what a user sees: files, checkpoints (torch.load(weights_only=True)), the CSV and table
-eval.py writes, images; printed text only through short fragments."""
+The scripts are driven through their command line only: in this process (conftest.cli), or in a new one where a
+real process is the point (signals). Checks read what a user sees: files, checkpoints (torch.load(weights_only=True)),
+the CSV and table eval.py writes, images; printed text only through short fragments."""
 
 import csv
-import io
 import json
 import os
 import random
-import runpy
 import signal
-import subprocess
-import sys
 import time
-from contextlib import redirect_stderr, redirect_stdout
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from checkpoints import save_checkpoint
-from conftest import REPO
+import inference
+import training
+import utils
+from conftest import REPO, SMALL, TINY, cli, save_srresnet, start_process, train_rows
 from datasets import SRDataset
 from models import Discriminator, Generator, SRResNet
 
@@ -34,49 +28,11 @@ from models import Discriminator, Generator, SRResNet
 CHECKPOINT_TOOL = 'checkpoints.py'
 
 SHIPPED = 'weights/srresnet_x4.pt'  # relative to the repo root, as eval.py names it when it picks it by default
-SMALL = ['--batch-size', '2', '--crop-size', '48', '--workers', '0', '--log-every', '1']
-TINY = ['--n-blocks', '1', '--n-channels', '8']
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # what SRResNet's input is normalised by
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers
-
-def cli(script, *args):
-    """`python script args` from the repo root, run in this process: SimpleNamespace(returncode, stdout, stderr).
-    A SystemExit with a message prints it to stderr and gives status 1, as the interpreter does."""
-    out, err = io.StringIO(), io.StringIO()
-    old_argv, old_cwd = sys.argv, os.getcwd()
-    sys.argv = [script, *map(str, args)]
-    os.chdir(REPO)
-    returncode = 0
-    try:
-        with redirect_stdout(out), redirect_stderr(err):
-            try:
-                runpy.run_path(str(REPO / script), run_name='__main__')
-            except SystemExit as e:
-                if e.code is None or isinstance(e.code, int):
-                    returncode = e.code or 0
-                else:
-                    print(e.code, file=sys.stderr)
-                    returncode = 1
-    finally:
-        sys.argv = old_argv
-        os.chdir(old_cwd)
-    return SimpleNamespace(returncode=returncode, stdout=out.getvalue(), stderr=err.getvalue())
-
-
-def ok(script, *args):
-    result = cli(script, *args)
-    assert result.returncode == 0, f'{script} failed ({result.returncode}):\n{result.stderr[-3000:]}'
-    return result
-
-
-def popen(script, *args, **kwargs):
-    env = dict(os.environ, OMP_NUM_THREADS='2')
-    return subprocess.Popen([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
-
 
 def assert_one_error_line(result, *words):
     """The run failed with one `error:` line, the last on stderr, naming `words`; no traceback."""
@@ -91,20 +47,6 @@ def assert_one_error_line(result, *words):
 
 def load(path):
     return torch.load(path, map_location='cpu', weights_only=True)
-
-
-def log_rows(output_dir):
-    path = output_dir / 'log.jsonl'
-    if not path.is_file():
-        return []
-    with open(path) as f:
-        rows = []
-        for line in f:
-            try:
-                rows.append(json.loads(line))
-            except ValueError:  # a line being written while we read
-                break
-    return [row for row in rows if 'lr' in row]  # training rows (validation rows have no lr)
 
 
 def table_lines(stdout):
@@ -128,7 +70,7 @@ def tutorial_srresnet_pickle(path, seed=0):
 
 
 def convert(in_path, out_path):
-    ok(CHECKPOINT_TOOL, 'convert', in_path, out_path)
+    cli(CHECKPOINT_TOOL, 'convert', in_path, out_path)
     return load(out_path)
 
 
@@ -153,7 +95,7 @@ def evaluate(tmp_path_factory):
         key = tuple(map(str, args))
         if key not in runs:
             csv_path, save_dir = folder / f'{len(runs)}.csv', folder / f'sr{len(runs)}'
-            result = ok('eval.py', *args, '--workers', 0, '--csv', csv_path, '--save-dir', save_dir)
+            result = cli('eval.py', *args, '--workers', 0, '--csv', csv_path, '--save-dir', save_dir)
             with open(csv_path) as f:
                 runs[key] = result, list(csv.DictReader(f)), save_dir
         return runs[key]
@@ -199,15 +141,11 @@ def test_eval_without_models_picks_bicubic_and_the_shipped_srresnet(bird_set5, e
 @pytest.fixture(scope='module')
 def tiny_srresnet(tmp_path_factory):
     """An untrained SRResNet x4 small enough to run over Set5 in a moment."""
-    torch.manual_seed(0)
-    config = {'n_channels': 8, 'n_blocks': 1, 'scaling_factor': 4}
-    path = tmp_path_factory.mktemp('tiny') / 'tiny.pt'
-    save_checkpoint({'kind': 'srresnet', 'model_config': config, 'model': SRResNet(**config).state_dict()}, path)
-    return path
+    return save_srresnet(tmp_path_factory.mktemp('tiny') / 'tiny.pt', n_channels=8, n_blocks=1, scaling_factor=4)
 
 
 def test_eval_prints_the_published_rows_for_standard_test_sets(shared_data, bird_set5, two_images, tiny_srresnet,
-                                                                evaluate):
+                                                               evaluate):
     paper, _, _ = evaluate('bicubic', '--test-folders', shared_data / 'Set5')  # the real Set5, as in the next test
     lines = table_lines(paper.stdout)
     assert any('bicubic (paper)' in line and '28.43' in line for line in lines)  # Ledig et al. 2017, Table 2
@@ -269,16 +207,37 @@ def test_eval_scale_2_runs_bicubic_at_x2(shared_data, bird_set5, evaluate):
     assert {(row['model'], row['scale']) for row in rows} == {('bicubic', '2'), (SHIPPED, '4')} and len(rows) == 2
 
 
-def test_eval_amp_moves_the_numbers_by_little(bird_set5, evaluate):
+def native_precision(monkeypatch, dtype):
+    """Make this machine's device one whose fast autocast dtype is `dtype` (None: none, fp32), for the trainers,
+    eval.py and super_resolve.py alike: each machine then runs both kinds of CPU."""
+    for module in (utils, inference, training):
+        monkeypatch.setattr(module, 'autocast_dtype', lambda device: dtype)
+
+
+def test_eval_amp_moves_the_numbers_by_little(bird_set5, evaluate, monkeypatch, tmp_path):
+    """On a CPU with fast bf16 (AVX-512 BF16 / AMX): --amp computes in bf16, and the numbers move, by little."""
     _, fp32, _ = evaluate('--test-folders', bird_set5)
-    result, amp, _ = evaluate('--test-folders', bird_set5, '--amp')
+    native_precision(monkeypatch, torch.bfloat16)
+    result = cli('eval.py', '--test-folders', bird_set5, '--amp', '--workers', 0, '--csv', tmp_path / 'amp.csv')
+    with open(tmp_path / 'amp.csv') as f:
+        amp = list(csv.DictReader(f))
     (fp32,), (amp,) = rows_of(fp32, SHIPPED), rows_of(amp, SHIPPED)
-    assert float(amp['psnr']) == pytest.approx(float(fp32['psnr']), abs=0.05)
+    assert 'device cpu, autocast bfloat16' in result.stdout
+    assert float(amp['psnr']) == pytest.approx(float(fp32['psnr']), abs=0.05) and amp['psnr'] != fp32['psnr']
     assert float(amp['ssim']) == pytest.approx(float(fp32['ssim']), abs=1e-3)
-    if 'float16' not in result.stdout:  # no fast half precision here (this CPU): it says fp32, and the numbers
-        assert 'fp32' in result.stdout and amp['psnr'] == fp32['psnr']  # are the fp32 run's
-    else:
-        assert amp['psnr'] != fp32['psnr']
+
+
+def test_eval_amp_without_a_fast_half_precision_says_so_and_gives_the_fp32_numbers(bird_set5, evaluate, monkeypatch,
+                                                                                   tmp_path):
+    _, fp32, _ = evaluate('--test-folders', bird_set5)
+    native_precision(monkeypatch, None)
+    result = cli('eval.py', '--test-folders', bird_set5, '--amp', '--workers', 0, '--csv', tmp_path / 'amp.csv')
+    with open(tmp_path / 'amp.csv') as f:
+        amp = list(csv.DictReader(f))
+    (fp32,), (amp,) = rows_of(fp32, SHIPPED), rows_of(amp, SHIPPED)
+    assert 'note: --amp: no fast autocast dtype on cpu, running in fp32' in result.stderr
+    assert 'device cpu, fp32' in result.stdout
+    assert (amp['psnr'], amp['ssim']) == (fp32['psnr'], fp32['ssim'])
 
 
 def test_eval_tile_overlap(bird_set5, evaluate):
@@ -286,29 +245,28 @@ def test_eval_tile_overlap(bird_set5, evaluate):
     _, whole, whole_dir = evaluate('--test-folders', bird_set5)  # --tile 256 by default: one piece
     _, overlap, overlap_dir = evaluate(SHIPPED, '--test-folders', bird_set5, '--tile', 48, '--tile-overlap', 16)
     assert float(rows_of(overlap, SHIPPED)[0]['psnr']) == pytest.approx(float(rows_of(whole, SHIPPED)[0]['psnr']),
-                                                                       abs=0.01)
+                                                                        abs=0.01)
     # the pixels: cross-faded overlapping tiles stay close to the untiled image
     untiled, tiled = (png(next(folder.glob('*srresnet*/Set5/bird.png'))) for folder in (whole_dir, overlap_dir))
     assert untiled.shape == tiled.shape == (288, 288, 3)
     assert 0 < np.abs(tiled - untiled).mean() < 0.5
     # tiles pasted side by side (overlap 0) would show seams: refused
-    result = subprocess.run([sys.executable, str(REPO / 'eval.py'), str(SHIPPED), '--test-folders', str(bird_set5),
-                             '--tile', '48', '--tile-overlap', '0'], capture_output=True, text=True, cwd=REPO)
+    result = cli('eval.py', SHIPPED, '--test-folders', bird_set5, '--tile', 48, '--tile-overlap', 0, check=False)
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].endswith(
         '--tile-overlap 0 must be between 16 (less leaves visible seams) and half of --tile 48 (24)')
 
 
 def test_eval_unsafe_pickle(bird_set5, tutorial_pickle, tmp_path):
     path, _ = tutorial_pickle
-    refused = cli('eval.py', path, '--test-folders', bird_set5, '--workers', 0)
+    refused = cli('eval.py', path, '--test-folders', bird_set5, '--workers', 0, check=False)
     assert_one_error_line(refused, str(path), '--unsafe-pickle')
 
-    result = ok('eval.py', path, '--unsafe-pickle', '--test-folders', bird_set5, '--workers', 0,
-                '--csv', tmp_path / 'pickle.csv')
+    result = cli('eval.py', path, '--unsafe-pickle', '--test-folders', bird_set5, '--workers', 0,
+                 '--csv', tmp_path / 'pickle.csv')
     assert any(line.startswith(f'| {path} (SRResNet) | x4 | ') for line in table_lines(result.stdout))
     convert(path, tmp_path / 'converted.pt')  # the same weights, converted once: the same numbers
-    ok('eval.py', tmp_path / 'converted.pt', '--test-folders', bird_set5, '--workers', 0,
-       '--csv', tmp_path / 'converted.csv')
+    cli('eval.py', tmp_path / 'converted.pt', '--test-folders', bird_set5, '--workers', 0,
+        '--csv', tmp_path / 'converted.csv')
     with open(tmp_path / 'pickle.csv') as f, open(tmp_path / 'converted.csv') as g:
         pickled, converted = list(csv.DictReader(f)), list(csv.DictReader(g))
     assert len(pickled) == 1 and 0 < float(pickled[0]['psnr']) < 25  # an untrained network
@@ -330,12 +288,17 @@ def lr_photo(demo_data, tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def precisions(lr_photo, tmp_path_factory):
-    """The photo super-resolved with --fp32, --half, the default precision, and --device cpu --fp32."""
+    """The photo super-resolved with --fp32, --half, --device cpu --fp32 and the default precision: here, and on a
+    CPU with fast bf16 ('auto bf16') and on one without ('auto fp32'), whichever this one is."""
     folder = tmp_path_factory.mktemp('precision')
     outputs = {}
-    for name, flags in (('fp32', ['--fp32']), ('half', ['--half']), ('auto', []),
-                        ('cpu', ['--device', 'cpu', '--fp32'])):
-        ok('super_resolve.py', lr_photo, '-o', folder / f'{name}.png', *flags)
+    for name, flags, native in (('fp32', ['--fp32'], 'here'), ('half', ['--half'], 'here'), ('auto', [], 'here'),
+                                ('auto bf16', [], torch.bfloat16), ('auto fp32', [], None),
+                                ('cpu', ['--device', 'cpu', '--fp32'], 'here')):
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            if native != 'here':
+                native_precision(monkeypatch, native)
+            cli('super_resolve.py', lr_photo, '-o', folder / f'{name}.png', *flags)
         outputs[name] = png(folder / f'{name}.png')
     return outputs
 
@@ -345,26 +308,31 @@ def test_super_resolve_half_is_close_to_fp32_but_not_the_same(precisions):
     assert fp32.shape == half.shape == (128, 160, 3)
     difference = np.abs(fp32 - half)
     assert difference.mean() < 2 and difference.max() > 0  # bf16 on any CPU: close, yet computed otherwise
-    # the default is one of the two: bf16 where the CPU runs it natively, else fp32
-    assert np.array_equal(precisions['auto'], fp32) or np.array_equal(precisions['auto'], half)
+
+
+def test_super_resolve_runs_in_bf16_by_default_where_the_cpu_has_it_natively_else_fp32(precisions):
+    fp32, half = precisions['fp32'], precisions['half']
+    assert np.array_equal(precisions['auto bf16'], half) and np.array_equal(precisions['auto fp32'], fp32)
+    here = half if utils.autocast_dtype(torch.device('cpu')) == torch.bfloat16 else fp32
+    assert np.array_equal(precisions['auto'], here)
 
 
 def test_super_resolve_device_cpu(precisions, lr_photo, tmp_path):
     assert precisions['cpu'].shape == (128, 160, 3)
     if not torch.cuda.is_available() and not torch.backends.mps.is_available():  # auto is the CPU here too
         assert np.array_equal(precisions['cpu'], precisions['fp32'])
-    result = cli('super_resolve.py', lr_photo, '-o', tmp_path / 'out.png', '--device', 'foo')
+    result = cli('super_resolve.py', lr_photo, '-o', tmp_path / 'out.png', '--device', 'foo', check=False)
     assert_one_error_line(result, 'foo')
     assert not (tmp_path / 'out.png').exists()
 
 
 def test_super_resolve_unsafe_pickle(lr_photo, tutorial_pickle, tmp_path):
     path, model = tutorial_pickle
-    refused = cli('super_resolve.py', lr_photo, '-o', tmp_path / 'out.png', '--model', path)
+    refused = cli('super_resolve.py', lr_photo, '-o', tmp_path / 'out.png', '--model', path, check=False)
     assert_one_error_line(refused, str(path), '--unsafe-pickle')
     assert not (tmp_path / 'out.png').exists()
 
-    ok('super_resolve.py', lr_photo, '-o', tmp_path / 'out.png', '--model', path, '--unsafe-pickle', '--fp32')
+    cli('super_resolve.py', lr_photo, '-o', tmp_path / 'out.png', '--model', path, '--unsafe-pickle', '--fp32')
     sr = png(tmp_path / 'out.png')
     # what the pickled network itself computes: ImageNet-normalised LR in, [-1, 1] SR out
     lr = torch.from_numpy(png(lr_photo)).permute(2, 0, 1).float() / 255
@@ -384,9 +352,9 @@ def test_super_resolve_grid_halve(tmp_path):
     photo.save(tmp_path / 'photo.png')
     halved = photo.resize((50, 44), Image.LANCZOS)  # the tutorial halves with Lanczos
     halved.save(tmp_path / 'halved.png')
-    ok('super_resolve.py', tmp_path / 'photo.png', '--grid', '--halve', '-o', tmp_path / 'grid_halve.png')
-    ok('super_resolve.py', tmp_path / 'halved.png', '--grid', '-o', tmp_path / 'grid_halved_input.png')
-    ok('super_resolve.py', tmp_path / 'photo.png', '--grid', '-o', tmp_path / 'grid.png')
+    cli('super_resolve.py', tmp_path / 'photo.png', '--grid', '--halve', '-o', tmp_path / 'grid_halve.png')
+    cli('super_resolve.py', tmp_path / 'halved.png', '--grid', '-o', tmp_path / 'grid_halved_input.png')
+    cli('super_resolve.py', tmp_path / 'photo.png', '--grid', '-o', tmp_path / 'grid.png')
     with_halve, of_halved, full = (Image.open(tmp_path / name) for name in
                                    ('grid_halve.png', 'grid_halved_input.png', 'grid.png'))
     assert with_halve.size == of_halved.size != full.size
@@ -405,11 +373,14 @@ def test_super_resolve_grid_halve(tmp_path):
 
 @pytest.fixture(scope='module')
 def flags_run(demo_data, tmp_path_factory):
-    """Two SRResNet iterations with the architecture, optimizer, data and precision flags away from the defaults."""
+    """Two SRResNet iterations with the architecture, optimizer, data and precision flags away from the defaults, on
+    a CPU with fast bf16 (where --no-amp is not the default)."""
     output_dir = tmp_path_factory.mktemp('runs') / 'flags'
-    result = ok('train_srresnet.py', '--data-folder', demo_data, '--output-dir', output_dir, *SMALL,
-                '--n-blocks', 1, '--n-channels', 16, '--scaling-factor', 2, '--beta1', 0.5, '--blur-sigma', 1.5,
-                '--no-amp', '--device', 'cpu', '--iterations', 2, '--val-set', 'none')
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        native_precision(monkeypatch, torch.bfloat16)
+        result = cli('train_srresnet.py', '--data-folder', demo_data, '--output-dir', output_dir, *SMALL,
+                     '--n-blocks', 1, '--n-channels', 16, '--scaling-factor', 2, '--beta1', 0.5, '--blur-sigma', 1.5,
+                     '--no-amp', '--device', 'cpu', '--iterations', 2, '--val-set', 'none')
     return result, load(output_dir / 'last.pt')
 
 
@@ -417,9 +388,9 @@ def flags_run(demo_data, tmp_path_factory):
 def eager_run(demo_data, tmp_path_factory):
     """One iteration of a tiny SRResNet: the baseline --sync-bn and --compile are compared with."""
     output_dir = tmp_path_factory.mktemp('runs') / 'eager'
-    ok('train_srresnet.py', '--data-folder', demo_data, '--output-dir', output_dir, *SMALL, *TINY,
-       '--iterations', 1, '--val-set', 'none')
-    return log_rows(output_dir), load(output_dir / 'last.pt')
+    cli('train_srresnet.py', '--data-folder', demo_data, '--output-dir', output_dir, *SMALL, *TINY,
+        '--iterations', 1, '--val-set', 'none')
+    return train_rows(output_dir), load(output_dir / 'last.pt')
 
 
 def test_train_beta1_is_adams(flags_run):
@@ -446,6 +417,8 @@ def test_train_scaling_factor_2_and_n_channels_16(flags_run):
 
 
 def test_train_no_amp_and_device_cpu_are_in_the_run_description(flags_run):
+    """--no-amp on a CPU with fast bf16: fp32 (without it: bf16 autocast, test_train.py's
+    test_both_precisions_train_and_validate)."""
     result, checkpoint = flags_run
     description = [line for line in result.stdout.splitlines() if 'effective batch' in line]
     assert len(description) == 1 and 'cpu' in description[0]
@@ -474,24 +447,37 @@ def test_train_blur_sigma(demo_data, flags_run):
     assert lr_blurred.mean().item() == pytest.approx(lr_sharp.mean().item(), abs=0.05)  # blurred, not darkened
 
 
-def test_train_sync_bn_in_one_process_changes_nothing(demo_data, eager_run, tmp_path):
-    ok('train_srresnet.py', '--data-folder', demo_data, '--output-dir', tmp_path, *SMALL, *TINY, '--iterations', 1,
-       '--val-set', 'none', '--sync-bn')
-    rows, checkpoint = log_rows(tmp_path), load(tmp_path / 'last.pt')
+def test_train_sync_bn_is_plain_batchnorm_in_one_process_and_refused_by_ddp_on_the_cpu(demo_data, eager_run, tmp_path,
+                                                                                       monkeypatch):
+    """--sync-bn: BatchNorm statistics over every DDP process, which PyTorch does on GPUs only. One process: plain
+    BatchNorm, the eager run's loss. Two on the CPU: one error line before any work."""
+    args = ['--data-folder', demo_data, *SMALL, *TINY, '--iterations', 1, '--val-set', 'none', '--sync-bn']
+    cli('train_srresnet.py', *args, '--output-dir', tmp_path / 'one')
+    rows, checkpoint = train_rows(tmp_path / 'one'), load(tmp_path / 'one' / 'last.pt')
     eager_rows, eager = eager_run
     assert checkpoint['iteration'] == 1 and checkpoint['config']['sync_bn'] is True
     assert [row['loss'] for row in rows] == pytest.approx([row['loss'] for row in eager_rows], rel=1e-6)
     assert checkpoint['model'].keys() == eager['model'].keys()  # plain BatchNorm: loads into SRResNet
     SRResNet(**checkpoint['model_config']).load_state_dict(checkpoint['model'])
 
+    # rank 0 of 2 as torchrun starts it (the process group faked: there is no rank 1)
+    monkeypatch.setenv('RANK', '0')
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    monkeypatch.setattr(torch.distributed, 'init_process_group', lambda backend: None)
+    result = cli('train_srresnet.py', *args, '--output-dir', tmp_path / 'ddp', check=False)
+    assert_one_error_line(result, '--sync-bn needs CUDA GPUs')
+    assert not (tmp_path / 'ddp').exists()
 
-def test_train_compile(demo_data, eager_run, tmp_path):
-    """--compile: a 1-iteration run took 49 s here with an empty inductor cache, 17 s with a warm one."""
-    process = popen('train_srresnet.py', '--data-folder', demo_data, '--output-dir', tmp_path, *SMALL, *TINY,
-                    '--iterations', 1, '--val-set', 'none', '--compile')
-    _, stderr = process.communicate(timeout=600)
-    assert process.returncode == 0, stderr[-3000:]
-    rows, checkpoint = log_rows(tmp_path), load(tmp_path / 'last.pt')
+
+def test_train_compile(demo_data, eager_run, tmp_path, monkeypatch):
+    """--compile, for one iteration of the tiny SRResNet: ~20 s on an idle 2-core CPU, most of it g++ building the ~14
+    C++ kernels of the forward and backward graphs (about 1 s each, whatever the model's size), so it stays the
+    suite's slowest test; in this process, it saves the ~7 s a new one spends importing torch."""
+    monkeypatch.delenv('TORCHINDUCTOR_CACHE_DIR', raising=False)  # as in a new process: the run's own cache
+    cli('train_srresnet.py', '--data-folder', demo_data, '--output-dir', tmp_path, *SMALL, *TINY, '--iterations', 1,
+        '--val-set', 'none', '--compile')
+    assert (tmp_path / 'compile_cache').is_dir()  # where a resumed run finds it
+    rows, checkpoint = train_rows(tmp_path), load(tmp_path / 'last.pt')
     eager_rows, eager = eager_run
     assert checkpoint['iteration'] == 1 and checkpoint['config']['compile'] is True
     # the saved weights are the plain model's (no torch.compile wrapper prefix), and compiled training computes the
@@ -507,9 +493,9 @@ def test_train_compile(demo_data, eager_run, tmp_path):
 
 def test_srgan_adversarial_weight(demo_data, tmp_path):
     weight = 0.5
-    ok('train_srgan.py', '--data-folder', demo_data, '--output-dir', tmp_path, *SMALL, '--content-loss', 'mse',
-       '--srresnet-checkpoint', 'none', '--adversarial-weight', weight, '--iterations', 1, '--val-set', 'none')
-    (row,) = log_rows(tmp_path)
+    cli('train_srgan.py', '--data-folder', demo_data, '--output-dir', tmp_path, *SMALL, '--content-loss', 'mse',
+        '--srresnet-checkpoint', 'none', '--adversarial-weight', weight, '--iterations', 1, '--val-set', 'none')
+    (row,) = train_rows(tmp_path)
     assert row['iteration'] == 1 and row['adversarial_loss'] > 0.1  # BCE of a discriminator near chance: ~0.7
     # perceptual = content + w x adversarial (with the default w = 1e-3 it would be within 0.1 % of content)
     assert row['perceptual_loss'] == pytest.approx(row['content_loss'] + weight * row['adversarial_loss'], rel=1e-5)
@@ -523,10 +509,10 @@ def test_srgan_adversarial_weight(demo_data, tmp_path):
 def test_signal_saves_last_pt_and_resume_continues(demo_data, tmp_path, sig):
     total = 100_000
     args = ['--data-folder', demo_data, '--output-dir', tmp_path, *SMALL, *TINY, '--workers', 1, '--val-set', 'none',
-            '--checkpoint-every', total]
-    process = popen('train_srresnet.py', *args, '--iterations', total, start_new_session=True)
+            '--checkpoint-every', total, '--compile', 'off']  # auto would compile for so many iterations: ~20 s
+    process = start_process('train_srresnet.py', *args, '--iterations', total, start_new_session=True)
     deadline = time.time() + 120
-    while len(log_rows(tmp_path)) < 3 and process.poll() is None and time.time() < deadline:
+    while len(train_rows(tmp_path)) < 3 and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert process.poll() is None, process.communicate()[1][-3000:]
     if sig == signal.SIGINT:
@@ -543,37 +529,34 @@ def test_signal_saves_last_pt_and_resume_continues(demo_data, tmp_path, sig):
     checkpoint = load(tmp_path / 'last.pt')
     stopped_at = checkpoint['iteration']
     assert 3 <= stopped_at < total
-    assert log_rows(tmp_path)[-1]['iteration'] == stopped_at  # the step in progress was finished and logged
+    assert train_rows(tmp_path)[-1]['iteration'] == stopped_at  # the step in progress was finished and logged
 
-    result = ok('train_srresnet.py', *args, '--workers', 0, '--iterations', stopped_at + 2, '--resume', 'auto')
+    result = cli('train_srresnet.py', *args, '--workers', 0, '--iterations', stopped_at + 2, '--resume', 'auto')
     assert f'at iteration {stopped_at}' in result.stdout
-    assert [row['iteration'] for row in log_rows(tmp_path)] == list(range(1, stopped_at + 3))
+    assert [row['iteration'] for row in train_rows(tmp_path)] == list(range(1, stopped_at + 3))
     assert load(tmp_path / 'last.pt')['iteration'] == stopped_at + 2
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Converting an original-tutorial checkpoint
 
-def test_convert_a_tutorial_srresnet(tmp_path):
-    model = tutorial_srresnet_pickle(tmp_path / 'checkpoint_srresnet.pth.tar', seed=1)
-    converted = convert(tmp_path / 'checkpoint_srresnet.pth.tar', tmp_path / 'srresnet.pt')
-    assert converted['kind'] == 'srresnet'
-    assert converted['model_config'] == dict(large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=1,
-                                             scaling_factor=4)
-    expected = model.state_dict()
-    assert converted['model'].keys() == expected.keys()
-    assert all(torch.equal(converted['model'][k], v) for k, v in expected.items())
-
-
-def test_convert_a_tutorial_srgan(tmp_path):
-    torch.manual_seed(2)
+def tutorial_srgan_pickle(path, seed=2):
+    """An original-tutorial SRGAN checkpoint (x2): the generator and discriminator objects pickled. Returns the
+    generator's SRResNet."""
+    torch.manual_seed(seed)
     generator = Generator(n_blocks=1, scaling_factor=2)
-    torch.save({'epoch': 1, 'generator': generator, 'discriminator': Discriminator(n_blocks=2, fc_size=16)},
-               tmp_path / 'checkpoint_srgan.pth.tar')
-    converted = convert(tmp_path / 'checkpoint_srgan.pth.tar', tmp_path / 'srgan.pt')
-    assert converted['kind'] == 'srgan'
+    torch.save({'epoch': 1, 'generator': generator, 'discriminator': Discriminator(n_blocks=2, fc_size=16)}, path)
+    return generator.net
+
+
+@pytest.mark.parametrize('kind, pickled, scale', [('srresnet', tutorial_srresnet_pickle, 4),
+                                                  ('srgan', tutorial_srgan_pickle, 2)])
+def test_convert_a_tutorial_checkpoint(tmp_path, kind, pickled, scale):
+    model = pickled(tmp_path / f'checkpoint_{kind}.pth.tar', seed=1)
+    converted = convert(tmp_path / f'checkpoint_{kind}.pth.tar', tmp_path / f'{kind}.pt')
+    assert converted['kind'] == kind
     assert converted['model_config'] == dict(large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=1,
-                                             scaling_factor=2)
-    expected = generator.net.state_dict()  # the generator's SRResNet
+                                             scaling_factor=scale)
+    expected = model.state_dict()  # the SRResNet's (the generator's, for an SRGAN)
     assert converted['model'].keys() == expected.keys()
     assert all(torch.equal(converted['model'][k], v) for k, v in expected.items())

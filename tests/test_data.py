@@ -1,41 +1,32 @@
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO
+from conftest import cli, photo
 import create_data_lists as cdl
 from create_data_lists import create_data_lists, folder_name
 from datasets import DataListError, SRDataset
 from utils import UserError, convert_image
 
 
-def write_png(path, size, seed=0):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    array = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    Image.fromarray(array).save(path)
-    return str(path)
-
-
 @pytest.fixture
 def messy_folder(tmp_path):
     """Good images (nested, odd letter case) beside every kind of bad file."""
     root = tmp_path / 'train'
-    good = [write_png(root / 'a.png', (120, 110)), write_png(root / 'sub' / 'deeper' / 'B.PNG', (100, 130), 1)]
+    good = [str(photo(root / 'a.png', (120, 110))), str(photo(root / 'sub' / 'deeper' / 'B.PNG', (100, 130), 1))]
     Image.open(good[0]).save(root / 'sub' / 'c.JPEG')
     good.append(str(root / 'sub' / 'c.JPEG'))
-    write_png(root / 'd.webp', (110, 120), 2)  # its own picture: a lossless copy of a.png would be a duplicate
+    photo(root / 'd.webp', (110, 120), 2)  # its own picture: a lossless copy of a.png would be a duplicate
     good.append(str(root / 'd.webp'))
     data = open(good[0], 'rb').read()
     (root / 'truncated.png').write_bytes(data[:len(data) // 3])
     (root / 'empty.jpg').write_bytes(b'')
     (root / 'notes.jpg').write_text('not an image')
-    write_png(root / 'small.png', (99, 300))
+    photo(root / 'small.png', (99, 300))
     (root / 'README.txt').write_text('passed over: no image extension')
     (root / 'gone.png').symlink_to(root / 'deleted.png')  # a broken symbolic link
     return root, sorted(good)
@@ -44,7 +35,7 @@ def messy_folder(tmp_path):
 def test_create_data_lists_skips_bad_files_with_reasons(messy_folder, tmp_path, capsys):
     root, good = messy_folder
     test_root = tmp_path / 'Set5'
-    write_png(test_root / 'baby.png', (64, 40))  # test images are kept at any size
+    photo(test_root / 'baby.png', (64, 40))  # test images are kept at any size
     out = tmp_path / 'lists'
     summary = create_data_lists([str(root)], [str(test_root) + '/'], 100, str(out))
     printed = capsys.readouterr().out
@@ -64,12 +55,9 @@ def test_create_data_lists_skips_bad_files_with_reasons(messy_folder, tmp_path, 
 def test_the_cli_and_its_errors(messy_folder, tmp_path):
     root, good = messy_folder
     out = tmp_path / 'lists'
-    run = subprocess.run([sys.executable, 'create_data_lists.py', '--train-folders', str(root), '--min-size', '96',
-                          '--output-folder', str(out), '--workers', '2'], cwd=REPO, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
+    cli('create_data_lists.py', '--train-folders', root, '--min-size', 96, '--output-folder', out, '--workers', 2)
     assert len(json.load(open(out / 'train_images.json'))) == 5  # small.png (99 px) now qualifies
-    run = subprocess.run([sys.executable, 'create_data_lists.py', '--test-folders', str(tmp_path / 'nowhere')],
-                         cwd=REPO, capture_output=True, text=True)
+    run = cli('create_data_lists.py', '--test-folders', tmp_path / 'nowhere', check=False)
     assert run.returncode == 1 and run.stderr.strip() == f'error: {tmp_path / "nowhere"} is not a folder'
 
 
@@ -82,7 +70,7 @@ def sr_folders(tmp_path):
     data = tmp_path / 'data'
     for name, seed in [('T91/t1.png', 1), ('T91/t2.png', 2), ('Set5/baby.png', 3), ('Set5/bird.png', 4),
                        ('Set14/zebra.png', 5)]:
-        write_png(data / name, (24, 20), seed)
+        photo(data / name, (24, 20), seed)
     return data
 
 
@@ -99,9 +87,8 @@ def test_the_same_folder_for_train_and_test_is_refused_in_one_line(sr_folders, t
     out = tmp_path / 'lists'
     out.mkdir()
     (out / 'train_images.json').write_text('["mine.png"]')  # the user's earlier list stays as it was
-    run = subprocess.run([sys.executable, 'create_data_lists.py', '--train-folders', str(sr_folders / 'Set5'),
-                          '--test-folders', str(sr_folders / 'Set5'), '--min-size', '16', '--output-folder',
-                          str(out)], cwd=REPO, capture_output=True, text=True)
+    run = cli('create_data_lists.py', '--train-folders', sr_folders / 'Set5', '--test-folders', sr_folders / 'Set5',
+              '--min-size', 16, '--output-folder', out, check=False)
     assert run.returncode == 1 and len(run.stderr.strip().splitlines()) == 1, run.stderr
     assert run.stderr.startswith('error: 2 of 2 training images are also test images (Set5: 2;')
     assert f"{sr_folders / 'Set5' / 'baby.png'} is Set5's baby.png" in run.stderr
@@ -147,7 +134,7 @@ def test_duplicate_training_images_are_listed_once_with_a_note(sr_folders, tmp_p
     """A lossless copy under another name, and one file reached through nested training folders."""
     train = sr_folders / 'T91'
     Image.open(train / 't1.png').save(train / 't1_copy.webp', lossless=True)
-    write_png(train / 'sub' / 't3.png', (24, 20), 6)
+    photo(train / 'sub' / 't3.png', (24, 20), 6)
     out = tmp_path / 'lists'
     summary = create_data_lists([str(train), str(train / 'sub')], [], 16, str(out))
     notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith('note:')]
@@ -165,7 +152,7 @@ def test_duplicate_training_images_are_listed_once_with_a_note(sr_folders, tmp_p
     (['Set5', 'T91/Set5'], 'the test folders {0} and {1} are both named Set5'),
 ])
 def test_a_test_set_given_twice_is_refused_before_any_work(sr_folders, tmp_path, monkeypatch, folders, expected):
-    write_png(sr_folders / 'T91' / 'Set5' / 'other.png', (24, 20), 7)
+    photo(sr_folders / 'T91' / 'Set5' / 'other.png', (24, 20), 7)
     monkeypatch.setattr(cdl, 'check_image', None)  # nothing is decoded before the refusal
     message = refusal([str(sr_folders / 'T91')], [str(sr_folders / f) for f in folders], 16, str(tmp_path / 'o'))
     assert message.startswith(expected.format(*[sr_folders / f for f in folders]))
@@ -187,9 +174,7 @@ def test_test_sets_are_named_after_their_folder(folder, name):
 
 
 def test_demo_lists_and_dataset(tmp_path):
-    run = subprocess.run([sys.executable, 'create_data_lists.py', '--output-folder', str(tmp_path)], cwd=REPO,
-                         capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
+    cli('create_data_lists.py', '--output-folder', tmp_path)
     assert len(json.load(open(tmp_path / 'train_images.json'))) == 12
     assert len(json.load(open(tmp_path / 'demo_test_images.json'))) == 2
 

@@ -5,9 +5,7 @@ import contextlib
 import csv as csv_module
 import io
 import re
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,13 +21,10 @@ import utils
 from checkpoints import CheckpointError, save_checkpoint
 from models import SRResNet
 from utils import UserError
-from test_super_resolve import _make_video, _photo, _write_png_16
+from conftest import REPO, make_video, run_process, smooth_photo, write_png_16
 
 onnx = pytest.importorskip('onnx', reason='the ONNX tests need onnx, onnxscript and onnxruntime (requirements.txt)')
 ort = pytest.importorskip('onnxruntime')
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory):
@@ -81,15 +76,15 @@ def test_onnx_equals_pytorch_at_any_size_and_batch(exported, s):
 def _inputs(folder):
     """An RGB photo, an RGBA logo, a 16-bit RGB PNG, a 16-bit grey scan and a short video with sound."""
     folder.mkdir()
-    Image.fromarray(_photo(70, 50)).save(folder / 'photo.png')
-    rgba = np.dstack([_photo(30, 20, 1), np.zeros((20, 30), np.uint8)])
+    Image.fromarray(smooth_photo(70, 50)).save(folder / 'photo.png')
+    rgba = np.dstack([smooth_photo(30, 20, 1), np.zeros((20, 30), np.uint8)])
     rgba[:, 15:, 3] = 255
     Image.fromarray(rgba).save(folder / 'logo.png')
     y, x = np.mgrid[0:16, 0:24]
-    _write_png_16(folder / 'rgb48.png', np.stack([1000 + 37 * x + 5 * y, 30000 + 11 * y, 60000 - 13 * x],
-                                                 axis=2).astype(np.uint16))
+    write_png_16(folder / 'rgb48.png', np.stack([1000 + 37 * x + 5 * y, 30000 + 11 * y, 60000 - 13 * x],
+                                                axis=2).astype(np.uint16))
     Image.fromarray((np.arange(20 * 30).reshape(20, 30) * 97 + 1000).astype(np.uint16)).save(folder / 'gray16.png')
-    _make_video(folder / 'clip.mp4')
+    make_video(folder / 'clip.mp4')
 
 
 def test_super_resolve_runs_an_onnx_model_through_the_same_paths(exported, tmp_path):
@@ -122,7 +117,7 @@ def test_eval_measures_an_onnx_model_as_its_checkpoint(exported, tmp_path):
     _, path, _ = exported[2]
     (tmp_path / 'photos').mkdir()
     for i in range(2):
-        Image.fromarray(_photo(64, 48, i)).save(tmp_path / 'photos' / f'{i}.png')
+        Image.fromarray(smooth_photo(64, 48, i)).save(tmp_path / 'photos' / f'{i}.png')
     rows = {}
     for model in (inference.shipped_model(2), path):
         csv = tmp_path / f'{model.suffix[1:]}.csv'
@@ -141,10 +136,9 @@ def test_the_readmes_plain_onnxruntime_example_runs(exported, tmp_path):
     code = re.search(r'## Deploying.*?```python\n(.*?)```', readme, re.S).group(1)
     assert len([line for line in code.splitlines() if line.strip() and not line.startswith('#')]) <= 6
     _, path, _ = exported[4]
-    Image.fromarray(_photo(40, 30)).save(tmp_path / 'photo.png')
+    Image.fromarray(smooth_photo(40, 30)).save(tmp_path / 'photo.png')
     (tmp_path / 'srresnet_x4.onnx').symlink_to(path)
-    result = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
+    run_process('-c', code, cwd=tmp_path, timeout=120)  # a new interpreter: nothing of this repo imported
     super_resolve.main([str(tmp_path / 'photo.png'), '-o', str(tmp_path / 'ours.png'), '--device', 'cpu', '--fp32'])
     theirs = np.asarray(Image.open(tmp_path / 'photo_x4.png')).astype(int)
     assert theirs.shape == (120, 160, 3)
@@ -164,7 +158,7 @@ def _exit_line(argv, main=deploy.main):
 
 
 def test_export_refuses_what_is_not_a_generator_and_an_unwritable_output(tmp_path, exported):
-    Image.fromarray(_photo(8, 8)).save(tmp_path / 'photo.png')
+    Image.fromarray(smooth_photo(8, 8)).save(tmp_path / 'photo.png')
     assert 'a PNG image, not a checkpoint' in _exit_line([str(tmp_path / 'photo.png'), str(tmp_path / 'a.onnx')])
     save_checkpoint({'kind': 'srgan', 'discriminator': {'w': torch.zeros(1)}}, tmp_path / 'd.pt')
     assert 'no generator weights' in _exit_line([str(tmp_path / 'd.pt'), str(tmp_path / 'a.onnx')])
@@ -242,7 +236,7 @@ def test_an_onnx_from_elsewhere_is_run_with_what_is_assumed_said_or_refused(tmp_
                                               r'any size are run here; export it with dynamic height and width'):
         inference.load_upscaler(tmp_path / 'fixed.onnx')
     (tmp_path / 'text.onnx').write_text('not a model')
-    Image.fromarray(_photo(8, 8)).save(tmp_path / 'x.png')
+    Image.fromarray(smooth_photo(8, 8)).save(tmp_path / 'x.png')
     with pytest.raises(CheckpointError, match=r'text.onnx: onnxruntime cannot load it .*; pass an .onnx written by'):
         inference.load_upscaler(tmp_path / 'text.onnx')
     with pytest.raises(CheckpointError, match='^.*text.onnx: onnxruntime cannot load it'):

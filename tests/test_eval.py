@@ -4,7 +4,6 @@ hand, the literature's bicubic baseline on Set5, the protocols, tiled inference 
 import csv
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,9 +20,7 @@ from inference import Upscaler, load_generator
 from models import SRResNet
 from outputs import OutputPlan, WriteError
 from utils import UserError
-from conftest import SmallMemory
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, SmallMemory, cli, save_srresnet
 
 
 def _photo(height, width, seed=0):
@@ -144,7 +141,8 @@ def test_imresize_upscale_of_an_impulse_gives_the_cubic_kernel():
 def test_imresize_keeps_constants_and_interior_ramps_and_mirrors_the_edges():
     constant = torch.full((2, 3, 12, 20), 77.0, dtype=torch.float64)
     for scale in (0.25, 0.5, 2, 4):
-        torch.testing.assert_close(metrics.imresize(constant, scale), torch.full_like(metrics.imresize(constant, scale), 77.0))
+        resized = metrics.imresize(constant, scale)
+        torch.testing.assert_close(resized, torch.full_like(resized, 77.0))
     # bicubic reproduces straight lines: away from the edges, output i holds the value at u = i / s + (1 - 1 / s) / 2
     ramp = torch.arange(1, 65, dtype=torch.float64).view(1, 64)  # value = 1-based position
     for scale in (0.25, 4):
@@ -212,7 +210,8 @@ def test_tutorial_protocol_is_float_y_with_a_4_pixel_crop_and_scikit_image_defau
     psnr, ssim = metrics.evaluate_image(sr, hr, 2, protocol='tutorial')
     # the tutorial's convert_image: Y of the [0, 1] image, 4 px cropped on every side whatever the scale
     y = lambda img: (torch.tensordot(torch.tensor([65.481, 128.553, 24.966]), (img + 1) / 2, 1) + 16)[4:-4, 4:-4]
-    assert psnr.item() == pytest.approx(peak_signal_noise_ratio(y(hr).numpy(), y(sr).numpy(), data_range=255.), abs=1e-4)
+    expected = peak_signal_noise_ratio(y(hr).numpy(), y(sr).numpy(), data_range=255.)
+    assert psnr.item() == pytest.approx(expected, abs=1e-4)
     assert ssim.item() == pytest.approx(structural_similarity(y(hr).numpy(), y(sr).numpy(), data_range=255.), abs=1e-5)
     assert psnr.item() != pytest.approx(metrics.evaluate_image(sr, hr, 2)[0].item(), abs=0.01)
     with pytest.raises(ValueError, match='protocol'):
@@ -245,12 +244,7 @@ def test_set5_bicubic_baseline_matches_the_literature(shared_data):
 
 @pytest.fixture(scope='module')
 def tiny_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    config = {'n_channels': 16, 'n_blocks': 2, 'scaling_factor': 4}
-    path = tmp_path_factory.mktemp('model') / 'tiny.pt'
-    save_checkpoint({'kind': 'srresnet', 'model_config': config, 'model': SRResNet(**config).state_dict(),
-                     'iteration': 0}, path)
-    return path
+    return save_srresnet(tmp_path_factory.mktemp('model') / 'tiny.pt', n_channels=16, n_blocks=2, scaling_factor=4)
 
 
 def test_tiled_inference_scores_as_untiled(tiny_checkpoint):
@@ -277,12 +271,8 @@ def test_command_line_on_the_demo_set(tiny_checkpoint, tmp_path):
     with open(data_folder / 'demo_test_images.json', 'w') as f:
         json.dump([str(skimage_folder / 'astronaut.png'), str(skimage_folder / 'chelsea.png')], f)
 
-    result = subprocess.run(
-        [sys.executable, 'eval.py', 'bicubic', str(tiny_checkpoint), '--data-folder', str(data_folder),
-         '--workers', '0', '--device', 'cpu', '--tile', '64', '--csv', str(tmp_path / 'rows.csv'),
-         '--save-dir', str(tmp_path / 'sr')], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
+    out = cli('eval.py', 'bicubic', tiny_checkpoint, '--data-folder', data_folder, '--workers', 0, '--device', 'cpu',
+              '--tile', 64, '--csv', tmp_path / 'rows.csv', '--save-dir', tmp_path / 'sr').stdout
     assert 'Protocol paper' in out and 'MATLAB' in out
     table = [line for line in out.splitlines() if line.startswith('|')]
     assert table[0].startswith('| model | scale | demo PSNR / SSIM | s / image |')
@@ -458,7 +448,7 @@ def test_a_broken_test_list_is_one_line(tmp_path, monkeypatch, capsys):
 
 
 def test_default_models_are_the_repos_weights_and_the_runs_here_from_any_folder(tiny_checkpoint, tmp_path,
-                                                                               monkeypatch, capsys):
+                                                                                monkeypatch, capsys):
     """Run from another folder, eval.py finds the weights shipped in the repo, and ./runs of the folder it runs in
     (the trainers' default --output-dir is relative to theirs too)."""
     shipped = REPO / 'weights' / 'srresnet_x4.pt'

@@ -8,7 +8,6 @@ import io
 import json
 import re
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ import eval as eval_py
 import inference
 import report
 from outputs import OutputPlan
-from test_super_resolve import _photo
+from conftest import run_process, smooth_photo
 
 CHROMIUM = next((shutil.which(name) for name in ('chromium', 'chromium-browser', 'google-chrome')
                  if shutil.which(name)), None)
@@ -63,9 +62,9 @@ def run_in_chromium(page_folder):
     if CHROMIUM is None:
         pytest.skip('this test needs Chromium (Debian: apt install chromium; .ci/run installs it)')
     (page_folder / 'harness.html').write_text(HARNESS)
-    result = subprocess.run([CHROMIUM, '--headless', '--no-sandbox', '--disable-gpu', '--allow-file-access-from-files',
-                             '--virtual-time-budget=30000', '--dump-dom', (page_folder / 'harness.html').as_uri()],
-                            capture_output=True, text=True, timeout=120)
+    result = run_process('--headless', '--no-sandbox', '--disable-gpu', '--allow-file-access-from-files',
+                         '--virtual-time-budget=30000', '--dump-dom', (page_folder / 'harness.html').as_uri(),
+                         program=CHROMIUM, check=False, timeout=120)
     match = re.search(r'<pre id="result">(.*?)</pre>', result.stdout, re.S)
     assert match and match.group(1) != 'not run', result.stderr[-2000:]
     return json.loads(html.unescape(match.group(1)))
@@ -77,7 +76,7 @@ def page(tmp_path_factory):
     folder = tmp_path_factory.mktemp('page')
     (folder / 'photos').mkdir()
     for i, (w, h) in enumerate([(64, 48), (50, 70)]):
-        Image.fromarray(_photo(w, h, i)).save(folder / 'photos' / f'photo{i}.png')
+        Image.fromarray(smooth_photo(w, h, i)).save(folder / 'photos' / f'photo{i}.png')
     with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()):
         eval_py.main([str(inference.shipped_model(2)), '--test-folders', str(folder / 'photos'), '--workers', '0',
                       '--csv', str(folder / 'rows.csv'), '--html', str(folder / 'html'), '--device', 'cpu'])

@@ -4,16 +4,13 @@ input folder; inputs that are empty, truncated, of another format, of several fr
 
 For each combination: the script succeeds, or exits non-zero with one `error:` line (argparse's usage lines aside);
 never a traceback; every file that was there before is byte-identical afterwards (no --overwrite is given), and an
-output never lands on another's path. Scripts run in this process through utils.run_main, as their __main__ does,
-so the table runs in well under a minute."""
+output never lands on another's path. Scripts run in this process as their __main__ (conftest.cli), so the table runs
+in well under a minute."""
 
-import contextlib
 import hashlib
-import io
 import itertools
 import json
 import shutil
-import sys
 
 import numpy as np
 import pytest
@@ -26,17 +23,10 @@ import eval as eval_script
 import super_resolve
 import train_srgan
 import train_srresnet
-from checkpoints import save_checkpoint
-from models import SRResNet
-from utils import run_main
+from conftest import cli, photo, save_srresnet
 
 LONGEST = 'n' * 251  # + '.png': a legal name of 255 bytes
 TOO_LONG = 'n' * 256  # too long with any extension, and as a folder's name
-
-
-def image(path, size=(24, 20), seed=0):
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path)
 
 
 @pytest.fixture(scope='module')
@@ -45,17 +35,15 @@ def sandbox_template(tmp_path_factory):
     root = tmp_path_factory.mktemp('sandbox')
     (root / 'images').mkdir()
     for i in range(2):
-        image(root / 'images' / f'im{i}.png', seed=i)
-    image(root / 'good.png')
+        photo(root / 'images' / f'im{i}.png', seed=i)
+    photo(root / 'good.png')
     frames = [Image.fromarray(np.full((20, 24, 3), v, np.uint8)) for v in (0, 255)]
     frames[0].save(root / 'frames.gif', save_all=True, append_images=frames[1:])
     frames[0].save(root / 'pages.tif', save_all=True, append_images=frames[1:])
     (root / 'empty.png').write_bytes(b'')
     (root / 'truncated.png').write_bytes((root / 'good.png').read_bytes()[:60])
     (root / 'text.png').write_text('not an image\n')
-    config = {'n_channels': 8, 'n_blocks': 1, 'scaling_factor': 2}
-    save_checkpoint({'kind': 'srresnet', 'model_config': config, 'model': SRResNet(**config).state_dict()},
-                    root / 'model.pt')
+    save_srresnet(root / 'model.pt', n_channels=8, n_blocks=1, scaling_factor=2)
     (root / 'empty.pt').write_bytes(b'')
     (root / 'truncated.pt').write_bytes((root / 'model.pt').read_bytes()[:500])
     shutil.copy(root / 'good.png', root / 'image.pt')
@@ -74,7 +62,7 @@ def sandbox_template(tmp_path_factory):
     run = root / 'run'
     (run / 'samples').mkdir(parents=True)
     for i in (1, 2):
-        image(run / 'samples' / f'iter_{i:07d}.png', (32, 16), seed=i)
+        photo(run / 'samples' / f'iter_{i:07d}.png', (32, 16), seed=i)
     (run / 'log.jsonl').write_text('[1, 2, 3]\n{"loss": 1}\n{"iteration": 1, "val_psnr_x": "high"}\n'
                                    '{"iteration": 2, "val_psnr_x": 20.5}\n{"iterat')
     return root
@@ -92,21 +80,10 @@ def snapshot(root):
 
 
 def run(module, argv, cwd):
-    """module.main run as its __main__ does (utils.run_main), in `cwd` -> (exit status, stderr). Any exception but
-    the SystemExit that run_main or argparse raise escapes: a traceback fails the test."""
-    err, out = io.StringIO(), io.StringIO()
-    old_argv = sys.argv
-    sys.argv = [f'{module.__name__}.py', *argv]
-    try:
-        with contextlib.chdir(cwd), contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-            try:
-                run_main(lambda: module.main(argv) if module is not create_data_lists else module.main())
-                code = 0
-            except SystemExit as e:
-                code = e.code
-    finally:
-        sys.argv = old_argv
-    return code, err.getvalue()
+    """`python module.py argv` in this process (conftest.cli), in `cwd` -> (exit status, stderr). A traceback fails
+    the test."""
+    result = cli(f'{module.__name__}.py', *argv, cwd=cwd, check=False)
+    return result.returncode, result.stderr
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -195,8 +172,10 @@ def test_a_hostile_combination_succeeds_or_is_one_line(name, hostile, refused, s
     code, err = run(module, argv, sandbox)
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert 'Traceback' not in err
-    if code:
-        assert lines and (lines[-1].startswith('error: ') or ': error: ' in lines[-1]), err  # argparse's usage
+    if code == 2:  # argparse: its usage, then 'PROG: error: ...'
+        assert lines and ': error: ' in lines[-1] and any(line.startswith('usage: ') for line in lines), err
+    elif code:  # utils.run_main: 'error: ...', the last line
+        assert lines and lines[-1].startswith('error: '), err
     if refused:
         assert code != 0, f'{name} {hostile}: exit 0, expected a refusal; stderr:\n{err}'
     after = snapshot(sandbox)
@@ -225,8 +204,7 @@ COLLIDING_NAMES = [('a b.png', 'a_b.png'), ('x.png', 'x.jpg', 'sub/x.png'), ('A.
 def test_eval_writes_one_file_per_image_and_model(names, sandbox):
     folder = sandbox / 'set'
     for i, name in enumerate(names):
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        image(folder / name, (24, 24), seed=i)
+        photo(folder / name, (24, 24), seed=i)
     (sandbox / 'm a').mkdir()
     (sandbox / 'm_a').mkdir()
     shutil.copy(sandbox / 'model.pt', sandbox / 'm a' / 'best.pt')

@@ -1,4 +1,10 @@
+import contextlib
+import importlib
+import importlib.abc
+import sys
+import types
 import urllib.error
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +15,7 @@ import models
 import train_srgan
 from models import (ConvolutionalBlock, Discriminator, Generator, ResidualBlock, SRResNet, SubPixelConvolutionalBlock,
                     TruncatedVGG19, VGGWeightsUnavailable)
+from conftest import REPO, tutorial_srresnet_keys
 from utils import convert_image
 
 
@@ -55,29 +62,6 @@ def test_blocks():
     torch.nn.init.zeros_(block.conv_block2.conv_block[1].weight)  # BN gamma 0: the block is the identity
     torch.nn.init.zeros_(block.conv_block2.conv_block[1].bias)
     assert torch.equal(block.eval()(x), x)
-
-
-def tutorial_srresnet_keys(n_blocks=16, n_subpixel=2):
-    """The original tutorial's SRResNet state_dict layout, written out by hand: {key: shape}."""
-    keys = {'conv_block1.conv_block.0.weight': (64, 3, 9, 9), 'conv_block1.conv_block.0.bias': (64,),
-            'conv_block1.conv_block.1.weight': (1,)}
-    bn = {'weight': (64,), 'bias': (64,), 'running_mean': (64,), 'running_var': (64,), 'num_batches_tracked': ()}
-    for b in range(n_blocks):
-        for c in (1, 2):
-            keys[f'residual_blocks.{b}.conv_block{c}.conv_block.0.weight'] = (64, 64, 3, 3)
-            keys[f'residual_blocks.{b}.conv_block{c}.conv_block.0.bias'] = (64,)
-            keys.update({f'residual_blocks.{b}.conv_block{c}.conv_block.1.{k}': s for k, s in bn.items()})
-        keys[f'residual_blocks.{b}.conv_block1.conv_block.2.weight'] = (1,)  # PReLU
-    keys['conv_block2.conv_block.0.weight'] = (64, 64, 3, 3)
-    keys['conv_block2.conv_block.0.bias'] = (64,)
-    keys.update({f'conv_block2.conv_block.1.{k}': s for k, s in bn.items()})
-    for b in range(n_subpixel):
-        keys[f'subpixel_convolutional_blocks.{b}.conv.weight'] = (256, 64, 3, 3)
-        keys[f'subpixel_convolutional_blocks.{b}.conv.bias'] = (256,)
-        keys[f'subpixel_convolutional_blocks.{b}.prelu.weight'] = (1,)
-    keys['conv_block3.conv_block.0.weight'] = (3, 64, 9, 9)
-    keys['conv_block3.conv_block.0.bias'] = (3,)
-    return keys
 
 
 def test_tutorial_state_dicts_load_strictly():
@@ -213,13 +197,68 @@ def test_srresnet_forward_reads_as_the_paper_and_models_imports_no_torchvision()
     """The paper's model is plain modules (nn.PReLU, nn.PixelShuffle, the 9x9 tail after the shuffle); torchvision
     is imported only where the VGG is built, so inference does not pay for it."""
     model = SRResNet(n_blocks=1)
-    assert all(type(m) is torch.nn.PReLU for m in model.modules() if isinstance(m, torch.nn.PReLU))
+    prelus = [m for m in model.modules() if isinstance(m, torch.nn.PReLU)]
+    assert len(prelus) == 4 and all(type(m) is torch.nn.PReLU for m in prelus)  # the first layer's, 1 block's, 2 x2's
     assert isinstance(model.subpixel_convolutional_blocks[-1].pixel_shuffle, torch.nn.PixelShuffle)
     assert model.scaling_factor == 4 and SRResNet(n_blocks=1, scaling_factor=8).scaling_factor == 8
     assert models.VGG19_WEIGHTS_URL == torchvision.models.VGG19_Weights.IMAGENET1K_V1.url
-    import subprocess
-    import sys
-    from conftest import REPO
-    code = 'import sys, super_resolve, eval; print(any(m.startswith("torchvision") for m in sys.modules))'
-    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=REPO, check=True)
-    assert result.stdout.strip() == 'False'
+    assert imports_of_a_fresh_import(['super_resolve', 'eval'], 'torchvision') == []
+    assert imports_of_a_fresh_import(['torchvision.models'], 'torchvision') == ['torchvision']  # it sees one
+
+
+class _Refuse(importlib.abc.MetaPathFinder):
+    """Refuses every import of `package`, noting the names asked for."""
+
+    def __init__(self, package):
+        self.package, self.asked = package, []
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] == self.package:
+            self.asked.append(name)
+            raise ImportError(f'{name}: refused by the test')
+        return None
+
+
+def _to_import_again(modules, package):
+    """The names of the modules that must leave sys.modules for a fresh import to show what imports `package`: the
+    repo's own, `package`'s, and any other (torch's aside) that holds one of these or a part of one, so imported it."""
+    leaving = {name for name, module in modules.items()
+               if name.split('.')[0] == package or Path(getattr(module, '__file__', None) or '/').parent == REPO}
+    others = [(name, module) for name, module in modules.items() if name not in leaving and hasattr(module, '__dict__')
+              and name.split('.')[0] != 'torch' and not name.startswith('__')]
+    while True:
+        more = {name for name, module in others if name not in leaving and _holds(module, leaving)}
+        if not more:
+            return leaving
+        leaving |= more
+
+
+def _holds(module, names):
+    """Whether a module's globals hold one of the modules `names`, or a function or class of one."""
+    for value in list(vars(module).values()):
+        with contextlib.suppress(Exception):  # objects that fail on attribute access hold nothing of them
+            if (value.__name__ if isinstance(value, types.ModuleType) else value.__module__) in names:
+                return True
+    return False
+
+
+def imports_of_a_fresh_import(names, package):
+    """The imports of `package` that importing the modules `names` in a new interpreter makes, found in this process
+    (without the ~7 s a new one spends importing torch): the modules that would import it again leave sys.modules,
+    `names` are imported afresh with `package` refused, and sys.modules is put back as it was."""
+    saved = dict(sys.modules)
+    for name in _to_import_again(saved, package):
+        del sys.modules[name]
+    refuse = _Refuse(package)
+    sys.meta_path.insert(0, refuse)
+    try:
+        for name in names:
+            with contextlib.suppress(ImportError):  # refused: noted
+                importlib.import_module(name)
+            assert sys.modules.get(name) is not saved.get(name)  # run again, not found in sys.modules
+    finally:
+        sys.meta_path.remove(refuse)
+        for name in set(sys.modules) - set(saved):
+            del sys.modules[name]
+        sys.modules.update(saved)
+    return refuse.asked

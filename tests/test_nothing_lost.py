@@ -1,43 +1,28 @@
 """Nothing a user owns is lost, nothing fails silently (issue 15's data-loss cases and their siblings): outputs never
 replace inputs or each other, a run's checkpoints are never overwritten by a new run, diverged weights never reach
-a checkpoint and the message says what was kept, a stopped run does not exit as a finished one."""
+a checkpoint and the message says what was kept. (A stopped run does not exit as a finished one: test_cli_flags.py's
+test_signal_saves_last_pt_and_resume_continues, through a real process.)"""
 
 import json
 import os
 import signal
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import create_data_lists
 import super_resolve
 import train_srresnet
 from checkpoints import CheckpointError, load_checkpoint, main as checkpoint_tool, save_checkpoint
-from models import SRResNet
+from conftest import SMALL, photo
 from outputs import OutputError
 from utils import UserError
 
-SMALL = ['--batch-size', '2', '--crop-size', '48', '--workers', '0', '--log-every', '1', '--n-blocks', '1',
-         '--val-set', 'none']
-
-
-@pytest.fixture(scope='module')
-def tiny_model(tmp_path_factory):
-    path = tmp_path_factory.mktemp('model') / 'tiny.pt'
-    config = {'n_channels': 8, 'n_blocks': 1, 'scaling_factor': 2}
-    save_checkpoint({'kind': 'srresnet', 'model_config': config, 'model': SRResNet(**config).state_dict()}, path)
-    return path
-
-
-def photo(path, size=(24, 20)):
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).save(path)
-    return path.read_bytes()
+SHORT_RUN = [*SMALL, '--n-blocks', '1', '--val-set', 'none']
 
 
 def test_an_output_never_replaces_its_input(tmp_path, tiny_model):
-    original = photo(tmp_path / 'a.png')
+    original = photo(tmp_path / 'a.png').read_bytes()
     for flags in (['-o', str(tmp_path), '--suffix', '', '--overwrite'], ['-o', str(tmp_path / 'a.png'), '--overwrite']):
         with pytest.raises(OutputError, match='which this command reads; write to another file'):
             super_resolve.main([str(tmp_path / 'a.png'), '--model', str(tiny_model), *flags])
@@ -68,7 +53,7 @@ def test_a_new_run_never_overwrites_a_best_pt(demo_data, tmp_path):
     save_checkpoint({'kind': 'srresnet', 'iteration': 7}, tmp_path / 'best.pt')
     for resume in ([], ['--resume', 'auto']):
         with pytest.raises(UserError, match='holds .*best.pt but no last.pt; continue from it with --resume'):
-            train_srresnet.main(['--data-folder', str(demo_data), '--output-dir', str(tmp_path), *SMALL,
+            train_srresnet.main(['--data-folder', str(demo_data), '--output-dir', str(tmp_path), *SHORT_RUN,
                                  '--iterations', '1', *resume])
     assert load_checkpoint(tmp_path / 'best.pt')['iteration'] == 7
 
@@ -87,7 +72,7 @@ def test_export_and_convert_never_overwrite(tmp_path, tiny_model, capsys):
 def test_resuming_an_exported_model_says_what_it_is(demo_data, tmp_path, tiny_model):
     save_checkpoint({'kind': 'srresnet', 'model_config': {}, 'model': {}, 'iteration': 4}, tmp_path / 'exported.pt')
     with pytest.raises(UserError, match='holds a srresnet model alone .*cannot be resumed'):
-        train_srresnet.main(['--data-folder', str(demo_data), '--output-dir', str(tmp_path / 'run'), *SMALL,
+        train_srresnet.main(['--data-folder', str(demo_data), '--output-dir', str(tmp_path / 'run'), *SHORT_RUN,
                              '--resume', str(tmp_path / 'exported.pt')])
 
 
@@ -106,7 +91,7 @@ def test_data_lists_are_written_atomically(tmp_path, monkeypatch):
 
 def test_divergence_on_a_fresh_run_says_nothing_was_saved(demo_data, tmp_path):
     with pytest.raises(UserError) as stop:
-        train_srresnet.main(['--data-folder', str(demo_data), '--output-dir', str(tmp_path), *SMALL,
+        train_srresnet.main(['--data-folder', str(demo_data), '--output-dir', str(tmp_path), *SHORT_RUN,
                              '--iterations', '6', '--lr', '1e30'])
     assert 'the training diverged' in str(stop.value) and 'no last.pt was saved yet' in str(stop.value)
     assert not (tmp_path / 'last.pt').exists()
@@ -123,7 +108,7 @@ def test_non_finite_weights_never_reach_a_checkpoint(demo_data, tmp_path, monkey
         return original(self, values, lr, model_and_batch, stopping)
     monkeypatch.setattr(training.Monitor, 'after_step', wreck_then_step)
     with pytest.raises(UserError, match='non-finite model weights at iteration 1; the training diverged'):
-        train_srresnet.main(['--data-folder', str(demo_data), '--output-dir', str(tmp_path), *SMALL,
+        train_srresnet.main(['--data-folder', str(demo_data), '--output-dir', str(tmp_path), *SHORT_RUN,
                              '--iterations', '2', '--checkpoint-every', '1'])
     assert not (tmp_path / 'last.pt').exists()
 
@@ -131,7 +116,7 @@ def test_non_finite_weights_never_reach_a_checkpoint(demo_data, tmp_path, monkey
 def test_finite_but_wrecked_weights_never_reach_a_checkpoint(demo_data, tmp_path):
     """--lr 1e6: the first step's loss (computed before it) is finite, its weights are finite but wrecked, and the
     next step's loss is not: last.pt must keep the state before them, and resume from it."""
-    args = ['--data-folder', str(demo_data), '--output-dir', str(tmp_path), *SMALL, '--checkpoint-every', '1']
+    args = ['--data-folder', str(demo_data), '--output-dir', str(tmp_path), *SHORT_RUN, '--checkpoint-every', '1']
     train_srresnet.main([*args, '--iterations', '2'])
     with pytest.raises(UserError) as stop:
         train_srresnet.main([*args, '--iterations', '6', '--resume', 'auto', '--lr', '1e6'])
@@ -144,7 +129,7 @@ def test_finite_but_wrecked_weights_never_reach_a_checkpoint(demo_data, tmp_path
 
 
 def test_resuming_a_finished_run_says_there_is_nothing_to_do(demo_data, tmp_path, capsys):
-    args = ['--data-folder', str(demo_data), '--output-dir', str(tmp_path), *SMALL]
+    args = ['--data-folder', str(demo_data), '--output-dir', str(tmp_path), *SHORT_RUN]
     train_srresnet.main([*args, '--iterations', '2'])
     train_srresnet.main([*args, '--iterations', '1', '--resume', 'auto'])  # returns: nothing is wrong
     assert 'nothing to do' in capsys.readouterr().out
@@ -153,7 +138,7 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_do(demo_data, tmp_path
 
 
 def test_half_written_checkpoints_of_a_killed_run_are_removed(demo_data, tmp_path):
-    args = ['--data-folder', str(demo_data), '--output-dir', str(tmp_path), *SMALL]
+    args = ['--data-folder', str(demo_data), '--output-dir', str(tmp_path), *SHORT_RUN]
     train_srresnet.main([*args, '--iterations', '1'])
     (tmp_path / '.last.partial4242.pt').write_bytes(b'x' * 1000)  # what a kill during torch.save leaves
     (tmp_path / 'notes.txt').write_text('mine')
@@ -167,11 +152,16 @@ def test_an_empty_checkpoint_file_is_one_line(tmp_path):
         checkpoint_tool(['export', str(tmp_path / 'empty.pt'), str(tmp_path / 'out.pt')])
 
 
-def test_a_signal_stops_with_a_non_zero_exit_code():
+def test_stop_signals_catches_a_real_sigterm_and_restore_puts_the_handlers_back():
+    """The handlers the training loop installs, under a real signal (the exit status: test_cli_flags.py)."""
     from training import StopSignals
+    stops = (signal.SIGINT, signal.SIGTERM)
+    before = [signal.getsignal(sig) for sig in stops]
     stop = StopSignals()
     try:
-        os.kill(os.getpid(), signal.SIGTERM)
+        assert all(signal.getsignal(sig) is not handler for sig, handler in zip(stops, before))
+        os.kill(os.getpid(), signal.SIGTERM)  # to this process: without the handler, pytest would end here
         assert stop.signal_number == signal.SIGTERM and stop.signal_name == 'SIGTERM'
     finally:
         stop.restore()
+    assert [signal.getsignal(sig) for sig in stops] == before

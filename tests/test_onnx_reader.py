@@ -17,7 +17,7 @@ import inference
 import super_resolve
 import utils
 from checkpoints import CheckpointError
-from test_super_resolve import _make_video, _photo
+from conftest import make_video, smooth_photo
 
 onnx = pytest.importorskip('onnx', reason='the ONNX tests need onnx and onnxruntime (requirements.txt)')
 pytest.importorskip('onnxruntime')
@@ -112,7 +112,7 @@ def test_a_batch_axis_declared_dynamic_that_takes_one_image_runs_one_at_a_time(t
 def test_a_video_at_the_default_batch_size_runs_through_a_model_of_batch_1(tmp_path):
     """Frames go to the model 4 at a time (--batch-size 4); an export of batch 1 used to crash on them."""
     av = pytest.importorskip('av')
-    _make_video(tmp_path / 'clip.mp4', n_frames=5)
+    make_video(tmp_path / 'clip.mp4', n_frames=5)
     model = onnx_model(tmp_path / 'b1.onnx', shape=(1, 3, 'h', 'w'), metadata={'scale': '2'})
     super_resolve.main([str(tmp_path / 'clip.mp4'), '-o', str(tmp_path / 'clip_x2.mp4'), '--model', str(model),
                         '--device', 'cpu'])
@@ -133,7 +133,7 @@ def test_a_fixed_image_size_is_refused_in_one_line_before_any_image(tmp_path, ca
     with pytest.raises(CheckpointError) as error:
         deploy.OnnxGenerator(model)
     assert str(error.value) == message
-    Image.fromarray(_photo(40, 40)).save(tmp_path / 'photo.png')
+    Image.fromarray(smooth_photo(40, 40)).save(tmp_path / 'photo.png')
     with pytest.raises(SystemExit) as stop:
         utils.run_main(lambda: super_resolve.main([str(tmp_path / 'photo.png'), '--model', str(model), '-o',
                                                    str(tmp_path / 'out')]))

@@ -153,7 +153,7 @@ def test_images_over_the_budget_stream_from_disk(demo_data, tmp_path, monkeypatc
 
 
 def test_a_data_folder_that_cannot_hold_the_cache_puts_it_in_the_output_dir(demo_data, tmp_path, monkeypatch,
-                                                                           capsys):
+                                                                            capsys):
     original = ImageCache.build
 
     def read_only_data_folder(paths, path, list_path):
@@ -179,7 +179,7 @@ def test_workers_by_default_only_where_cores_are_left(monkeypatch):
     ('auto', 4, 'cpu', True, False), ('auto', 200_000, 'cpu', True, True), ('auto', 200_000, 'cpu', False, False),
     ('auto', 200_000, 'mps', True, False), ('on', 4, 'cpu', True, True), ('off', 200_000, 'cpu', True, False)])
 def test_compile_by_default_only_for_long_runs_with_a_compiler(flag, iterations, device, compiler, expected,
-                                                              tmp_path, monkeypatch, capsys):
+                                                               tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(training.shutil, 'which', lambda name: '/usr/bin/g++' if compiler else None)
     monkeypatch.setenv('TORCHINDUCTOR_CACHE_DIR', 'x')  # restored to what it was (unset) after the test
     monkeypatch.delenv('TORCHINDUCTOR_CACHE_DIR')

@@ -5,12 +5,11 @@ command cannot rot. About a minute on two cores."""
 import os
 import re
 import shutil
-import subprocess
 import sys
 
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, run_process
 from checkpoints import load_checkpoint
 
 QUICKSTART = re.compile(r'<!-- quickstart[^>]*-->\s*```bash\n(.*?)```\s*<!-- /quickstart -->', re.S)
@@ -25,7 +24,7 @@ def quickstart_command():
 def run_quickstart(command, cwd, env):
     # `python` is the interpreter running the tests, whatever the PATH holds
     script = f'python() {{ "{sys.executable}" "$@"; }}\n{command}'
-    return subprocess.run(['bash', '-c', script], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return run_process('-c', script, program='bash', cwd=cwd, env=env, check=False, timeout=600)
 
 
 def test_readme_quickstart_runs_offline_and_writes_what_it_says(tmp_path):
@@ -41,7 +40,7 @@ def test_readme_quickstart_runs_offline_and_writes_what_it_says(tmp_path):
     shutil.copy(REPO / 'weights' / 'srresnet_x4.pt', repo / 'weights')  # what the quick start fine-tunes
     # offline for certain: no cached VGG19 weights, and every download goes to a closed local port (refused at once)
     proxy = 'http://127.0.0.1:9'
-    env = {k: v for k, v in os.environ.items() if k.lower() not in {'no_proxy', 'http_proxy', 'https_proxy'}}
+    env = {k: None for k in os.environ if k.lower() in {'no_proxy', 'http_proxy', 'https_proxy'}}  # None: unset
     env.update(TORCH_HOME=str(tmp_path / 'torch'), http_proxy=proxy, https_proxy=proxy, HTTP_PROXY=proxy,
                HTTPS_PROXY=proxy, OMP_NUM_THREADS='2', PYTHONDONTWRITEBYTECODE='1')
 

@@ -5,27 +5,25 @@ before the redesign. (Split from test_train.py so that the two halves run side b
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, SMALL, cli, last_line, run_process, start_process, train_rows
 from checkpoints import load_checkpoint, save_checkpoint
 from inference import load_generator
 from models import SRResNet
-from test_train import SMALL, last_line, run_script, train_rows
 from training import rng_state, set_rng_state
 
 
 def test_srresnet_lr_decay_can_be_moved_on_resume(demo_data, tmp_path):
     args = ['--data-folder', demo_data, '--output-dir', tmp_path, *SMALL, '--n-blocks', '1', '--val-set', 'none',
             '--augment']
-    run_script('train_srresnet.py', *args, '--iterations', 4, '--lr-decay-at', 2)
+    cli('train_srresnet.py', *args, '--iterations', 4, '--lr-decay-at', 2)
     assert [row['lr'] for row in train_rows(tmp_path)] == pytest.approx([1e-4, 1e-4, 1e-5, 1e-5])
     assert load_checkpoint(tmp_path / 'last.pt')['config']['augment'] is True
-    run_script('train_srresnet.py', *args, '--iterations', 7, '--lr-decay-at', 5, '--resume', 'auto')
+    cli('train_srresnet.py', *args, '--iterations', 7, '--lr-decay-at', 5, '--resume', 'auto')
     assert [row['lr'] for row in train_rows(tmp_path)][4:] == pytest.approx([1e-4, 1e-5, 1e-5])
 
 
@@ -34,7 +32,7 @@ def test_srresnet_freeze_bn_at_keeps_the_running_statistics_and_trains_the_rest(
     states = {}
     for name, iterations, extra in (('free', 3, []), ('frozen', 2, ['--freeze-bn-at', 2]),
                                     ('frozen', 4, ['--freeze-bn-at', 2, '--resume', 'auto'])):
-        run_script('train_srresnet.py', *args, '--output-dir', tmp_path / name, '--iterations', iterations, *extra)
+        cli('train_srresnet.py', *args, '--output-dir', tmp_path / name, '--iterations', iterations, *extra)
         states[name, iterations] = load_checkpoint(tmp_path / name / 'last.pt')['model']
     bn = [k for k in states['free', 3] if k.endswith(('running_mean', 'running_var'))]
     weights = [k for k in states['free', 3] if k.endswith('.weight')]
@@ -49,9 +47,9 @@ def test_srresnet_freeze_bn_at_keeps_the_running_statistics_and_trains_the_rest(
 def test_srresnet_ema_decay_averages_the_weights_and_is_what_the_checkpoint_serves(demo_data, tmp_path):
     args = ['--data-folder', demo_data, '--output-dir', tmp_path, *SMALL, '--n-blocks', '1', '--val-set', 'demo',
             '--ema-decay', 0.75]
-    run_script('train_srresnet.py', *args, '--iterations', 1)
+    cli('train_srresnet.py', *args, '--iterations', 1)
     first = load_checkpoint(tmp_path / 'last.pt')
-    run_script('train_srresnet.py', *args, '--iterations', 2, '--resume', 'auto')
+    cli('train_srresnet.py', *args, '--iterations', 2, '--resume', 'auto')
     second = load_checkpoint(tmp_path / 'last.pt')
     floats = [k for k, v in second['model'].items() if v.is_floating_point()]
     assert any(k.endswith('running_var') for k in floats)
@@ -67,22 +65,21 @@ def test_srresnet_ema_decay_averages_the_weights_and_is_what_the_checkpoint_serv
     lr_imgs = torch.randn(1, 3, 12, 12)
     with torch.no_grad():
         assert torch.equal(load_generator(tmp_path / 'last.pt')(lr_imgs), ema_model.eval()(lr_imgs))
-    result = run_script('train_srresnet.py', *args, '--iterations', 3, '--resume', 'auto', '--ema-decay', 1,
-                        check=False)
+    result = cli('train_srresnet.py', *args, '--iterations', 3, '--resume', 'auto', '--ema-decay', 1,
+                 check=False)
     assert result.returncode != 0 and 'argument --ema-decay: 1 is not a number >= 0 and < 1' in last_line(result)
 
 
 def test_sigkill_then_resume_logs_the_same_losses(demo_data, tmp_path):
-    # two threads (run_script's OMP_NUM_THREADS=2) and 64 channels: without --deterministic, the gradient of the tail's
+    # two threads (run_process's OMP_NUM_THREADS=2) and 64 channels: without --deterministic, the gradient of the tail's
     # indexing (speedups) is added by both threads at once, and a run in a few differs from the next by ~1e-7
     args = ['--data-folder', demo_data, *SMALL, '--workers', '1', '--n-blocks', '2', '--iterations', 10,
             '--checkpoint-every', 3, '--val-set', 'none', '--seed', 7, '--deterministic']
-    run_script('train_srresnet.py', *args, '--output-dir', tmp_path / 'whole')
+    run_process('train_srresnet.py', *args, '--output-dir', tmp_path / 'whole')
 
     killed = tmp_path / 'killed'
-    process = subprocess.Popen([sys.executable, str(REPO / 'train_srresnet.py'), *map(str, args),
-                                '--output-dir', str(killed)], cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS='2'),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = start_process('train_srresnet.py', *args, '--output-dir', killed, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (killed / 'last.pt').exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.002)
@@ -91,7 +88,7 @@ def test_sigkill_then_resume_logs_the_same_losses(demo_data, tmp_path):
     killed_at = load_checkpoint(killed / 'last.pt')['iteration']
     assert killed_at < 10 and len(train_rows(killed)) < 10
 
-    run_script('train_srresnet.py', *args, '--output-dir', killed, '--resume', 'auto')
+    run_process('train_srresnet.py', *args, '--output-dir', killed, '--resume', 'auto')
     whole, resumed = train_rows(tmp_path / 'whole'), train_rows(killed)
     assert [row['iteration'] for row in resumed] == list(range(1, 11))
     assert [row['loss'] for row in resumed] == [row['loss'] for row in whole]  # bit for bit
@@ -103,13 +100,9 @@ def test_ddp_two_processes_gloo(demo_data, tmp_path):
     output_dir = tmp_path / 'ddp'
 
     def torchrun(*args):
-        command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-                   str(REPO / 'train_srresnet.py'), '--data-folder', str(demo_data), '--output-dir', str(output_dir),
-                   *SMALL, '--n-blocks', '1', '--val-set', 'none', '--checkpoint-every', '2', *map(str, args)]
-        result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300,
-                                env=dict(os.environ, OMP_NUM_THREADS='1'))
-        assert result.returncode == 0, result.stderr[-3000:]
-        return result
+        return run_process('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', 'train_srresnet.py',
+                           '--data-folder', demo_data, '--output-dir', output_dir, *SMALL, '--n-blocks', '1',
+                           '--val-set', 'none', '--checkpoint-every', '2', *args, env={'OMP_NUM_THREADS': '1'})
 
     result = torchrun('--iterations', 3)
     assert result.stdout.count('effective batch 4') == 1  # rank 0 alone prints and logs
@@ -138,13 +131,13 @@ def test_srgan_resume_applies_a_moved_lr_decay(demo_data, tmp_path):
     (it used to restore the old schedule and ignore the flag), and the note says so."""
     args = ['--data-folder', demo_data, '--output-dir', tmp_path, *SMALL, '--srresnet-checkpoint', 'none',
             '--content-loss', 'mse', '--val-set', 'none']
-    run_script('train_srgan.py', *args, '--iterations', 2, '--lr-decay-at', 1000)
-    result = run_script('train_srgan.py', *args, '--iterations', 4, '--lr-decay-at', 3, '--resume', 'auto')
+    cli('train_srgan.py', *args, '--iterations', 2, '--lr-decay-at', 1000)
+    result = cli('train_srgan.py', *args, '--iterations', 4, '--lr-decay-at', 3, '--resume', 'auto')
     assert '--lr-decay-at 3 (was 1000): applied from here on' in result.stdout
     assert [row['lr'] for row in train_rows(tmp_path)] == pytest.approx([1e-4, 1e-4, 1e-4, 1e-5])
     checkpoint = load_checkpoint(tmp_path / 'last.pt')
     assert [o['param_groups'][0]['lr'] for o in (checkpoint['optimizer_g'], checkpoint['optimizer_d'])] == [1e-5] * 2
-    result = run_script('train_srgan.py', *args, '--iterations', 5, '--lr', 3e-4, '--beta1', 0.5, '--resume', 'auto')
+    result = cli('train_srgan.py', *args, '--iterations', 5, '--lr', 3e-4, '--beta1', 0.5, '--resume', 'auto')
     assert [row['lr'] for row in train_rows(tmp_path)][4] == pytest.approx(3e-4)  # --lr-decay-at back to 100000
     checkpoint = load_checkpoint(tmp_path / 'last.pt')
     assert checkpoint['optimizer_g']['param_groups'][0]['betas'] == (0.5, 0.999)
@@ -160,8 +153,8 @@ def test_a_checkpoint_written_before_the_redesign_still_resumes(demo_data, tmp_p
     assert before['iteration'] == 2 and 'ema' in before
     model = load_generator(old)  # what eval.py and super_resolve.py load: the average
     assert model(torch.zeros(1, 3, 8, 8)).shape == (1, 3, 32, 32)
-    run_script('train_srresnet.py', '--data-folder', demo_data, '--output-dir', tmp_path, *SMALL, '--n-blocks', 1,
-               '--n-channels', 8, '--ema-decay', 0.5, '--val-set', 'none', '--iterations', 3, '--resume', 'auto')
+    cli('train_srresnet.py', '--data-folder', demo_data, '--output-dir', tmp_path, *SMALL, '--n-blocks', 1,
+        '--n-channels', 8, '--ema-decay', 0.5, '--val-set', 'none', '--iterations', 3, '--resume', 'auto')
     after = load_checkpoint(tmp_path / 'last.pt')
     assert after['iteration'] == 3 and after['samples_seen'] == 3 * 2
     assert [row['iteration'] for row in train_rows(tmp_path)] == [3]  # its own log was not copied: only the new row
@@ -170,6 +163,6 @@ def test_a_checkpoint_written_before_the_redesign_still_resumes(demo_data, tmp_p
             torch.testing.assert_close(v, 0.5 * before['ema'][k] + 0.5 * after['model'][k], rtol=1e-5, atol=1e-7)
     assert after['optimizer']['state'] and not torch.equal(after['model']['conv_block1.conv_block.0.weight'],
                                                            before['model']['conv_block1.conv_block.0.weight'])
-    result = run_script('train_srresnet.py', '--data-folder', demo_data, '--output-dir', tmp_path, *SMALL,
-                        '--val-set', 'none', '--iterations', 4, '--resume', 'auto', check=False)
+    result = cli('train_srresnet.py', '--data-folder', demo_data, '--output-dir', tmp_path, *SMALL,
+                 '--val-set', 'none', '--iterations', 4, '--resume', 'auto', check=False)
     assert result.returncode == 1 and '--n-blocks and --n-channels' in last_line(result)  # not silently n_blocks 1

@@ -1,9 +1,6 @@
 """super_resolve.py: the comparison grid, upscaling files of every kind, tiling, the OOM fallback, video."""
 
-import subprocess
-import sys
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,40 +12,25 @@ import speedups
 import super_resolve
 from datasets import DataListError
 import utils
-from checkpoints import CheckpointError, save_checkpoint
+from checkpoints import CheckpointError
 from inference import Upscaler
 from models import SRResNet
 from outputs import OutputError
 from utils import UserError
-from conftest import SmallMemory
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import SmallMemory, cli, make_video, save_srresnet, smooth_photo, write_png_16
 
 
 @pytest.fixture(scope='module')
 def checkpoint(tmp_path_factory):
     """A small random SRResNet (2 residual blocks, x4) in the repo's checkpoint format."""
-    torch.manual_seed(0)
-    config = {'n_blocks': 2, 'scaling_factor': 4}
-    path = tmp_path_factory.mktemp('model') / 'srresnet.pt'
-    save_checkpoint({'kind': 'srresnet', 'model_config': config, 'model': SRResNet(**config).state_dict()},
-                          path)
-    return path
-
-
-def _photo(width, height, seed=0):
-    """A smooth colour image with some texture (np.uint8 (H, W, 3))."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    base = np.stack([128 + 100 * np.sin(x / 7.0), 128 + 100 * np.cos(y / 5.0), 128 + 60 * np.sin((x + y) / 9.0)], -1)
-    return np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8)
+    return save_srresnet(tmp_path_factory.mktemp('model') / 'srresnet.pt', n_blocks=2, scaling_factor=4)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # visualize_sr
 
 def test_visualize_sr_grid_with_one_model(checkpoint, tmp_path):
-    hr = Image.fromarray(_photo(70, 50))  # trimmed to 68 x 48, a multiple of the scale
+    hr = Image.fromarray(smooth_photo(70, 50))  # trimmed to 68 x 48, a multiple of the scale
     grid = super_resolve.visualize_sr(hr, srresnet_checkpoint=checkpoint, srgan_checkpoint=None,
                                       save_path=tmp_path / 'grid.png', device='cpu')
     width, height = 68, 48
@@ -77,7 +59,7 @@ def test_visualize_sr_grid_with_one_model(checkpoint, tmp_path):
 def test_visualize_sr_without_the_shipped_model_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setattr(inference, 'DEFAULT_MODEL', tmp_path / 'weights' / 'srresnet_x4.pt')
     with pytest.raises(CheckpointError, match='--model PATH'):
-        super_resolve.visualize_sr(Image.fromarray(_photo(64, 64)),
+        super_resolve.visualize_sr(Image.fromarray(smooth_photo(64, 64)),
                                    srresnet_checkpoint=inference.DEFAULT_MODEL, device='cpu')
     with pytest.raises(CheckpointError, match='^no shipped x4 model yet.*--model PATH'):
         super_resolve.main([str(tmp_path / 'any.png')])
@@ -89,30 +71,29 @@ def test_visualize_sr_without_the_shipped_model_says_what_to_do(monkeypatch, tmp
 def _inputs(folder):
     folder.mkdir()
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile('sRGB')).tobytes()
-    Image.fromarray(_photo(30, 20)).save(folder / 'photo.png', icc_profile=icc)
-    rgba = np.dstack([_photo(30, 20, 1), np.zeros((20, 30), np.uint8)])
+    Image.fromarray(smooth_photo(30, 20)).save(folder / 'photo.png', icc_profile=icc)
+    rgba = np.dstack([smooth_photo(30, 20, 1), np.zeros((20, 30), np.uint8)])
     rgba[:, 15:, 3] = 255  # left half transparent, right half opaque
     Image.fromarray(rgba).save(folder / 'logo.png')
     (folder / 'scans').mkdir()
-    Image.fromarray(_photo(30, 20, 2)[..., 0]).save(folder / 'scans' / 'gray.png')
+    Image.fromarray(smooth_photo(30, 20, 2)[..., 0]).save(folder / 'scans' / 'gray.png')
     gray16 = (np.arange(20 * 30).reshape(20, 30) * 97 + 1000).astype(np.uint16)  # values up to ~59000
     Image.fromarray(gray16).save(folder / 'scans' / 'gray16.png')  # Pillow writes 'I;16' as a 16-bit PNG
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
-    Image.fromarray(_photo(40, 24, 3)).save(folder / 'rotated.jpg', exif=exif, quality=95)
+    Image.fromarray(smooth_photo(40, 24, 3)).save(folder / 'rotated.jpg', exif=exif, quality=95)
     (folder / 'broken.png').write_bytes(b'this is not an image')
     (folder / 'empty.jpg').write_bytes(b'')
     good = (folder / 'photo.png').read_bytes()
     (folder / 'truncated.png').write_bytes(good[:len(good) // 2])
-    Image.fromarray(_photo(5, 5)).save(folder / 'tiny.png')
+    Image.fromarray(smooth_photo(5, 5)).save(folder / 'tiny.png')
 
 
 def test_cli_keeps_alpha_gray_16_bit_orientation_icc_and_reports_bad_files(checkpoint, tmp_path):
     _inputs(tmp_path / 'in')
-    result = subprocess.run([sys.executable, str(REPO / 'super_resolve.py'), str(tmp_path / 'in'),
-                             '-o', str(tmp_path / 'out'), '--model', str(checkpoint)],
-                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    assert result.returncode != 0
+    result = cli('super_resolve.py', tmp_path / 'in', '-o', tmp_path / 'out', '--model', checkpoint, cwd=tmp_path,
+                 check=False)
+    assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
     for bad in ['broken.png', 'empty.jpg', 'truncated.png', 'tiny.png']:  # one line each, naming the file; no traceback
         assert sum(bad in line for line in errors) == 1, result.stderr
@@ -145,7 +126,7 @@ def test_cli_keeps_alpha_gray_16_bit_orientation_icc_and_reports_bad_files(check
 def test_png_outputs_are_lossless_and_written_at_zlib_level_1(checkpoint, tmp_path):
     """PNG outputs use zlib's fastest level (README: 2-5x faster than Pillow's default 6 on 2048x2048 outputs,
     files 10-17% larger): the zlib header of the image data says so, and the pixels are the ones given."""
-    pixels = _photo(96, 64)
+    pixels = smooth_photo(96, 64)
     super_resolve.save_image(Image.fromarray(pixels), tmp_path / 'out.png')
     data = (tmp_path / 'out.png').read_bytes()
     idat = data.index(b'IDAT') + 4
@@ -157,7 +138,7 @@ def test_png_outputs_are_lossless_and_written_at_zlib_level_1(checkpoint, tmp_pa
 
 
 def test_existing_outputs_are_kept_unless_overwrite(checkpoint, tmp_path, capsys):
-    Image.fromarray(_photo(16, 16)).save(tmp_path / 'a.png')
+    Image.fromarray(smooth_photo(16, 16)).save(tmp_path / 'a.png')
     out = tmp_path / 'a_big.png'
     out.write_bytes(b'keep me')
     super_resolve.main([str(tmp_path / 'a.png'), '-o', str(out), '--model', str(checkpoint)])
@@ -170,7 +151,7 @@ def test_existing_outputs_are_kept_unless_overwrite(checkpoint, tmp_path, capsys
 def test_a_data_list_from_create_data_lists_is_its_images(checkpoint, tmp_path, capsys):
     import json
     for name, size in (('a', (16, 12)), ('b', (20, 16))):
-        Image.fromarray(_photo(*size)).save(tmp_path / f'{name}.png')
+        Image.fromarray(smooth_photo(*size)).save(tmp_path / f'{name}.png')
     (tmp_path / 'demo_test_images.json').write_text(json.dumps([str(tmp_path / 'a.png'), str(tmp_path / 'b.png')]))
     super_resolve.main([str(tmp_path / 'demo_test_images.json'), '-o', str(tmp_path / 'out'), '--model',
                         str(checkpoint)])
@@ -183,7 +164,7 @@ def test_a_data_list_from_create_data_lists_is_its_images(checkpoint, tmp_path, 
 
 def test_16_bit_to_jpeg_falls_back_to_8_bit_and_alpha_is_dropped(checkpoint, tmp_path):
     Image.fromarray((np.arange(16 * 16).reshape(16, 16) * 250).astype(np.uint16)).save(tmp_path / 'g16.png')
-    rgba = np.dstack([_photo(16, 16), np.full((16, 16), 128, np.uint8)])
+    rgba = np.dstack([smooth_photo(16, 16), np.full((16, 16), 128, np.uint8)])
     Image.fromarray(rgba).save(tmp_path / 'rgba.png')
     super_resolve.main([str(tmp_path / 'g16.png'), str(tmp_path / 'rgba.png'), '-o', str(tmp_path / 'out'),
                         '--ext', 'jpg', '--suffix', '', '--model', str(checkpoint)])
@@ -199,7 +180,7 @@ def test_tiled_output_matches_untiled():
     blended on the CPU canvas stay within 1/255 (mean absolute difference) of one pass over the whole image."""
     torch.manual_seed(0)
     model = SRResNet().eval()
-    lr_img = utils.convert_image(torch.from_numpy(_photo(64, 56)).permute(2, 0, 1) / 255.0, '[0, 1]',
+    lr_img = utils.convert_image(torch.from_numpy(smooth_photo(64, 56)).permute(2, 0, 1) / 255.0, '[0, 1]',
                                  'imagenet-norm')  # (3, 56, 64)
     calls = []
     model.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[-2:]))
@@ -304,42 +285,24 @@ def test_the_inference_rewrite_is_the_same_function():
             torch.testing.assert_close(speedups.for_inference(model)(lr_imgs), model(lr_imgs), atol=1e-5, rtol=0)
 
 
-def test_precision_flags():
+@pytest.mark.parametrize('native, auto, half', [(torch.bfloat16, torch.bfloat16, torch.bfloat16),
+                                                (None, None, torch.bfloat16),  # a CPU without fast bf16
+                                                (torch.float16, None, torch.float16)])  # older GPUs, MPS
+def test_precision_flags(native, auto, half, monkeypatch):
+    """--fp32, --half and the default ('auto') on a device whose fast autocast dtype is `native`."""
+    monkeypatch.setattr(inference, 'autocast_dtype', lambda device: native)
     assert inference.pick_amp_dtype('cpu', 'fp32') is None
-    assert inference.pick_amp_dtype('cpu', 'half') == torch.bfloat16
-    assert inference.pick_amp_dtype('cpu', 'auto') == utils.autocast_dtype('cpu')  # bf16 or None on CPUs
+    assert inference.pick_amp_dtype('cpu', 'half') == half
+    assert inference.pick_amp_dtype('cpu', 'auto') == auto
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Video
 
-def _make_video(path, n_frames=8, size=(32, 24), fps=12, sample_rate=16000):
-    """A tiny h264/mpeg4 + AAC clip written with PyAV itself."""
-    av = pytest.importorskip('av')
-    with av.open(str(path), 'w') as container:
-        video = container.add_stream('libx264' if 'libx264' in av.codecs_available else 'mpeg4', rate=fps)
-        video.width, video.height, video.pix_fmt = *size, 'yuv420p'
-        audio = container.add_stream('aac', rate=sample_rate)
-        audio.layout = 'mono'
-        for i in range(n_frames):
-            frame = av.VideoFrame.from_ndarray(_photo(*size, seed=i), format='rgb24')
-            frame.pts, frame.time_base = i, Fraction(1, fps)
-            container.mux(video.encode(frame))
-        container.mux(video.encode(None))
-        t = np.arange(sample_rate * n_frames // fps) / sample_rate
-        samples = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]  # (1, n) mono, fltp
-        for start in range(0, samples.shape[1], 1024):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, start:start + 1024]), format='fltp',
-                                               layout='mono')
-            frame.sample_rate, frame.pts, frame.time_base = sample_rate, start, Fraction(1, sample_rate)
-            container.mux(audio.encode(frame))
-        container.mux(audio.encode(None))
-
-
 @pytest.mark.parametrize('codec', ['libx264', 'mpeg4'])
 def test_video_round_trip(checkpoint, tmp_path, monkeypatch, codec):
     av = pytest.importorskip('av')
-    _make_video(tmp_path / 'clip.mp4')
+    make_video(tmp_path / 'clip.mp4')
     if codec == 'mpeg4':  # the fallback for an FFmpeg built without x264
         monkeypatch.setattr(av, 'codecs_available', av.codecs_available - {'libx264'})
     super_resolve.main([str(tmp_path / 'clip.mp4'), '-o', str(tmp_path / 'clip_x4.mp4'), '--model', str(checkpoint),
@@ -367,30 +330,13 @@ def test_not_a_video_is_one_line_error(checkpoint, tmp_path, capsys):
     assert not (tmp_path / 'out' / 'fake_x4.mp4').exists()
 
 
-def _write_png_16(path, pixels):
-    """(H, W, 3 or 4) uint16 -> a 48/64-bit PNG, written by hand (Pillow 13 cannot write one)."""
-    import struct
-    import zlib
-
-    height, width, channels = pixels.shape
-    rows = pixels.astype('>u2').reshape(height, -1).view(np.uint8)  # big-endian samples, row by row
-    raw = b''.join(b'\x00' + row.tobytes() for row in rows)  # filter type 0 on every row
-
-    def chunk(kind, data):
-        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
-
-    ihdr = struct.pack('>IIBBBBB', width, height, 16, 2 if channels == 3 else 6, 0, 0, 0)
-    path.write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr) + chunk(b'IDAT', zlib.compress(raw))
-                     + chunk(b'IEND', b''))
-
-
 def test_16_bit_colour_png_gives_16_bit_output(checkpoint, tmp_path, monkeypatch):
     # a smooth gradient: neighbouring pixels differ in the low byte only, which an 8-bit path would lose
     y, x = np.mgrid[0:16, 0:24]
     rgb = np.stack([1000 + 37 * x + 5 * y, 30000 + 11 * y, 60000 - 13 * x], axis=2).astype(np.uint16)
     rgba = np.dstack([rgb, (65535 - 101 * x).astype(np.uint16)])
-    _write_png_16(tmp_path / 'rgb48.png', rgb)
-    _write_png_16(tmp_path / 'rgba64.png', rgba)
+    write_png_16(tmp_path / 'rgb48.png', rgb)
+    write_png_16(tmp_path / 'rgba64.png', rgba)
 
     def nearest(upscaler, lr_img, *args, **kwargs):  # an ideal network: no change but the size, in float32
         s = upscaler.scaling_factor
@@ -423,11 +369,11 @@ def test_webm_is_vp9_and_without_vp9_one_line_error(checkpoint, tmp_path, monkey
         video = container.add_stream('libvpx-vp9', rate=12)
         video.width, video.height, video.pix_fmt = 32, 24, 'yuv420p'
         for i in range(4):
-            frame = av.VideoFrame.from_ndarray(_photo(32, 24, seed=i), format='rgb24')
+            frame = av.VideoFrame.from_ndarray(smooth_photo(32, 24, seed=i), format='rgb24')
             frame.pts, frame.time_base = i, Fraction(1, 12)
             container.mux(video.encode(frame))
         container.mux(video.encode(None))
-    _make_video(tmp_path / 'clip.mp4')  # h264/mpeg4 + AAC: the AAC cannot go into webm
+    make_video(tmp_path / 'clip.mp4')  # h264/mpeg4 + AAC: the AAC cannot go into webm
     super_resolve.main([str(tmp_path / 'clip.webm'), str(tmp_path / 'clip.mp4'), '-o', str(tmp_path / 'out'),
                         '--ext', '.png', '--model', str(checkpoint)])
     super_resolve.main([str(tmp_path / 'clip.mp4'), '-o', str(tmp_path / 'out' / 'from_mp4.webm'),
@@ -450,11 +396,9 @@ def test_webm_is_vp9_and_without_vp9_one_line_error(checkpoint, tmp_path, monkey
     assert (tmp_path / 'novp9' / 'clip_x4.mp4').is_file() and not (tmp_path / 'novp9' / 'clip_x4.webm').exists()
 
 
-def test_grid_with_checkpoints_of_different_scales_is_one_line_error(checkpoint, tmp_path):
-    config = {'n_blocks': 2, 'scaling_factor': 2}
-    x2 = tmp_path / 'x2.pt'
-    save_checkpoint({'kind': 'srresnet', 'model_config': config, 'model': SRResNet(**config).state_dict()}, x2)
-    Image.fromarray(_photo(64, 64)).save(tmp_path / 'a.png')
+def test_grid_with_checkpoints_of_different_scales_is_one_line_error(checkpoint, tiny_model, tmp_path):
+    x2 = tiny_model
+    Image.fromarray(smooth_photo(64, 64)).save(tmp_path / 'a.png')
     with pytest.raises(CheckpointError) as error:  # before any file is tried, not an error in the loop
         super_resolve.main([str(tmp_path / 'a.png'), '--grid', '--model', str(checkpoint), '--srgan', str(x2),
                             '-o', str(tmp_path / 'out')])
@@ -464,8 +408,8 @@ def test_grid_with_checkpoints_of_different_scales_is_one_line_error(checkpoint,
 
 
 def test_one_large_image_shows_a_bar_of_tiles(checkpoint, tmp_path, capsys):
-    Image.fromarray(_photo(80, 48)).save(tmp_path / 'big.png')
-    Image.fromarray(_photo(80, 48, seed=1)).save(tmp_path / 'other.png')
+    Image.fromarray(smooth_photo(80, 48)).save(tmp_path / 'big.png')
+    Image.fromarray(smooth_photo(80, 48, seed=1)).save(tmp_path / 'other.png')
     # --tile 32, overlap 16: ceil((80 - 16) / 16) = 4 columns x ceil((48 - 16) / 16) = 2 rows
     super_resolve.main([str(tmp_path / 'big.png'), '-o', str(tmp_path / 'big_x4.png'), '--model', str(checkpoint),
                         '--tile', '32', '--tile-overlap', '16'])
@@ -491,7 +435,7 @@ def test_on_tile_reports_every_tile_the_upscaler_runs(size, tile, tile_overlap):
 
 
 def test_a_model_of_another_scale_than_asked_is_one_line(checkpoint, tmp_path, monkeypatch):
-    Image.fromarray(_photo(32, 32)).save(tmp_path / 'a.png')
+    Image.fromarray(smooth_photo(32, 32)).save(tmp_path / 'a.png')
     with pytest.raises(CheckpointError) as error:
         super_resolve.main([str(tmp_path / 'a.png'), '--model', str(checkpoint), '--scale', '2', '-o',
                             str(tmp_path / 'out')])
@@ -502,13 +446,14 @@ def test_a_model_of_another_scale_than_asked_is_one_line(checkpoint, tmp_path, m
     assert Image.open(tmp_path / 'out' / 'a_x4.png').size == (128, 128)
     with pytest.raises(CheckpointError, match=r'^srresnet_checkpoint=.*srresnet.pt upscales x4, not scale=8: pass '
                                               r'scale=4, or a model of x8$'):
-        super_resolve.visualize_sr(Image.fromarray(_photo(64, 64)), srresnet_checkpoint=checkpoint, scale=8,
+        super_resolve.visualize_sr(Image.fromarray(smooth_photo(64, 64)), srresnet_checkpoint=checkpoint, scale=8,
                                    device='cpu')
     monkeypatch.setattr(inference, 'DEFAULT_MODEL', tmp_path / 'weights' / 'srresnet_x4.pt')
     with pytest.raises(CheckpointError, match=r'^no shipped x8 model yet \(.*srresnet_x8\.pt is missing\)'):
         super_resolve.main([str(tmp_path / 'a.png'), '--scale', '8', '-o', str(tmp_path / 'out8')])
-    with pytest.raises(SystemExit):  # a scale that no SRResNet has is a usage error
+    with pytest.raises(SystemExit) as stop:  # a scale that no SRResNet has is a usage error
         super_resolve.parse_args([str(tmp_path / 'a.png'), '--scale', '3'])
+    assert stop.value.code == 2
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -525,7 +470,7 @@ def test_an_output_folder_inside_an_input_folder_is_refused_not_read_back(checkp
     """It used to be written, its files left out of this run's inputs but read back as inputs by the next run's
     folder search; now it is one line, before any work, and nothing is written."""
     (tmp_path / 'in').mkdir()
-    Image.fromarray(_photo(16, 16)).save(tmp_path / 'in' / 'a.png')
+    Image.fromarray(smooth_photo(16, 16)).save(tmp_path / 'in' / 'a.png')
     _no_work(monkeypatch)
     for output in ('in/results', 'in', 'in/sub/deeper'):
         with pytest.raises(OutputError) as error:
@@ -538,7 +483,7 @@ def test_an_output_folder_inside_an_input_folder_is_refused_not_read_back(checkp
 
 def test_an_output_on_an_input_or_two_on_one_file_is_refused_even_with_overwrite(checkpoint, tmp_path, monkeypatch):
     for name in ('a.png', 'b.png', 'b.jpg'):
-        Image.fromarray(_photo(16, 16)).save(tmp_path / name)
+        Image.fromarray(smooth_photo(16, 16)).save(tmp_path / name)
     before = {p: p.read_bytes() for p in tmp_path.iterdir()}
     _no_work(monkeypatch)
     a, b_png, b_jpg = (str(tmp_path / name) for name in ('a.png', 'b.png', 'b.jpg'))
@@ -556,8 +501,8 @@ def test_an_output_on_an_input_or_two_on_one_file_is_refused_even_with_overwrite
 
 
 def test_an_unknown_output_format_is_refused_before_any_work(checkpoint, tmp_path, monkeypatch):
-    Image.fromarray(_photo(16, 16)).save(tmp_path / 'a.png')
-    _make_video(tmp_path / 'clip.mp4', n_frames=2)
+    Image.fromarray(smooth_photo(16, 16)).save(tmp_path / 'a.png')
+    make_video(tmp_path / 'clip.mp4', n_frames=2)
     (tmp_path / 'notes').write_text('mine')
     _no_work(monkeypatch)
     for in_name, out_name, written in [('a.png', 'a.xyz', '*.png'), ('a.png', 'a.mp4', '*.png'),
@@ -567,13 +512,14 @@ def test_an_unknown_output_format_is_refused_before_any_work(checkpoint, tmp_pat
             super_resolve.main([str(tmp_path / in_name), '-o', str(out), '--model', str(checkpoint)])
         assert str(error.value).startswith(f'-o {out}: cannot write ') and written in str(error.value)
     assert (tmp_path / 'notes').read_text() == 'mine' and not (tmp_path / 'a.xyz').exists()
-    with pytest.raises(SystemExit):  # --ext is a usage error
+    with pytest.raises(SystemExit) as stop:  # --ext is a usage error
         super_resolve.parse_args([str(tmp_path / 'a.png'), '--ext', 'gif'])
+    assert stop.value.code == 2
 
 
 def test_a_legal_long_name_is_written_and_a_name_over_255_bytes_is_refused(checkpoint, tmp_path, monkeypatch):
     """The atomic write's temporary name fits NAME_MAX (it used to add ~16 characters and fail past 239)."""
-    Image.fromarray(_photo(16, 12)).save(tmp_path / 'a.png')
+    Image.fromarray(smooth_photo(16, 12)).save(tmp_path / 'a.png')
     longest = tmp_path / ('n' * 246 + '.png')  # 250 characters
     super_resolve.main([str(tmp_path / 'a.png'), '-o', str(longest), '--model', str(checkpoint)])
     assert Image.open(longest).size == (64, 48)
@@ -591,7 +537,7 @@ def test_ctrl_c_says_what_was_done_and_stops_as_an_interrupt(checkpoint, tmp_pat
     """The summary line, then KeyboardInterrupt again: run_main says 'stopped (Ctrl-C)' and exits 130."""
     inputs = []
     for name in 'abc':
-        Image.fromarray(_photo(16, 16)).save(tmp_path / f'{name}.png')
+        Image.fromarray(smooth_photo(16, 16)).save(tmp_path / f'{name}.png')
         inputs.append(str(tmp_path / f'{name}.png'))
     original = super_resolve.super_resolve_file
 
@@ -612,12 +558,10 @@ def test_ctrl_c_says_what_was_done_and_stops_as_an_interrupt(checkpoint, tmp_pat
                         'what exists)', 'stopped (Ctrl-C)']
 
 
-def test_the_srgan_scale_refusal_speaks_of_the_srgan(checkpoint, tmp_path):
+def test_the_srgan_scale_refusal_speaks_of_the_srgan(checkpoint, tiny_model, tmp_path):
     """It used to advise '(or no --model: the shipped one)', which --srgan has no use for."""
-    config = {'n_blocks': 1, 'n_channels': 8, 'scaling_factor': 2}
-    x2 = tmp_path / 'x2.pt'
-    save_checkpoint({'kind': 'srresnet', 'model_config': config, 'model': SRResNet(**config).state_dict()}, x2)
-    Image.fromarray(_photo(32, 32)).save(tmp_path / 'a.png')
+    x2 = tiny_model
+    Image.fromarray(smooth_photo(32, 32)).save(tmp_path / 'a.png')
     with pytest.raises(CheckpointError) as error:
         super_resolve.main([str(tmp_path / 'a.png'), '--grid', '--model', str(x2), '--srgan', str(checkpoint),
                             '--scale', '2', '-o', str(tmp_path / 'out')])
@@ -630,7 +574,7 @@ def test_visualize_sr_takes_a_scale_of_its_shipped_models_only(scale, checkpoint
     monkeypatch.setattr(inference, 'DEFAULT_MODEL', tmp_path / 'weights' / 'srresnet_x4.pt')  # none shipped
     for srresnet in (inference.DEFAULT_MODEL, checkpoint):
         with pytest.raises(super_resolve.InputError) as error:
-            super_resolve.visualize_sr(Image.fromarray(_photo(64, 64)), srresnet_checkpoint=srresnet, scale=scale,
+            super_resolve.visualize_sr(Image.fromarray(smooth_photo(64, 64)), srresnet_checkpoint=srresnet, scale=scale,
                                        device='cpu')
         assert str(error.value) == (f"scale={scale!r}: pass one of 2, 4, 8 (an int), or None for the checkpoints' own "
                                     f"scale")

@@ -10,11 +10,10 @@ import train_srgan
 import train_srresnet
 import training
 from checkpoints import load_checkpoint
-from test_train import run_script, train_rows
+from conftest import QUICK_X2, TINY, run_process, train_rows
 
-QUICK = ['--scaling-factor', '2', '--crop-size', '24', '--batch-size', '2', '--workers', '0', '--log-every', '1',
-         '--val-set', 'none', '--compile', 'off']
-TINY = ['--n-blocks', '1', '--n-channels', '8', *QUICK]  # an SRResNet of 0.01M parameters
+QUICK = [*QUICK_X2, '--val-set', 'none']
+TINY_RUN = [*TINY, *QUICK]  # an SRResNet of 0.01M parameters
 
 
 @pytest.fixture
@@ -68,8 +67,9 @@ def test_durations_and_the_estimate_line_read_as_words():
 
 def test_help_says_how_the_budget_goes_on_and_what_determinism_costs(capsys):
     for script in (train_srresnet, train_srgan):
-        with pytest.raises(SystemExit):
+        with pytest.raises(SystemExit) as exit_:
             script.get_args(['--help'])
+        assert exit_.value.code == 0
         text = ' '.join(capsys.readouterr().out.split()).replace('- ', '-')  # argparse wraps lines at hyphens too
         assert 'the same command with --resume auto goes on, the budget counted afresh for that sitting' in text
         assert 'bit-identical checkpoints on one machine' in text and training.DETERMINISTIC_COST in text
@@ -77,7 +77,7 @@ def test_help_says_how_the_budget_goes_on_and_what_determinism_costs(capsys):
 
 def test_a_spent_budget_stops_at_a_checkpoint_and_resuming_gives_the_uninterrupted_weights(
         demo_data, tmp_path, fake_clock, keep_torch_settings, capsys):
-    args = ['--data-folder', str(demo_data), *TINY, '--iterations', '6', '--seed', '3', '--deterministic']
+    args = ['--data-folder', str(demo_data), *TINY_RUN, '--iterations', '6', '--seed', '3', '--deterministic']
     train_srresnet.main([*args, '--output-dir', str(tmp_path / 'whole')])
     out = capsys.readouterr().out
     assert out.count('estimate:') == 1  # after the 4th step: steps 2-4 took 1 s each on the fake clock
@@ -115,12 +115,13 @@ def test_train_srgan_stops_on_its_budget_too(demo_data, tmp_path, fake_clock, ca
 
 def test_a_spent_budget_exits_with_status_0_and_says_how_to_go_on(demo_data, tmp_path):
     """The real clock, through the command line: a budget spent before the first step ends stops after that step."""
-    args = ['--data-folder', demo_data, *TINY, '--output-dir', tmp_path, '--iterations', 50, '--time-budget', '0.001']
-    result = run_script('train_srresnet.py', *args)  # raises unless the exit status is 0
+    args = ['--data-folder', demo_data, *TINY_RUN, '--output-dir', tmp_path, '--iterations', 50,
+            '--time-budget', '0.001']
+    result = run_process('train_srresnet.py', *args)  # fails the test unless the exit status is 0
     assert result.stdout.strip().splitlines()[-1] == (f'time budget spent (0 s this sitting): iteration 1 of 50 saved '
                                                       f'in {tmp_path}/last.pt; the same command with --resume auto '
                                                       f'goes on')
     assert load_checkpoint(tmp_path / 'last.pt')['iteration'] == 1
-    run_script('train_srresnet.py', *args, '--resume', 'auto')
+    run_process('train_srresnet.py', *args, '--resume', 'auto')
     assert load_checkpoint(tmp_path / 'last.pt')['iteration'] == 2
     assert [row['iteration'] for row in train_rows(tmp_path)] == [1, 2]

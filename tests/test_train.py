@@ -1,18 +1,16 @@
 """train_srresnet.py and train_srgan.py: short real runs, exports, errors (resuming, SIGKILL, DDP: test_resume.py).
-Small models (--n-blocks 1-2) and 48x48 crops keep it to about two minutes on two cores; the defaults stay the
+Small models (--n-blocks 1-2) and 48x48 crops keep it to about a minute on two cores; the defaults stay the
 paper's (checked in test_defaults_are_the_papers)."""
 
 import json
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO
+from conftest import QUICK_X2, SMALL, TINY, cli, last_line, run_process, train_rows
 import train_srgan
 import train_srresnet
 from datasets import InfiniteSampler, SRDataset
@@ -22,32 +20,12 @@ from inference import load_generator
 from training import read_log
 from utils import UserError
 
-SMALL = ['--batch-size', '2', '--crop-size', '48', '--workers', '0', '--log-every', '1']
-
-
-def run_script(script, *args, check=True, extra_env=None):
-    env = {**os.environ, 'OMP_NUM_THREADS': '2', **(extra_env or {})}
-    result = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], capture_output=True, text=True,
-                            cwd=REPO, env=env, timeout=300)
-    if check and result.returncode != 0:
-        raise AssertionError(f'{script} failed ({result.returncode}):\n{result.stderr[-3000:]}')
-    return result
-
-
-def train_rows(output_dir):
-    return [row for row in read_log(os.path.join(output_dir, 'log.jsonl')) if 'lr' in row]
-
-
-def last_line(result):
-    return result.stderr.strip().splitlines()[-1]
-
-
 @pytest.fixture(scope='module')
 def srresnet_run(demo_data, tmp_path_factory):
     """A 4-iteration SRResNet run with validation on the demo test set every 2 iterations."""
     output_dir = tmp_path_factory.mktemp('runs') / 'srresnet'
-    run_script('train_srresnet.py', '--data-folder', demo_data, '--output-dir', output_dir, *SMALL,
-               '--n-blocks', '1', '--iterations', 4, '--checkpoint-every', 2, '--val-every', 2, '--val-set', 'demo')
+    cli('train_srresnet.py', '--data-folder', demo_data, '--output-dir', output_dir, *SMALL, '--n-blocks', '1',
+        '--iterations', 4, '--checkpoint-every', 2, '--val-every', 2, '--val-set', 'demo')
     return output_dir
 
 
@@ -113,13 +91,13 @@ def test_short_srresnet_run(srresnet_run, demo_data):
     assert sr.shape == (1, 3, 48, 48) and sr.abs().max() <= 1
 
     # the same output folder again without --resume: refused, not overwritten
-    result = run_script('train_srresnet.py', '--data-folder', demo_data, '--output-dir', srresnet_run, check=False)
+    result = cli('train_srresnet.py', '--data-folder', demo_data, '--output-dir', srresnet_run, check=False)
     assert result.returncode != 0 and '--resume auto' in last_line(result)
 
 
 def test_export_keeps_the_generator_alone(srresnet_run, tmp_path):
     exported = tmp_path / 'srresnet_x4.pt'
-    run_script('checkpoints.py', 'export', srresnet_run / 'best.pt', exported)
+    cli('checkpoints.py', 'export', srresnet_run / 'best.pt', exported)
     checkpoint = load_checkpoint(exported)
     assert set(checkpoint) == {'kind', 'model_config', 'model', 'iteration', 'best_psnr', 'config'}
     assert all(v.dtype in (torch.float32, torch.int64) for v in checkpoint['model'].values())
@@ -127,7 +105,7 @@ def test_export_keeps_the_generator_alone(srresnet_run, tmp_path):
     lr_imgs = torch.randn(1, 3, 12, 12)
     with torch.no_grad():
         assert torch.equal(load_generator(exported)(lr_imgs), load_generator(srresnet_run / 'best.pt')(lr_imgs))
-    result = run_script('checkpoints.py', 'export', tmp_path / 'missing.pt', tmp_path / 'out.pt', check=False)
+    result = cli('checkpoints.py', 'export', tmp_path / 'missing.pt', tmp_path / 'out.pt', check=False)
     assert result.returncode != 0 and result.stderr.strip() == f'error: {tmp_path}/missing.pt: no such checkpoint file'
 
 
@@ -144,9 +122,9 @@ def test_export_takes_the_moving_average_unless_live(tmp_path):
 
 def test_short_srgan_run_from_the_srresnet_with_lr_decay(srresnet_run, demo_data, tmp_path):
     output_dir = tmp_path / 'srgan'
-    result = run_script('train_srgan.py', '--data-folder', demo_data, '--output-dir', output_dir, *SMALL,
-                        '--srresnet-checkpoint', srresnet_run / 'last.pt', '--vgg-weights', 'none',
-                        '--iterations', 3, '--lr-decay-at', 2, '--val-set', 'demo', '--val-every', 3)
+    result = cli('train_srgan.py', '--data-folder', demo_data, '--output-dir', output_dir, *SMALL,
+                 '--srresnet-checkpoint', srresnet_run / 'last.pt', '--vgg-weights', 'none',
+                 '--iterations', 3, '--lr-decay-at', 2, '--val-set', 'demo', '--val-every', 3)
     assert 'RANDOM weights' in result.stderr  # the loud warning
     rows = train_rows(output_dir)
     assert [row['lr'] for row in rows] == [1e-4, 1e-4, 1e-5]  # x0.1 after exactly --lr-decay-at iterations
@@ -162,9 +140,9 @@ def test_short_srgan_run_from_the_srresnet_with_lr_decay(srresnet_run, demo_data
 
     # resumed (the generator comes from the run now, not from --srresnet-checkpoint): the schedule carries on;
     # with --ema-decay the average starts from the resumed generator and is what the checkpoint serves
-    run_script('train_srgan.py', '--data-folder', demo_data, '--output-dir', output_dir, *SMALL,
-               '--srresnet-checkpoint', 'nowhere.pt', '--vgg-weights', 'none',
-               '--iterations', 4, '--lr-decay-at', 2, '--val-set', 'none', '--resume', 'auto', '--ema-decay', 0.5)
+    cli('train_srgan.py', '--data-folder', demo_data, '--output-dir', output_dir, *SMALL,
+        '--srresnet-checkpoint', 'nowhere.pt', '--vgg-weights', 'none',
+        '--iterations', 4, '--lr-decay-at', 2, '--val-set', 'none', '--resume', 'auto', '--ema-decay', 0.5)
     assert [row['lr'] for row in train_rows(output_dir)] == [1e-4, 1e-4, 1e-5, 1e-5]
     resumed = load_checkpoint(output_dir / 'last.pt')
     assert resumed['iteration'] == 4 and resumed['optimizer_d']['param_groups'][0]['lr'] == 1e-5
@@ -206,12 +184,12 @@ def test_tutorial_pickles_need_unsafe_pickle(demo_data, tmp_path):
     torch.save({'epoch': 3, 'model': model, 'optimizer': torch.optim.Adam(model.parameters())}, tutorial)
     args = ['--data-folder', demo_data, '--output-dir', tmp_path / 'srgan', *SMALL, '--srresnet-checkpoint', tutorial,
             '--content-loss', 'mse', '--iterations', 1, '--val-set', 'none']
-    result = run_script('train_srgan.py', *args, check=False)
+    result = cli('train_srgan.py', *args, check=False)
     assert result.returncode != 0 and 'Traceback' not in result.stderr
     assert last_line(result).startswith('error: ') and '--unsafe-pickle' in last_line(result)
     assert not (tmp_path / 'srgan' / 'last.pt').exists()
 
-    run_script('train_srgan.py', *args, '--unsafe-pickle')
+    cli('train_srgan.py', *args, '--unsafe-pickle')
     assert load_checkpoint(tmp_path / 'srgan' / 'last.pt')['model_config']['n_blocks'] == 1
 
 
@@ -247,7 +225,7 @@ def test_a_training_image_smaller_than_the_crop_is_one_error_line_naming_it(tmp_
     args = ['--data-folder', tmp_path, '--output-dir', tmp_path / 'out', '--batch-size', '2', '--crop-size', '48',
             '--n-blocks', '1', '--iterations', 1, '--val-set', 'none']
     for workers in (0, 1):  # raised in this process, and in a DataLoader worker (which wraps it in its traceback)
-        result = run_script('train_srresnet.py', *args, '--workers', workers, check=False)
+        result = cli('train_srresnet.py', *args, '--workers', workers, check=False)
         assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr
         assert last_line(result) == (f'error: {small}: 40x40 is smaller than the 48x48 training crop; rebuild the '
                                      f'data lists with a larger --min-size')
@@ -341,11 +319,12 @@ def test_both_precisions_train_and_validate(demo_data, tmp_path, monkeypatch, ca
     them by default: here each runs explicitly, training and validating, and the weights stay fp32."""
     import training
     monkeypatch.setattr(training, 'autocast_dtype', lambda device: amp_dtype)
-    train_srresnet.main(['--data-folder', str(demo_data), '--output-dir', str(tmp_path), *SMALL, '--n-blocks', '1',
+    train_srresnet.main(['--data-folder', str(demo_data), '--output-dir', str(tmp_path), *SMALL, *TINY,
                          '--iterations', '2', '--val-every', '2', '--val-set', 'demo'])
     assert ('bfloat16 autocast' if amp_dtype else 'cpu, fp32') in capsys.readouterr().out
     rows = read_log(tmp_path / 'log.jsonl')
-    assert all(0 < row['loss'] < 4 for row in rows if 'loss' in row)
+    losses = [row['loss'] for row in rows if 'loss' in row]
+    assert len(losses) == 2 and all(0 < loss < 4 for loss in losses)
     assert 5 < rows[-1]['val_psnr_demo'] < 40
     checkpoint = load_checkpoint(tmp_path / 'last.pt')
     assert all(v.dtype in (torch.float32, torch.int64) for v in checkpoint['model'].values())
@@ -367,15 +346,15 @@ def test_trunk_from_starts_another_scale_from_a_trained_srresnet(srresnet_run, d
     output_dir = tmp_path / 'x2'
     args = ['--data-folder', demo_data, '--output-dir', output_dir, *SMALL, '--n-blocks', 1, '--scaling-factor', 2,
             '--val-set', 'none', '--trunk-from', srresnet_run / 'last.pt']
-    result = run_script('train_srresnet.py', *args, '--iterations', 1)
+    result = cli('train_srresnet.py', *args, '--iterations', 1)
     assert f'--trunk-from: {n} tensors from {srresnet_run / "last.pt"}; the sub-pixel stages start at random' \
         in result.stdout
     assert load_checkpoint(output_dir / 'last.pt')['model_config']['scaling_factor'] == 2
-    result = run_script('train_srresnet.py', *args, '--iterations', 2, '--resume', 'auto')  # resumed: not used
+    result = cli('train_srresnet.py', *args, '--iterations', 2, '--resume', 'auto')  # resumed: not used
     assert '--trunk-from' not in result.stdout and load_checkpoint(output_dir / 'last.pt')['iteration'] == 2
 
-    result = run_script('train_srresnet.py', *args, '--iterations', 1, '--output-dir', tmp_path / 'other',
-                        '--n-blocks', 2, check=False)  # the last of a repeated flag counts
+    result = cli('train_srresnet.py', *args, '--iterations', 1, '--output-dir', tmp_path / 'other',
+                 '--n-blocks', 2, check=False)  # the last of a repeated flag counts
     assert result.returncode != 0 and last_line(result).startswith(
         f'error: --trunk-from {srresnet_run / "last.pt"} is SRResNet(')
     assert 'n_blocks' in last_line(result)
@@ -401,16 +380,15 @@ def test_trunk_from_a_smaller_scale_starts_as_it_followed_by_an_upsampling(tmp_p
         assert torch.allclose(x8(lr_imgs), x4.conv_block3(upsampled), atol=1e-5)
 
 
-TINY_X2 = ['--n-blocks', '1', '--n-channels', '8', '--scaling-factor', '2', '--crop-size', '24', '--batch-size', '2',
-           '--workers', '0', '--val-set', 'none', '--compile', 'off']
+TINY_X2 = [*TINY, *QUICK_X2, '--val-set', 'none']
 
 
 def test_deterministic_runs_give_bit_identical_checkpoints(demo_data, tmp_path):
-    """Two runs with the same flags and seed, in two processes of two threads each (run_script): the same bits."""
+    """Two runs with the same flags and seed, in two processes of two threads each (run_process): the same bits."""
     args = ['--data-folder', demo_data, *TINY_X2, '--iterations', 3, '--seed', 5, '--deterministic']
-    result = run_script('train_srresnet.py', *args, '--output-dir', tmp_path / 'a')
+    result = run_process('train_srresnet.py', *args, '--output-dir', tmp_path / 'a')
     assert 'deterministic (2 threads)' in result.stdout
-    run_script('train_srresnet.py', *args, '--output-dir', tmp_path / 'b')
+    run_process('train_srresnet.py', *args, '--output-dir', tmp_path / 'b')
     a, b = (load_checkpoint(tmp_path / name / 'last.pt') for name in 'ab')
     assert a['model'].keys() == b['model'].keys() and all(torch.equal(a['model'][k], b['model'][k]) for k in a['model'])
     for state_a, state_b in zip(a['optimizer']['state'].values(), b['optimizer']['state'].values()):

@@ -8,7 +8,6 @@ import os
 import signal
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -16,27 +15,21 @@ from PIL import Image
 import train_srresnet
 import training
 from checkpoints import load_checkpoint, save_checkpoint
+from conftest import QUICK_X2, TINY, photo
 from datasets import DataListError, read_image_list
 from models import SRResNet
 from outputs import OutputError
 from training import read_log
 from utils import UserError
 
-TINY = ['--batch-size', '2', '--crop-size', '24', '--scaling-factor', '2', '--workers', '0', '--log-every', '1',
-        '--n-blocks', '1', '--n-channels', '8']
-
-
-def picture(path, size=(40, 32), seed=0):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
-    return str(path)
+TINY_X2 = [*TINY, *QUICK_X2]
 
 
 @pytest.fixture
 def data(tmp_path):
     """images/ (three training pictures, one test picture) and data/ (their lists, as create_data_lists.py writes)."""
-    train = [picture(tmp_path / 'images' / 'train' / f'{k}.png', seed=k) for k in range(3)]
-    test = [picture(tmp_path / 'images' / 'test' / 'a.png', seed=9)]
+    train = [str(photo(tmp_path / 'images' / 'train' / f'{k}.png', (40, 32), seed=k)) for k in range(3)]
+    test = [str(photo(tmp_path / 'images' / 'test' / 'a.png', (40, 32), seed=9))]
     folder = tmp_path / 'data'
     folder.mkdir()
     (folder / 'train_images.json').write_text(json.dumps(train))
@@ -45,7 +38,7 @@ def data(tmp_path):
 
 
 def train(data, output_dir, *flags):
-    return train_srresnet.main(['--data-folder', str(data.folder), '--output-dir', str(output_dir), *TINY,
+    return train_srresnet.main(['--data-folder', str(data.folder), '--output-dir', str(output_dir), *TINY_X2,
                                 '--iterations', '1', '--val-set', 'none', *flags])
 
 

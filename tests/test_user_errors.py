@@ -4,50 +4,21 @@ they are, a full disk, Ctrl-C, an -o that is a file."""
 
 import argparse
 import os
-import resource
-import subprocess
-import sys
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import super_resolve
 import train_srgan
 import train_srresnet
 from checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-from conftest import REPO
+from conftest import REPO, SMALL, cli, photo, run_process
 from inference import MIN_TILE, MIN_TILE_OVERLAP, Upscaler, load_generator, tiling
 from models import SRResNet
 from outputs import OutputError
 from utils import UserError, convert_image, downsample, load_image
 
-SMALL = ['--batch-size', '2', '--crop-size', '48', '--workers', '0', '--log-every', '1']
 SHIPPED = REPO / 'weights' / 'srresnet_x4.pt'
-
-
-@pytest.fixture(scope='module')
-def tiny_model(tmp_path_factory):
-    path = tmp_path_factory.mktemp('model') / 'tiny.pt'
-    config = {'n_channels': 8, 'n_blocks': 1, 'scaling_factor': 2}
-    save_checkpoint({'kind': 'srresnet', 'model_config': config, 'model': SRResNet(**config).state_dict()}, path)
-    return path
-
-
-def photo(path, size=(24, 20), seed=0):
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).save(path)
-    return path
-
-
-def run(script, *args, file_size_limit=None):
-    """A script in a subprocess; file_size_limit: bytes any one file may grow to (a write past it fails with EFBIG,
-    as on a full disk: Python ignores SIGXFSZ)."""
-    def limit():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
-    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO, env={**os.environ, 'OMP_NUM_THREADS': '2'}, timeout=300,
-                          preexec_fn=limit if file_size_limit else None)
 
 
 def one_error_line(result):
@@ -82,8 +53,8 @@ def script_parsers():
     import create_data_lists
     import eval as eval_py
     return {'train_srresnet': train_srresnet.get_args, 'train_srgan': train_srgan.get_args,
-            'super_resolve': super_resolve.parse_args, 'eval': eval_py.main, 'create_data_lists': create_data_lists.main,
-            'checkpoints': checkpoints.main}
+            'super_resolve': super_resolve.parse_args, 'eval': eval_py.main, 'checkpoints': checkpoints.main,
+            'create_data_lists': create_data_lists.main}
 
 
 @pytest.mark.parametrize('script', ['train_srresnet', 'train_srgan', 'super_resolve', 'eval', 'create_data_lists',
@@ -134,9 +105,9 @@ def test_integer_flags_take_the_papers_1e6():
     (['--halve'], '--halve applies to --grid only'),
 ])
 def test_bad_tiles_are_refused_in_one_line(flags, message, capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as stop:
         super_resolve.parse_args(['a.png', *flags])
-    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+    assert stop.value.code == 2 and message in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_the_default_overlap_shrinks_with_a_small_tile():
@@ -193,14 +164,15 @@ def test_a_checkpoint_without_a_generator_is_one_line(entry, message, tmp_path):
     with pytest.raises(CheckpointError) as error:
         load_generator(tmp_path / 'other.pt')
     assert str(error.value).startswith(f'{tmp_path / "other.pt"}: {message}')
-    result = run('super_resolve.py', photo(tmp_path / 'a.png'), '--model', tmp_path / 'other.pt', '-o', tmp_path)
+    result = cli('super_resolve.py', photo(tmp_path / 'a.png'), '--model', tmp_path / 'other.pt', '-o', tmp_path,
+                 check=False)
     assert one_error_line(result).startswith(f'error: {tmp_path / "other.pt"}: {message}')
 
 
 def test_a_discriminator_as_srresnet_checkpoint_is_one_line(demo_data, tmp_path):
     save_checkpoint({'kind': 'srgan', 'discriminator': {'x': torch.zeros(1)}}, tmp_path / 'd.pt')
-    result = run('train_srgan.py', '--srresnet-checkpoint', tmp_path / 'd.pt', '--output-dir', tmp_path / 'run',
-                 '--data-folder', demo_data)
+    result = cli('train_srgan.py', '--srresnet-checkpoint', tmp_path / 'd.pt', '--output-dir', tmp_path / 'run',
+                 '--data-folder', demo_data, check=False)
     assert one_error_line(result).startswith(f'error: {tmp_path / "d.pt"}: it holds no generator weights')
 
 
@@ -214,7 +186,7 @@ def test_an_existing_file_as_output_folder_is_one_line(tmp_path, tiny_model):
     with pytest.raises(OutputError, match=r'-o .*notes: cannot write a file without an extension here; name it'):
         super_resolve.main([str(tmp_path / 'in'), '-o', str(tmp_path / 'notes'), '--model', str(tiny_model)])
     assert (tmp_path / 'notes').read_text() == 'mine'
-    result = run('train_srresnet.py', '--output-dir', tmp_path / 'notes', '--data-folder', tmp_path)
+    result = cli('train_srresnet.py', '--output-dir', tmp_path / 'notes', '--data-folder', tmp_path, check=False)
     assert one_error_line(result) == f'error: --output-dir {tmp_path / "notes"} is a file; name a folder'
 
 
@@ -225,13 +197,14 @@ def test_an_existing_file_as_output_folder_is_one_line(tmp_path, tiny_model):
 def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(what, demo_data, tmp_path):
     args = ['--data-folder', demo_data, '--output-dir', tmp_path, *SMALL, '--n-blocks', '1', '--checkpoint-every', 2,
             '--val-set', 'none' if what == 'checkpoint' else 'demo', '--val-every', 2]
-    assert run('train_srresnet.py', *args, '--iterations', 2).returncode == 0
+    cli('train_srresnet.py', *args, '--iterations', 2)
     before = (tmp_path / 'last.pt').read_bytes()
     # the sheets are ~100 kB, the checkpoint ~5 MB: a limit below either makes that write fail
     limit = len(before) // 2 if what == 'checkpoint' else 20_000
-    result = run('train_srresnet.py', *args, '--iterations', 4, '--resume', 'auto', file_size_limit=limit)
+    result = run_process('train_srresnet.py', *args, '--iterations', 4, '--resume', 'auto', file_size_limit=limit,
+                         check=False)
     failed = tmp_path / ('last.pt' if what == 'checkpoint' else 'samples/iter_0000004.png')
-    assert one_error_line(result) .startswith(f'error: could not write {failed}: ')
+    assert one_error_line(result).startswith(f'error: could not write {failed}: ')
     assert one_error_line(result).endswith(f'{tmp_path / "last.pt"} (iteration 2) is the last good state. Free some '
                                            f'space (or choose another --output-dir) and continue with --resume auto')
     assert (tmp_path / 'last.pt').read_bytes() == before
@@ -241,7 +214,8 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(what, demo_data, 
 
 def test_a_full_disk_while_upscaling_is_one_line_per_file(tmp_path, tiny_model):
     inputs = [photo(tmp_path / f'{name}.png', (64, 64), seed) for seed, name in enumerate('ab')]
-    result = run('super_resolve.py', *inputs, '-o', tmp_path / 'out', '--model', tiny_model, file_size_limit=4000)
+    result = run_process('super_resolve.py', *inputs, '-o', tmp_path / 'out', '--model', tiny_model,
+                         file_size_limit=4000, check=False)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1 and 'Traceback' not in result.stderr
     assert sum(line.startswith('error: could not write ') and 'File too large' in line for line in lines) == 2
@@ -299,15 +273,16 @@ def test_resuming_srgan_with_another_loss_is_refused(demo_data, tmp_path):
 
 @pytest.mark.parametrize('script', ['train_srresnet.py', 'train_srgan.py', 'eval.py', 'super_resolve.py',
                                     'create_data_lists.py', 'checkpoints.py'])
-def test_ctrl_c_anywhere_in_a_script_is_one_line(script, capsys):
-    """Every script runs its main() through utils.run_main: Ctrl-C (also a training run's second one, which stops
-    without saving) is 'stopped (Ctrl-C)' and exit status 130, not a KeyboardInterrupt traceback."""
-    from utils import run_main
-    text = (REPO / script).read_text()
-    assert text.rstrip().endswith('    run_main(main)') and text.rfind("if __name__ == '__main__':") > text.rfind('def ')
+def test_ctrl_c_anywhere_in_a_script_is_one_line(script, monkeypatch):
+    """Every script runs its main() through utils.run_main: Ctrl-C (here while it reads its arguments; also a
+    training run's second one, which stops without saving) is 'stopped (Ctrl-C)' and exit status 130, not a
+    KeyboardInterrupt traceback."""
+    text = (REPO / script).read_text()  # run_main(main) last: after every function main may call
+    assert text.rstrip().endswith('    run_main(main)')
+    assert text.rfind("if __name__ == '__main__':") > text.rfind('def ')
 
-    def interrupted():
+    def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    with pytest.raises(SystemExit) as stop:
-        run_main(interrupted)
-    assert stop.value.code == 130 and capsys.readouterr().err.strip() == 'stopped (Ctrl-C)'
+    monkeypatch.setattr(argparse.ArgumentParser, 'parse_args', interrupted)
+    result = cli(script, check=False)
+    assert result.returncode == 130 and result.stderr.strip() == 'stopped (Ctrl-C)'

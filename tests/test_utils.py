@@ -1,6 +1,4 @@
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -10,7 +8,7 @@ from PIL import Image
 import checkpoints
 import utils
 from checkpoints import CheckpointError, convert_tutorial_checkpoint, load_checkpoint, save_checkpoint
-from conftest import REPO
+from conftest import cli
 from inference import load_generator
 from models import SRResNet
 from utils import ImageLoadError, ImageTransforms, convert_image, downsample, load_image, read_image
@@ -75,7 +73,8 @@ def save(img, path, **kwargs):
 def test_loader_modes(tmp_path):
     gray = Image.fromarray(np.arange(12, dtype=np.uint8).reshape(3, 4) * 20)
     rgb = np.asarray(load_image(save(gray, tmp_path / 'gray.png')))
-    assert rgb.shape == (3, 4, 3) and np.array_equal(rgb[..., 0], np.asarray(gray)) and np.array_equal(rgb[..., 2], rgb[..., 0])
+    assert rgb.shape == (3, 4, 3) and np.array_equal(rgb[..., 0], np.asarray(gray))
+    assert np.array_equal(rgb[..., 2], rgb[..., 0])
     assert read_image(tmp_path / 'gray.png').gray
 
     palette = Image.new('P', (2, 1))
@@ -123,7 +122,8 @@ def test_loader_composites_transparency_over_white(tmp_path):
     palette.putpalette([0, 255, 0, 9, 9, 9] + [0] * 762)
     palette.putpixel((1, 0), 1)
     palette.info['transparency'] = 1
-    assert np.asarray(load_image(save(palette, tmp_path / 'pt.png', transparency=1))).tolist() == [[[0, 255, 0], [255, 255, 255]]]
+    transparent = load_image(save(palette, tmp_path / 'pt.png', transparency=1))
+    assert np.asarray(transparent).tolist() == [[[0, 255, 0], [255, 255, 255]]]
     assert read_image(tmp_path / 'pt.png').alpha.tolist() == [[255, 0]]
 
     opaque = Image.new('RGBA', (2, 2), (1, 2, 3, 255))
@@ -295,13 +295,12 @@ def test_convert_refuses_what_is_not_a_tutorial_checkpoint_in_one_line(tmp_path)
             convert_tutorial_checkpoint(path)
         assert '\n' not in str(error.value)
     # and from the command line: one `error:` line, no traceback
-    result = subprocess.run([sys.executable, 'checkpoints.py', 'convert', str(repo_format), str(tmp_path / 'out.pt')],
-                            cwd=REPO, capture_output=True, text=True)
+    result = cli('checkpoints.py', 'convert', repo_format, tmp_path / 'out.pt', check=False)
     assert result.returncode == 1 and result.stderr.startswith('error: ') and len(result.stderr.splitlines()) == 1
     assert 'nothing to convert' in result.stderr and not (tmp_path / 'out.pt').exists()
-    result = subprocess.run([sys.executable, 'checkpoints.py', 'convert', str(tmp_path / 'missing.pt'), 'out.pt'],
-                            cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 1 and result.stderr.strip() == f'error: {tmp_path / "missing.pt"}: no such checkpoint file'
+    result = cli('checkpoints.py', 'convert', tmp_path / 'missing.pt', 'out.pt', check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f'error: {tmp_path / "missing.pt"}: no such checkpoint file'
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
