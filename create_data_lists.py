@@ -39,7 +39,8 @@ from tqdm import tqdm
 from datasets import (DEMO_TEST_IMAGES, DEMO_TRAIN_IMAGES, TEST_LIST_SUFFIX, TRAIN_LIST, demo_images, find_images,
                       folder_name, is_image_list)
 from outputs import OutputError, OutputPlan, atomic_path
-from utils import ImageLoadError, UserError, number, read_image, run_main
+from images import read_image
+from utils import ImageLoadError, UserError, number, run_main
 
 THUMBNAIL = 16  # px: the side of the grey thumbnails that find near copies of test images
 NEAR_COPY = 0.99  # their correlation above which a training image is a test image's copy (see near_copies)
@@ -76,8 +77,9 @@ def pixel_digest(rgb):
 
     The decoded pixels rather than the file bytes: a test image re-saved losslessly (PNG -> BMP or WebP, another
     compression level, metadata stripped, gray saved as RGB) is still that test image, and its bytes differ. The
-    pixels are decoded here anyway, and hashing them costs ~5% of the decode (SHA-256 runs in hardware on current
-    CPUs). Alpha is left out (training and eval.py use RGB); a lossy copy (PNG -> JPEG) is near_copies' to find."""
+    pixels are decoded here anyway, and hashing them is cheap beside decoding them (SHA-256 runs in hardware on
+    current CPUs). Alpha is left out (training and eval.py use RGB); a lossy copy (PNG -> JPEG) is near_copies' to
+    find."""
     rgb = np.ascontiguousarray(rgb)  # (H, W, 3), uint8 or uint16
     digest = hashlib.sha256(f'{rgb.shape} {rgb.dtype}'.encode())
     digest.update(rgb)

@@ -32,7 +32,7 @@ from models import SRResNet
 from outputs import OutputError, OutputPlan, atomic_path
 from utils import convert_image, first_line, run_main
 
-# torch's exporter's default opset: onnxruntime runs it from 1.17 (2024), TensorRT from 10. The graph uses only
+# torch's exporter's default opset: onnxruntime runs it from 1.17, TensorRT from 10. The graph uses only
 # Conv, PRelu, DepthToSpace, Tanh, Add, Sub, Div (and Cast in fp16), unchanged since opset 13, so an older runtime
 # can take the file after onnx.version_converter.convert_version(model, 13).
 OPSET = 20
@@ -246,8 +246,8 @@ def main(argv=None):
                                            'train_srresnet.py or train_srgan.py')
     parser.add_argument('output', help='the .onnx file to write')
     parser.add_argument('--fp16', action='store_true',
-                        help='the network in half precision: half the file; the input and output stay float32; '
-                             'differs from fp32 by ~1e-3 on the [0, 1] scale')
+                        help='the network in half precision: half the file, a little less exact; the input and '
+                             'output stay float32')
     parser.add_argument('--live', action='store_true',
                         help='the trained weights themselves, not the moving average of a run with --ema-decay')
     parser.add_argument('--overwrite', action='store_true', help='replace OUTPUT if it exists (never CHECKPOINT)')

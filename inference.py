@@ -11,7 +11,7 @@ is bounded by the tile, not the image; on out-of-memory the tile is halved and t
 
 Self-ensemble (EDSR+, Lim et al. 2017; off unless asked for): every batch the model sees, a whole image, a tile or
 video frames, goes through it 8 times, once per flip / rotation (DIHEDRAL), each output is turned back and the 8
-are averaged: ~8x the time, for a small gain (README, Self-ensemble).
+are averaged (README, Self-ensemble).
 
     upscaler = dataclasses.replace(load_upscaler(), self_ensemble=True)
 """
@@ -28,16 +28,10 @@ from checkpoints import CheckpointError, generator_of, load_checkpoint
 from models import SRResNet
 from utils import autocast_dtype
 
-# LR tile side: images up to 512x512 go through in one piece (a 512x512 image cut into 3 x 3 tiles of 256 did 1.2x
-# the work for the overlaps); a tile of 512 peaks at ~2 GB RSS on a CPU in fp32 (--tile 256: ~0.9 GB; README).
-DEFAULT_TILE = 512
-# LR pixels shared by neighbouring tiles; the seam error falls fast with it (tile 64 on a fitted SRResNet: mean
-# abs difference from the untiled output 0.03/255 at overlap 16, 0.005/255 at 24) while the cost grows slowly.
-DEFAULT_TILE_OVERLAP = 24
-# The smallest tile and overlap accepted (and where halving the tile after out-of-memory stops): below them the
-# output differs visibly from the untiled one. Shipped SRResNet and a random one, fp32, 64x64 LR crops of Set14 and
-# BSD100, |tiled - untiled| on the 0-255 scale, mean / max: tile 32 + overlap 16 <= 0.06 / 4; overlap 12 <= 0.13 / 5;
-# overlap 8 <= 0.33 / 10; tile 16 (overlap 8) 0.33 / 11; overlap 0 (tiles pasted) up to 2.7 / 88.
+DEFAULT_TILE = 512  # LR tile side: photos up to 512x512 go through whole (no overlap work), larger in bounded memory
+DEFAULT_TILE_OVERLAP = 24  # LR pixels shared by neighbouring tiles: enough for no seam to show, and cheap
+# The smallest tile and overlap accepted (where halving the tile after out-of-memory stops too): below them the
+# output differs visibly from the untiled one (README, Large images)
 MIN_TILE = 32
 MIN_TILE_OVERLAP = 16
 DEFAULT_MODEL = Path(__file__).resolve().parent / 'weights' / 'srresnet_x4.pt'  # the SRResNet shipped with the repo
@@ -142,7 +136,7 @@ class Upscaler:
     tile: int | None = DEFAULT_TILE  # LR tile side; None: the whole image at once
     tile_overlap: int = DEFAULT_TILE_OVERLAP  # LR pixels shared by neighbouring tiles, where they are cross-faded
     amp_dtype: torch.dtype | None = None  # autocast dtype; None: fp32
-    self_ensemble: bool = False  # True: each output the mean over the 8 DIHEDRAL transforms of its input (8x slower)
+    self_ensemble: bool = False  # True: each output the mean over the 8 DIHEDRAL transforms of its input (8 passes)
 
     @classmethod
     def for_model(cls, model, tile=DEFAULT_TILE, tile_overlap=DEFAULT_TILE_OVERLAP, amp_dtype=None):
@@ -248,8 +242,8 @@ def _spread(size, tile, overlap):
 def _blend_ramp(length, overlap_left, overlap_right):
     """1-D weights of one tile: 1 in the middle; over each overlap, 0 for its outer quarter (next to the tile's
     edge, where zero padding spoils the output: SRResNet sees ~39 LR pixels each way), rising linearly over its
-    middle half, 1 for its inner quarter. Two neighbours' ramps over the same overlap sum to 1. Against a ramp
-    over the whole overlap this cuts the tiled-vs-untiled error about 8x (overlap 16, trained-ish SRResNet)."""
+    middle half, 1 for its inner quarter. Two neighbours' ramps over the same overlap sum to 1. Leaving out the
+    outer quarter keeps the padding's error out of the blend."""
     def ramp(n):  # (n,) rising from 0 to 1 over the middle half of n pixels
         return ((torch.arange(n) + 0.5 - n / 4) / (n / 2)).clamp(0, 1)
 

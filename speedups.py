@@ -16,7 +16,7 @@ What they do, and why they are exact (tests/test_speedups.py checks each against
 - (inference) PReLUs and residual additions computed in place (InferencePReLU, InplaceResidualBlock): each reads a
   fresh intermediate that nothing else reads, so the result is the same and a full-size pass of memory is saved;
 - (inference, CPU) the tail's convolution padded with zero filters to 16 outputs (12 used), two whole AVX2
-  vectors: oneDNN runs it in 0.8x the time of 12 outputs, and the zero filters change nothing (TailBeforeShuffle.fixed).
+  vectors, which oneDNN runs faster; the zero filters change nothing (TailBeforeShuffle.fixed).
 """
 
 import copy
@@ -78,8 +78,8 @@ def fold_batchnorm(model):
 
 class SingleSlopePReLU(nn.PReLU):
     """nn.PReLU (same parameter, same function) that trains faster on CPUs with one slope for all channels, as
-    SRResNet has it: PyTorch's PReLU backward is slow there (~20x a LeakyReLU's in bf16 and channels_last), so this
-    computes the same thing with LeakyReLU's kernels."""
+    SRResNet has it: PyTorch's PReLU backward is slow there (far slower than LeakyReLU's in bf16 and channels_last),
+    so this computes the same thing with LeakyReLU's kernels."""
 
     def forward(self, x):
         if self.num_parameters == 1 and x.device.type == 'cpu' and not torch.compiler.is_compiling():
@@ -195,8 +195,8 @@ class TailBeforeShuffle(nn.Module):
     @torch.no_grad()
     def fixed(self, pad_to=1):
         """For inference: conv' computed once, as an nn.Conv2d; -> Sequential(conv', PixelShuffle, activation).
-        pad_to: conv' gets zero filters up to a multiple of this many outputs, which FirstChannels drops again
-        (on an AVX2 CPU 16 outputs took 0.8x the time of 3 r^2 = 12); 1: none."""
+        pad_to: conv' gets zero filters up to a multiple of this many outputs (whole vectors, faster on a CPU),
+        which FirstChannels drops again; 1: none."""
         conv, activation = self.conv_block
         weight, bias = conv_before_pixel_shuffle(conv.weight, conv.bias, self.r)  # (3 r^2, C r^2, k', k')
         used = weight.shape[0]

@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import deploy  # noqa: E402
+import images  # noqa: E402
 import inference  # noqa: E402
 import metrics  # noqa: E402
 import speedups  # noqa: E402
@@ -59,7 +60,7 @@ SHARED_IMAGE = REPO.parent / 'shared' / 'data' / 'Set5' / 'baby.png'
 def hr_image(lr_size, s):
     """A (lr_size * s)-pixel square HR image: Set5 baby when ../shared is there, else scikit-image's astronaut."""
     if SHARED_IMAGE.is_file():
-        img, name = utils.load_image(SHARED_IMAGE), 'Set5 baby'
+        img, name = images.load_image(SHARED_IMAGE), 'Set5 baby'
     else:
         from skimage import data
         img, name = Image.fromarray(data.astronaut()), 'scikit-image astronaut'

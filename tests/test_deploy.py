@@ -15,6 +15,7 @@ from PIL import Image
 import checkpoints
 import deploy
 import eval as eval_py
+import images
 import inference
 import super_resolve
 import utils
@@ -96,13 +97,13 @@ def test_super_resolve_runs_an_onnx_model_through_the_same_paths(exported, tmp_p
         super_resolve.main([str(tmp_path / 'in'), '-o', str(tmp_path / model.suffix[1:]), '--model', str(model),
                             '--tile', '32', '--tile-overlap', '16', '--device', 'cpu', '--batch-size', '3', '--fp32'])
     for name in ('photo_x4.png', 'logo_x4.png', 'rgb48_x4.png', 'gray16_x4.png'):
-        ours, theirs = (utils.read_image(tmp_path / kind / name) for kind in ('pt', 'onnx'))
+        ours, theirs = (images.read_image(tmp_path / kind / name) for kind in ('pt', 'onnx'))
         assert ours.bits == theirs.bits and ours.rgb.shape == theirs.rgb.shape, name
         assert np.abs(ours.rgb.astype(int) - theirs.rgb.astype(int)).max() <= 1, name  # 1 level of 255 or 65535
         assert (ours.alpha is None) == (theirs.alpha is None)
         assert ours.alpha is None or (ours.alpha == theirs.alpha).all()
-    assert utils.read_image(tmp_path / 'onnx' / 'rgb48_x4.png').bits == 16
-    assert utils.read_image(tmp_path / 'onnx' / 'logo_x4.png').alpha is not None
+    assert images.read_image(tmp_path / 'onnx' / 'rgb48_x4.png').bits == 16
+    assert images.read_image(tmp_path / 'onnx' / 'logo_x4.png').alpha is not None
 
     frames = {}
     for kind in ('pt', 'onnx'):

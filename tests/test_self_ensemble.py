@@ -14,11 +14,13 @@ from PIL import Image
 
 import eval as eval_py
 import super_resolve
+import video
 from checkpoints import save_checkpoint
 from conftest import SmallMemory
 from inference import DIHEDRAL, Upscaler, dihedral, load_generator, load_upscaler, undo_dihedral
 from models import SRResNet
-from utils import convert_image, read_image
+from images import read_image
+from utils import convert_image
 
 # The dihedral group written out independently of inference.py: (forward, inverse) on (..., H, W)
 BY_HAND = [
@@ -91,7 +93,7 @@ def test_the_ensemble_of_a_tiny_srresnet_is_the_mean_of_8_passes_by_hand(tiny_ch
     assert (sr_img - passes[0]).abs().mean() > 1e-3  # a random SRResNet is not equivariant: the mean is not a pass
     # video frames go through the same forward: a batch of frames as each frame alone
     frames = torch.stack([lr_img, _lr(3, 20, 24, seed=1)])
-    torch.testing.assert_close(super_resolve.upscale_frames(ensemble, frames),
+    torch.testing.assert_close(video.upscale_frames(ensemble, frames),
                                torch.stack([ensemble.upscale(frame) for frame in frames]), rtol=0, atol=1e-6)
 
 

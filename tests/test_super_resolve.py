@@ -7,11 +7,13 @@ import pytest
 import torch
 from PIL import Image, ImageCms
 
+import image_formats
+import images
 import inference
 import speedups
 import super_resolve
-from datasets import DataListError
 import utils
+from datasets import DataListError
 from checkpoints import CheckpointError
 from inference import Upscaler
 from models import SRResNet
@@ -124,16 +126,16 @@ def test_cli_keeps_alpha_gray_16_bit_orientation_icc_and_reports_bad_files(check
 
 
 def test_png_outputs_are_lossless_and_written_at_zlib_level_1(checkpoint, tmp_path):
-    """PNG outputs use zlib's fastest level (README: 2-5x faster than Pillow's default 6 on 2048x2048 outputs,
-    files 10-17% larger): the zlib header of the image data says so, and the pixels are the ones given."""
+    """PNG outputs use zlib's fastest level (images.PNG_COMPRESS_LEVEL): the zlib header of the image data says so, and
+    the pixels are the ones given."""
     pixels = smooth_photo(96, 64)
-    super_resolve.save_image(Image.fromarray(pixels), tmp_path / 'out.png')
+    images.save_image(Image.fromarray(pixels), tmp_path / 'out.png')
     data = (tmp_path / 'out.png').read_bytes()
     idat = data.index(b'IDAT') + 4
     assert data[idat] == 0x78 and data[idat + 1] >> 6 == 0  # zlib FLEVEL 0: the fastest level (1)
     assert np.array_equal(np.asarray(Image.open(tmp_path / 'out.png')), pixels)
-    sr = super_resolve.super_resolve_image(inference.load_upscaler(checkpoint), utils.read_image(tmp_path / 'out.png'))
-    super_resolve.save_image(sr, tmp_path / 'sr.png')
+    sr = super_resolve.super_resolve_image(inference.load_upscaler(checkpoint), images.read_image(tmp_path / 'out.png'))
+    images.save_image(sr, tmp_path / 'sr.png')
     assert np.array_equal(np.asarray(Image.open(tmp_path / 'sr.png')), np.asarray(sr))
 
 
@@ -322,6 +324,28 @@ def test_video_round_trip(checkpoint, tmp_path, monkeypatch, codec):
         assert n_audio_packets == sum(1 for packet in container.demux(audio=0) if packet.size)
 
 
+def test_video_frames_are_the_input_frames_upscaled_in_order(checkpoint, tmp_path, monkeypatch):
+    """With an ideal network (each pixel repeated s x s times), every output frame is its own input frame upscaled,
+    to within the encoder's loss: ranges, colours and order kept through the batches of video.FrameEncoder."""
+    av = pytest.importorskip('av')
+    make_video(tmp_path / 'clip.mp4')
+
+    def nearest(upscaler, lr_imgs):  # (N, 3, h, w) ImageNet-normalised -> (N, 3, 4h, 4w) in [-1, 1]
+        return utils.convert_image(lr_imgs, 'imagenet-norm', '[-1, 1]').repeat_interleave(4, 2).repeat_interleave(4, 3)
+
+    monkeypatch.setattr(Upscaler, 'forward', nearest)
+    super_resolve.main([str(tmp_path / 'clip.mp4'), '-o', str(tmp_path / 'x4.mp4'), '--model', str(checkpoint),
+                        '--batch-size', '3'])
+    frames = {}
+    for name in ['clip.mp4', 'x4.mp4']:
+        with av.open(str(tmp_path / name)) as container:
+            frames[name] = np.stack([f.to_ndarray(format='rgb24') for f in container.decode(video=0)]).astype(float)
+    expected = frames['clip.mp4'].repeat(4, 1).repeat(4, 2)  # (8, 96, 128, 3)
+    errors = np.abs(frames['x4.mp4'][:, None] - expected[None]).mean(axis=(2, 3, 4))  # (output, input) frame pairs
+    assert errors.diagonal().max() < 3  # the encoder's loss (about 2 levels); a colour off by 10 levels gives 11
+    assert list(errors.argmin(axis=1)) == list(range(8))  # each output frame nearest its own input frame
+
+
 def test_not_a_video_is_one_line_error(checkpoint, tmp_path, capsys):
     (tmp_path / 'fake.mp4').write_bytes(b'\x00' * 100)
     with pytest.raises(UserError, match='^0 written, 0 skipped \\(already there\\), 1 failed$'):
@@ -351,14 +375,34 @@ def test_16_bit_colour_png_gives_16_bit_output(checkpoint, tmp_path, monkeypatch
     header = (tmp_path / 'out' / 'rgb48_x4.png').read_bytes()[:26]
     assert header[24] == 16 and header[25] == 2  # PNG bit depth 16, colour type RGB
     for name in ['rgb48_x4.png', 'rgb48.tif']:
-        out = utils.read_image(tmp_path / 'out' / name)
+        out = images.read_image(tmp_path / 'out' / name)
         assert out.bits == 16 and out.rgb.shape == (64, 96, 3) and out.alpha is None
         assert np.abs(out.rgb[::4, ::4].astype(int) - rgb).max() <= 1, name  # not 8 bits scaled (error up to 128)
-    out = utils.read_image(tmp_path / 'out' / 'rgba64_x4.png')
+    out = images.read_image(tmp_path / 'out' / 'rgba64_x4.png')
     assert out.bits == 16 and out.alpha is not None
     assert np.abs(out.rgb[::4, ::4].astype(int) - rgb).max() <= 1
     assert np.abs(out.alpha[::4, ::4].astype(int) - rgba[..., 3]).max() <= 200  # bicubic, on a 101-step ramp
     assert (out.alpha % 257 != 0).mean() > 0.9  # 16-bit alpha, not 8 bits scaled
+
+
+def test_16_bit_colour_outputs_keep_their_pixels_and_a_png_its_icc_profile(checkpoint, tmp_path):
+    """image_formats.save_16_bit_colour writes the pixels as given; a PNG gets the profile in an iCCP chunk that
+    Pillow reads back (checking its CRC), a TIFF none (FFmpeg's TIFF encoder writes none, as before)."""
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile('sRGB')).tobytes()
+    y, x = np.mgrid[0:12, 0:20]
+    rgba = np.stack([1000 + 37 * x, 30000 + 11 * y, 60000 - 13 * x, 65535 - 97 * y], axis=2).astype(np.uint16)
+    for name, pixels in [('rgb48.png', rgba[..., :3]), ('rgba64.png', rgba), ('rgb48.tif', rgba[..., :3])]:
+        image_formats.save_16_bit_colour(pixels, tmp_path / name, icc)
+        loaded = images.read_image(tmp_path / name)
+        assert np.array_equal(np.dstack([loaded.rgb, loaded.alpha]) if pixels.shape[2] == 4 else loaded.rgb, pixels)
+        with Image.open(tmp_path / name) as img:
+            img.load()
+            assert img.info.get('icc_profile') == (icc if name.endswith('.png') else None), name
+        assert loaded.icc_profile == img.info.get('icc_profile')
+    # through the command line: a 16-bit colour PNG in, its profile and depth out
+    super_resolve.main([str(tmp_path / 'rgb48.png'), '-o', str(tmp_path / 'out.png'), '--model', str(checkpoint)])
+    out = images.read_image(tmp_path / 'out.png')
+    assert out.bits == 16 and out.rgb.shape == (48, 80, 3) and out.icc_profile == icc
 
 
 def test_webm_is_vp9_and_without_vp9_one_line_error(checkpoint, tmp_path, monkeypatch, capsys):

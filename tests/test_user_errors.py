@@ -16,7 +16,8 @@ from conftest import REPO, SMALL, cli, photo, run_process
 from inference import MIN_TILE, MIN_TILE_OVERLAP, Upscaler, load_generator, tiling
 from models import SRResNet
 from outputs import OutputError
-from utils import UserError, convert_image, downsample, load_image
+from images import load_image
+from utils import UserError, convert_image, downsample
 
 SHIPPED = REPO / 'weights' / 'srresnet_x4.pt'
 
@@ -57,11 +58,22 @@ def script_parsers():
             'create_data_lists': create_data_lists.main}
 
 
+TEXT_FLAGS = {'--ext'}  # typed flags that take text, not a number: test_an_extension_is_checked_when_parsed
+
+
+def test_an_extension_is_checked_when_parsed():
+    assert super_resolve.parse_args(['a.png', '--ext', 'png']).ext == '.png'
+    assert super_resolve.parse_args(['a.png', '--ext', '.JPG']).ext == '.JPG'
+    with pytest.raises(argparse.ArgumentTypeError, match=r'^\.gif: images are written as \.png, '):
+        super_resolve.image_extension('gif')
+
+
 @pytest.mark.parametrize('script', ['train_srresnet', 'train_srgan', 'super_resolve', 'eval', 'create_data_lists',
                                     'checkpoints'])
 def test_every_numeric_flag_is_range_checked_at_parse_time(script):
     parser = parser_of(script_parsers()[script])
-    numeric = [action for action in parser._actions if action.type is not None and action.type is not str]
+    numeric = [action for action in parser._actions
+               if action.type is not None and action.type is not str and action.option_strings[0] not in TEXT_FLAGS]
     unchecked = [action.option_strings[0] for action in numeric if action.type in (int, float) and not action.choices]
     assert not unchecked  # a bare int/float takes -1, 0 or nan, and a library fails on it later
     for action in numeric:
@@ -230,7 +242,7 @@ def test_a_log_line_cut_short_by_a_kill_is_dropped_on_resume(demo_data, tmp_path
     with open(tmp_path / 'log.jsonl', 'a') as f:
         f.write('{"iteration": 3, "lo')  # killed while writing
     train_srresnet.main([*args, '--iterations', '3', '--resume', 'auto'])
-    from training import read_log
+    from pictures import read_log
     assert [row['iteration'] for row in read_log(tmp_path / 'log.jsonl')] == [1, 2, 3]
 
 

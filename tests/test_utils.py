@@ -1,4 +1,5 @@
 import os
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -8,10 +9,11 @@ from PIL import Image
 import checkpoints
 import utils
 from checkpoints import CheckpointError, convert_tutorial_checkpoint, load_checkpoint, save_checkpoint
-from conftest import cli
+from conftest import cli, smooth_photo, write_png_16
 from inference import load_generator
 from models import SRResNet
-from utils import ImageLoadError, ImageTransforms, convert_image, downsample, load_image, read_image
+from images import load_image, read_image
+from utils import ImageLoadError, ImageTransforms, convert_image, downsample
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -170,6 +172,130 @@ def test_loader_refuses_bad_files_with_one_line_naming_them(tmp_path, monkeypatc
     monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 3000)  # between 1x and 2x: only a warning in Pillow
     with pytest.raises(ImageLoadError, match='decompression bomb'):
         load_image(good)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The training loader gives the same pixels for every mode (checked against what the loader did before the rare
+# formats moved out of utils.py, and against the reasoning each expectation states)
+
+def _exif(orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif
+
+
+def _with_exif(path, orientation):
+    """The PNG at `path` given an eXIf chunk right after IHDR (for a 16-bit colour PNG, which Pillow cannot write)."""
+    from PIL import PngImagePlugin
+    data, body = path.read_bytes(), _exif(orientation).tobytes()
+    with open(path, 'wb') as f:
+        f.write(data[:33])  # the signature and IHDR
+        PngImagePlugin.putchunk(f, b'eXIf', body.removeprefix(b'Exif\x00\x00'))
+        f.write(data[33:])
+    return path
+
+
+def _write_tiff_16(path, pixels):
+    """(H, W, 3) uint16 -> a 48-bit TIFF, through PyAV directly (Pillow cannot write one)."""
+    import av
+    with av.open(str(path), 'w', format='image2', options={'update': '1'}) as target:
+        stream = target.add_stream('tiff', rate=1)
+        stream.width, stream.height, stream.pix_fmt = pixels.shape[1], pixels.shape[0], 'rgb48le'
+        target.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format='rgb48le')))
+        target.mux(stream.encode(None))
+    return path
+
+
+# EXIF orientation k -> what displays the stored (H, W, C) array upright, as the EXIF standard defines it
+EXIF_UPRIGHT = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+                5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+                7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1], 8: lambda a: np.rot90(a, 1)}  # 5, 7: the two diagonals
+RGB8 = np.array([[[0, 1, 2], [127, 128, 129], [250, 251, 255]],
+                 [[10, 200, 30], [255, 0, 255], [64, 32, 16]]], np.uint8)  # (2, 3, 3): every orientation differs
+RGB16 = np.array([[[0, 128, 129], [385, 386, 32767], [32768, 65406, 65535]],
+                  [[1000, 30000, 60000], [257, 514, 771], [12345, 54321, 40000]]], np.uint16)  # ties of x/257: none
+ALPHA8 = np.array([[0, 1, 127], [128, 254, 255]], np.uint8)
+ALPHA16 = np.array([[0, 1, 32767], [32768, 65534, 65535]], np.uint16)
+
+
+def _to_8_bits(values):
+    """16-bit values -> 8 bits, x / 257 rounded (never x / 257 = n + 1/2 for an integer x: no ties)."""
+    return ((values.astype(np.int64) * 2 + 257) // 514).astype(np.uint8)
+
+
+def _over_white(rgb, alpha, top):
+    """Colour over white by alpha, both on a 0..top scale, to 8 bits rounded: 255 (c a + top (top - a)) / top^2."""
+    rgb, alpha = rgb.astype(object), alpha.astype(object)[..., None]
+    exact = (rgb * alpha + top * (top - alpha)) * 255
+    return np.vectorize(lambda v: int(round(Fraction(v, top * top))))(exact).astype(np.uint8)
+
+
+def _every_mode(folder):
+    """{file name: (written file, the RGB 8-bit pixels load_image must give)}."""
+    gray8, gray16 = RGB8[..., 1], RGB16[..., 1]
+    palette = Image.fromarray(gray8, 'P')  # index i: the grey level i
+    palette.putpalette([i for i in range(256) for _ in range(3)])
+    cases = {
+        'rgb.png': (Image.fromarray(RGB8), RGB8),
+        'rgb.tif': (Image.fromarray(RGB8), RGB8),
+        'l.png': (Image.fromarray(gray8), np.dstack([gray8] * 3)),
+        'p.png': (palette, np.dstack([gray8] * 3)),
+        '1.png': (Image.fromarray(gray8 > 100), np.dstack([(gray8 > 100) * np.uint8(255)] * 3)),
+        'rgba.png': (Image.fromarray(np.dstack([RGB8, ALPHA8])), _over_white(RGB8, ALPHA8, 255)),
+        'la.png': (Image.fromarray(np.dstack([gray8, ALPHA8]), 'LA'), _over_white(np.dstack([gray8] * 3), ALPHA8, 255)),
+        'i16.png': (Image.fromarray(gray16), np.dstack([_to_8_bits(gray16)] * 3)),
+        'i16.tif': (Image.fromarray(gray16), np.dstack([_to_8_bits(gray16)] * 3)),
+        # 32-bit integers beyond 16 bits are scaled so that the largest is 65535, rounded, then to 8 bits
+        'i32.tif': (Image.fromarray(gray16.astype(np.int32) * 4, 'I'),
+                    np.dstack([_to_8_bits(np.round(gray16 / gray16.max() * 65535))] * 3)),
+        # floats in [0, 1] are scaled to 16 bits, rounded, then to 8 bits
+        'f.tif': (Image.fromarray(gray16.astype(np.float32) / 65535, 'F'), np.dstack([_to_8_bits(gray16)] * 3)),
+    }
+    expected = {}
+    for name, (img, pixels) in cases.items():
+        img.save(folder / name)
+        expected[name] = (folder / name, pixels)
+    cmyk = Image.fromarray(RGB8).convert('CMYK')
+    cmyk.save(folder / 'cmyk.tif')
+    expected['cmyk.tif'] = (folder / 'cmyk.tif', np.asarray(Image.open(folder / 'cmyk.tif').convert('RGB')))  # Pillow's
+    palette.save(folder / 'pt.png', transparency=int(gray8[0, 0]))  # one grey is transparent: white
+    expected['pt.png'] = (folder / 'pt.png', np.dstack([np.where(gray8 == gray8[0, 0], 255, gray8)] * 3))
+    write_png_16(folder / 'rgb48.png', RGB16)
+    expected['rgb48.png'] = (folder / 'rgb48.png', _to_8_bits(RGB16))
+    write_png_16(folder / 'rgba64.png', np.dstack([RGB16, ALPHA16]))
+    expected['rgba64.png'] = (folder / 'rgba64.png', _over_white(RGB16, ALPHA16, 65535))
+    expected['rgb48.tif'] = (_write_tiff_16(folder / 'rgb48.tif', RGB16), _to_8_bits(RGB16))
+    for k in range(2, 9):  # EXIF orientation: the stored pixels turned upright
+        Image.fromarray(RGB8).save(folder / f'rotated{k}.png', exif=_exif(k))
+        expected[f'rotated{k}.png'] = (folder / f'rotated{k}.png', EXIF_UPRIGHT[k](RGB8))
+        write_png_16(folder / f'rotated{k}_48.png', RGB16)
+        expected[f'rotated{k}_48.png'] = (_with_exif(folder / f'rotated{k}_48.png', k),
+                                          EXIF_UPRIGHT[k](_to_8_bits(RGB16)))
+    return expected
+
+
+def test_the_training_loader_gives_the_same_pixels_for_every_mode(tmp_path):
+    for name, (path, pixels) in _every_mode(tmp_path).items():
+        img = load_image(path)
+        assert img.mode == 'RGB' and np.array_equal(np.asarray(img), pixels), name
+    photo = smooth_photo(40, 24, 3)  # a JPEG turned upright: Pillow's decoded pixels, rotated
+    Image.fromarray(photo).save(tmp_path / 'rotated.jpg', exif=_exif(6), quality=95)
+    with Image.open(tmp_path / 'rotated.jpg') as stored:
+        upright = np.rot90(np.asarray(stored.convert('RGB')), -1)
+    assert np.array_equal(np.asarray(load_image(tmp_path / 'rotated.jpg')), upright)
+
+
+def test_16_bit_colour_is_read_at_full_depth_and_turned_upright(tmp_path):
+    for name, k in [('rgb48.png', 1), ('rotated6_48.png', 6), ('rotated7_48.png', 7)]:
+        write_png_16(tmp_path / name, RGB16)
+        loaded = read_image(_with_exif(tmp_path / name, k) if k > 1 else tmp_path / name)
+        assert loaded.bits == 16 and not loaded.gray and loaded.alpha is None
+        assert np.array_equal(loaded.rgb, EXIF_UPRIGHT[k](RGB16)), name
+    loaded = read_image(_write_tiff_16(tmp_path / 'rgb48.tif', RGB16))
+    assert np.array_equal(loaded.rgb, RGB16) and loaded.bits == 16
+    write_png_16(tmp_path / 'rgba64.png', np.dstack([RGB16, ALPHA16]))
+    loaded = read_image(tmp_path / 'rgba64.png')
+    assert np.array_equal(loaded.rgb, RGB16) and np.array_equal(loaded.alpha, ALPHA16)
 
 
 # ---------------------------------------------------------------------------------------------------------------
