@@ -1,6 +1,7 @@
 """
 PSNR and SSIM of SRResNet / SRGAN checkpoints and of the bicubic baseline on Set5, Set14 and BSD100 (or any folder
-of HR images), printed as a markdown table beside the paper's numbers.
+of HR images), printed as a markdown table with the paper's numbers under it, in the columns of the standard test
+sets (recognised by their pixels, not their folder's name: a folder of other images called Set5 gets none).
 
     python eval.py                                  # bicubic + the checkpoints found, on every test list in ./data
     python eval.py bicubic runs/srresnet/best.pt runs/srgan/best.pt --test-sets Set5 Set14 BSD100
@@ -9,36 +10,21 @@ of HR images), printed as a markdown table beside the paper's numbers.
     python eval.py runs/srresnet/best.pt --csv per_image.csv --save-dir results/eval  # per-image rows, SR images
     python eval.py weights/srresnet_x4.pt --test-sets Set5 Set14 --self-ensemble  # + each model's self-ensemble row
 
-Why a protocol: the same SR image scores 0.1-0.3 dB apart depending on how the LR image was made, the channel
-measured, the border, 8-bit rounding and the SSIM window. Every number printed says which protocol made it.
-The table goes to stdout, notes and errors to stderr: `python eval.py > table.md` writes the table alone.
-
-  --protocol paper (default), the literature's MATLAB protocol, which the paper's Table 2 is compared against:
-      HR cropped top-left to a multiple of the scale (MATLAB's modcrop); LR = MATLAB's imresize(HR, 1/s, 'bicubic')
-      rounded to 8 bits (--lr-kernel); SR clamped and rounded to 8 bits, as when saved; Y = rgb2ycbcr's luma
-      (BT.601, 16-235) rounded to 8 bits, as MATLAB computes it for uint8 images; single-channel files (Set14's
-      bridge) measured on their gray values, as MATLAB scripts do when they skip rgb2ycbcr; `scale` pixels of
-      border removed; SSIM with an 11x11 Gaussian window (sigma 1.5) as Wang et al.'s ssim_index.
-      The bicubic baseline then scores 28.42 / 0.8102 (Set5), 25.99 / 0.7024 (Set14), 25.96 / 0.6674 (BSD100) on
-      ../shared/data: the literature's MATLAB values 28.42 / 0.8104, 26.00 / 0.7027, 25.96 / 0.6675 within 0.01 dB.
-  --protocol tutorial, sgrvinod's eval.py: HR centre-cropped to a multiple of the scale; LR = Pillow bicubic;
-      float SR, neither clamped nor rounded; float Y with 4 px of border removed whatever the scale;
-      scikit-image's peak_signal_noise_ratio and structural_similarity(data_range=255) with their defaults
-      (a 7x7 uniform window, sample covariance).
+The protocol decides what an HR test image becomes, how its LR image is made and what is compared: it is all in
+metrics.py (PROTOCOLS, make_test_pair, bicubic_upscale, evaluate_image), and every number printed names it. This
+script loads the models, runs them over the test sets and reports: the table to stdout, notes and errors to stderr
+(`python eval.py > table.md` writes the table alone); --csv, --save-dir and --html add the rows, the SR images and
+a page to compare them by eye (report.py).
 
 --self-ensemble adds under each model's row (not bicubic's) the same model run as EDSR+ (Lim et al. 2017): the
-mean of its outputs over the 8 flips and rotations of each LR image, each turned back. That row is marked
-'+ self-ensemble' in the table and in the CSV's model column, and takes ~8x the time; the plain row stays beside it,
-and every other number this repo publishes is without it.
+mean of its outputs over the 8 flips and rotations of each LR image, each turned back; its rows are marked
+'+ self-ensemble' in the table and in the CSV's model column, the plain rows stay beside them, and every other
+number this repo publishes is without it.
 
-The published rows are printed beside the standard test sets only, recognised by their pixels (not their folder's
-name): a folder of other images called Set5 gets none.
-
-Bad inputs do not stop the run: a test image that cannot be read (truncated, not an image, missing, too small for
-the scale), a checkpoint that cannot be loaded and a model that loads but cannot run (an .onnx its runner refuses)
-are skipped, everything else is evaluated, a mean over fewer images than the set holds says so ('28.42 / 0.8102
-(4 of 5 images)'; the CSV has the skipped rows, with the reason), and the run ends with one 'error:' line per problem
-and a non-zero exit status.
+Bad inputs do not stop the run: a test image that cannot be read (or is too small for the scale), a checkpoint
+that cannot be loaded and a model that cannot run (an .onnx its runner refuses) are skipped, a mean over fewer
+images than the set holds says so ('(4 of 5 images)'; the CSV keeps the skipped rows, with the reason), and the run
+ends with one 'error:' line per problem and a non-zero exit status.
 
 Outputs (--csv, --save-dir, --html) are all checked before any work: none may be an input (a checkpoint, a test
 image or list; not even with --overwrite), replace a file without --overwrite, or lie inside a --test-folders folder,
@@ -50,15 +36,13 @@ import argparse
 import collections
 import csv
 import dataclasses
-import hashlib
 import os
 import sys
+import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -66,41 +50,17 @@ from checkpoints import CheckpointError, load_checkpoint
 from datasets import (DEMO_TEST_IMAGES, TEST_LIST_SUFFIX, demo_images, find_images, folder_name, read_image_list,
                       test_set_names)
 from inference import DEFAULT_TILE, DEFAULT_TILE_OVERLAP, MIN_TILE, MIN_TILE_OVERLAP, Upscaler, load_generator, tiling
-from metrics import EVAL_PROTOCOLS, evaluate_image, imresize
+from images import read_image, to_rgb8
+from metrics import LR_KERNELS, PROTOCOLS, bicubic_upscale, evaluate_image, make_test_pair
 from outputs import OutputPlan, distinct_stems, file_names
-from report import EvalPage
-from utils import (ImageLoadError, UserError, autocast_dtype, convert_image, crop_to_multiple, downsample, load_image,
-                   number, pick_device, read_image, run_main, to_rgb8)
+from report import ENSEMBLE_MARK, KIND_NAMES, STANDARD_TEST_SETS, EvalPage, markdown_table, standard_set
+from utils import ImageLoadError, UserError, autocast_dtype, convert_image, number, pick_device, run_main
 
 # Checkpoints evaluated when none are named: the weights shipped in the repo, found beside eval.py from whatever
 # folder it runs in, and the trainers' best checkpoints, under ./runs of the current folder, where they write them.
 REPO = os.path.dirname(os.path.abspath(__file__))
 SHIPPED_CHECKPOINTS = ('weights/srresnet_x4.pt', 'weights/srgan_x4.pt')  # relative to the repo
 RUN_CHECKPOINTS = ('runs/srresnet/best.pt', 'runs/srgan/best.pt')  # relative to the current folder
-STANDARD_TEST_SETS = ('Set5', 'Set14', 'BSD100')
-# The standard test sets by their pixels, whatever their file names, formats or order: (image count,
-# test_set_digest), computed on ../shared/data. BSD100's 481x321 originals and the 480x320 crops give one digest.
-STANDARD_DIGESTS = {
-    'Set5': (5, 'faf5daeac51e2826fa4adb51e5a12d1e5fac56081af237c8af677a13f54a3fd0'),
-    'Set14': (14, '90854ef616ac07e9610d57d50fa9e70d84d15bf48961c7c4cf2721a0dfa31c14'),
-    'BSD100': (100, 'aef1460f9449894e2437aef58130896c8ad06738c28d118bd9385389efc566b0'),
-}
-LR_KERNELS = {'matlab': "MATLAB's imresize bicubic (antialiased)", 'pillow': "Pillow's bicubic (antialiased)"}
-
-# (PSNR, SSIM) at x4 that others published, printed under ours. Our bicubic under --protocol paper, measured on
-# ../shared/data: 28.42 / 0.8102, 25.99 / 0.7024, 25.96 / 0.6674 (see the README).
-REFERENCES = {
-    'paper': ('Ledig et al. 2017, Table 2', {  # their SSIM came from another implementation: compare PSNR first
-        'bicubic': {'Set5': (28.43, 0.8211), 'Set14': (25.99, 0.7486), 'BSD100': (25.94, 0.6935)},
-        'srresnet': {'Set5': (32.05, 0.9019), 'Set14': (28.49, 0.8184), 'BSD100': (27.58, 0.7620)},
-        'srgan': {'Set5': (29.40, 0.8472), 'Set14': (26.02, 0.7397), 'BSD100': (25.16, 0.6688)}}),
-    'tutorial': ("the tutorial's README (its protocol)", {
-        'srresnet': {'Set5': (31.927, 0.902), 'Set14': (28.588, 0.799), 'BSD100': (27.587, 0.756)},
-        'srgan': {'Set5': (29.719, 0.859), 'Set14': (26.509, 0.729), 'BSD100': (25.531, 0.678)}}),
-}
-KIND_NAMES = {'bicubic': 'bicubic', 'srresnet': 'SRResNet', 'srgan': 'SRGAN'}
-ENSEMBLE_MARK = ' + self-ensemble'  # ends the label of a model's self-ensemble row (--self-ensemble)
-SET_ALIASES = {'set5': 'Set5', 'set14': 'Set14', 'bsd100': 'BSD100', 'b100': 'BSD100', 'bsds100': 'BSD100'}
 
 
 @dataclasses.dataclass
@@ -114,34 +74,10 @@ class Model:
     saved: bool = True  # False: bicubic added by --html for the page, measured and shown but not written to --save-dir
 
 
-def to_uint8_tensor(img):
-    """PIL RGB -> (3, H, W) uint8."""
-    return torch.from_numpy(np.array(img)).permute(2, 0, 1)
-
-
-def make_lr(hr_img, scaling_factor, lr_kernel):
-    """PIL HR image (sides multiples of the scale) -> LR image, (3, H / s, W / s) uint8."""
-    if lr_kernel == 'pillow':
-        return to_uint8_tensor(downsample(hr_img, scaling_factor))
-    lr_img = imresize(to_uint8_tensor(hr_img).double(), 1 / scaling_factor)  # (3, h, w), 0-255, float
-    return lr_img.clamp(0, 255).round().to(torch.uint8)  # stored as an 8-bit image, as MATLAB does for uint8
-
-
-def bicubic_upscale(lr_img, scaling_factor, lr_kernel):
-    """The bicubic baseline with the kernel that made the LR: (3, h, w) uint8 -> (3, h * s, w * s) in [-1, 1]."""
-    if lr_kernel == 'pillow':
-        lr_pil = Image.fromarray(lr_img.permute(1, 2, 0).numpy())
-        sr_img = to_uint8_tensor(lr_pil.resize((lr_pil.width * scaling_factor, lr_pil.height * scaling_factor),
-                                               Image.BICUBIC)).double()
-    else:
-        sr_img = imresize(lr_img.double(), scaling_factor).clamp(0, 255).round()
-    return convert_image(sr_img, '[0, 255]', '[-1, 1]')
-
-
 class TestImages(Dataset):
-    """The HR images of one test set -> dicts: path, lr_img (3, H / s, W / s) uint8, hr_img (3, H, W) uint8, gray
-    (the file was single-channel); or, for a file that cannot be used, its path and the reason (reported by the
-    main process as one line rather than as a DataLoader worker's traceback)."""
+    """The HR images of one test set -> dicts: path, lr_img (3, H / s, W / s) uint8, hr_img (3, H, W) uint8 (as the
+    protocol makes them: metrics.make_test_pair), gray (the file was single-channel); or, for a file that cannot be
+    used, its path and the reason (reported by the main process as one line rather than as a worker's traceback)."""
 
     def __init__(self, paths, scaling_factor, lr_kernel, protocol):
         self.paths, self.scaling_factor, self.lr_kernel, self.protocol = paths, scaling_factor, lr_kernel, protocol
@@ -156,14 +92,12 @@ class TestImages(Dataset):
         except ImageLoadError as e:
             return {'path': path, 'error': str(e)}
         img = to_rgb8(loaded)  # PIL RGB, 8 bits per channel
-        hr_img = crop_to_multiple(img, s, centered=self.protocol == 'tutorial')
-        border = s if self.protocol == 'paper' else 4
-        min_side = -(-(2 * border + 11) // s) * s  # the SSIM window must fit inside the border, after the crop
+        min_side = PROTOCOLS[self.protocol].min_side(s)
         if min(img.width, img.height) < min_side:
             return {'path': path, 'error': f'{path}: {img.width}x{img.height} is too small to measure at x{s} '
                                            f'(it needs {min_side} px a side)'}
-        return {'path': path, 'lr_img': make_lr(hr_img, s, self.lr_kernel), 'hr_img': to_uint8_tensor(hr_img),
-                'gray': loaded.gray}
+        lr_img, hr_img = make_test_pair(img, s, self.protocol, self.lr_kernel)
+        return {'path': path, 'lr_img': lr_img, 'hr_img': hr_img, 'gray': loaded.gray}
 
 
 def load_models(names, args, device, amp_dtype):
@@ -208,8 +142,7 @@ def bicubic_at_every_scale(models, bicubic_named):
     """--html: bicubic beside every model, at each scale the models run at (the page compares each model's output
     with bicubic's of the same LR image) -> models, a bicubic added after the first one for each scale without.
     A bicubic the user did not name (bicubic_named) is the page's: measured and shown, not saved by --save-dir."""
-    for model in models:
-        model.saved = model.upscaler is not None or bicubic_named
+    models = [m if m.upscaler is not None or bicubic_named else dataclasses.replace(m, saved=False) for m in models]
     missing = sorted({m.scaling_factor for m in models} - {m.scaling_factor for m in models if m.upscaler is None})
     if not missing:
         return models
@@ -281,16 +214,16 @@ def test_sets_to_run(args):
     return [(name, list({os.path.abspath(p): p for p in paths}.values())) for name, paths in sets], list_paths
 
 
-def evaluate(models, test_sets, protocol='paper', lr_kernel='matlab', workers=0, on_result=None):
-    """Run every model over every test set. Returns one row per (model, image): dicts with model, kind, scale,
-    protocol, lr_kernel, image (its name among the set's, see image_names), psnr, ssim, seconds (inference time of
-    that image), dataset, and skipped: why the image could not be evaluated ('' when it was; psnr, ssim and seconds
-    are then None).
+def evaluate(models, test_sets, protocol='paper', lr_kernel=None, workers=0, on_result=None):
+    """Run every model over every test set under `protocol` (metrics.PROTOCOLS), the LR made by lr_kernel (None: the
+    protocol's). Returns one row per (model, image): dicts with model, kind, scale, protocol, lr_kernel, image (its
+    name among the set's, see image_names), psnr, ssim, seconds (inference time of that image), dataset, and
+    skipped: why the image could not be evaluated ('' when it was; psnr, ssim and seconds are then None).
     on_result(row, sr_img, hr_img): called for each image evaluated, with its SR image (3, H, W) in [-1, 1] and the
     HR (3, H, W) uint8 (--save-dir, --html).
     A model that loaded but fails to run (an .onnx whose runner refuses the input: CheckpointError, UserError) is
     not run again: model.failure says why, and its rows are left out, as a checkpoint that cannot be loaded is."""
-    rows = []
+    rows, lr_kernel = [], lr_kernel or PROTOCOLS[protocol].lr_kernel
     for model in models:  # warm up (allocations, kernel choice), so that the first image is timed fairly
         if model.upscaler is not None:
             run_or_fail(model, 'a 16x16 image', model.upscaler.upscale, torch.zeros(3, 16, 16))
@@ -387,85 +320,6 @@ def save_sr(sr_img, plan, path):
         convert_image(sr_img.float(), '[-1, 1]', 'pil').save(tmp_path)
 
 
-def markdown_table(models, columns, rows, protocol, lr_kernel):
-    """columns: (test set name, the standard set it holds or None), one per column. Mean PSNR / SSIM per model and
-    test set, a mean over fewer images than the set holds marked '(n of N images)'; then the published numbers for
-    the kinds of model present, in the columns of the standard test sets."""
-    names = [name for name, _ in columns]
-    lines = [f'| model | scale | {" | ".join(f"{name} PSNR / SSIM" for name in names)} | s / image | measured by |',
-             '|---|---|' + '---|' * len(names) + '---|---|']
-    for model in models:
-        mine = [r for r in rows if r['model'] == model.label and r['scale'] == model.scaling_factor]
-        cells = ' | '.join(mean_cell([r for r in mine if r['dataset'] == name]) for name in names)
-        seconds = [r['seconds'] for r in mine if not r['skipped']]
-        ensemble = model.upscaler is not None and model.upscaler.self_ensemble
-        by = 'this eval.py' + (' --self-ensemble (the mean over 8 flips / rotations)' if ensemble else '')
-        lines.append(f'| {row_label(model)} | x{model.scaling_factor} | {cells} | '
-                     f'{f"{np.mean(seconds):.3f}" if seconds else "-"} | {by}, --protocol {protocol}, {lr_kernel} LR |')
-    return '\n'.join(lines + published_rows(models, [standard for _, standard in columns], protocol))
-
-
-def row_label(model):
-    """A model's name in the table: its label, what it is ('SRResNet', 'SRGAN-MSE') and, for a self-ensemble row,
-    '+ self-ensemble' last: 'runs/x.pt (SRResNet) + self-ensemble'."""
-    if model.kind == 'bicubic':
-        return model.label
-    ensemble = model.upscaler.self_ensemble
-    variant = f'-{model.content_loss.upper()}' if model.content_loss else ''  # SRGAN-MSE, SRGAN-VGG54
-    name = model.label.removesuffix(ENSEMBLE_MARK) if ensemble else model.label
-    return f'{name} ({KIND_NAMES[model.kind]}{variant}){ENSEMBLE_MARK if ensemble else ""}'
-
-
-def mean_cell(rows):
-    """'PSNR / SSIM', the means over `rows` (one model, one test set), with '(n of N images)' when some were
-    skipped: such a mean is not the test set's."""
-    done = [r for r in rows if not r['skipped']]
-    cell = f'{np.mean([r["psnr"] for r in done]):.2f} / {np.mean([r["ssim"] for r in done]):.4f}' if done else '-'
-    return cell if len(done) == len(rows) else f'{cell} ({len(done)} of {len(rows)} image{"s" * (len(rows) > 1)})'
-
-
-def published_rows(models, standard_sets, protocol):
-    """Table rows of the numbers published at x4 for the kinds of model present, in the columns whose test set
-    is a standard one (standard_sets: its name or None per column)."""
-    if not any(standard_sets):
-        return []
-    kinds = [kind for kind in KIND_NAMES if any(m.kind == kind and m.scaling_factor == 4 for m in models)]
-    lines = []
-    for source in ('paper', 'tutorial') if protocol == 'tutorial' else ('paper',):
-        who, table = REFERENCES[source]
-        for kind in [kind for kind in kinds if kind in table]:
-            values = [table[kind].get(name) for name in standard_sets]
-            cells = ' | '.join(f'{v[0]:.2f} / {v[1]:.4f}' if v else '-' for v in values)
-            lines.append(f'| *{KIND_NAMES[kind]} ({source})* | x4 | {cells} | | {who} |')
-    return lines
-
-
-def test_set_digest(paths):
-    """sha256 of a test set's pixels as they are measured at x4 (8-bit RGB, cropped top-left to a multiple of 4),
-    image by image, sorted: the same images give the same digest whatever their file names, formats or order.
-    None when an image cannot be read."""
-    digests = []
-    for path in paths:
-        try:
-            img = crop_to_multiple(load_image(path), 4)  # PIL RGB
-        except ImageLoadError:
-            return None
-        digests.append(hashlib.sha256(f'{img.width}x{img.height}'.encode() + img.tobytes()).hexdigest())
-    return hashlib.sha256(''.join(sorted(digests)).encode()).hexdigest()
-
-
-def standard_set(name, paths):
-    """'Set5', 'Set14' or 'BSD100' when `paths` hold that standard test set, by its pixels, else None: what the
-    published numbers were measured on. A set named like one that holds other images gets a note saying so."""
-    for standard, (count, digest) in STANDARD_DIGESTS.items():
-        if len(paths) == count and test_set_digest(paths) == digest:
-            return standard
-    if name.lower() in SET_ALIASES:
-        print(f'note: {name} is not the standard {SET_ALIASES[name.lower()]} (other images), so the published '
-              f'numbers are not printed beside it', file=sys.stderr)
-    return None
-
-
 def report_problems(model_problems, rows):
     """After the table: one 'error:' line per model and test image skipped (stderr), then a UserError whose one-line
     summary ends the run (status 1). Nothing when there were none."""
@@ -517,14 +371,22 @@ def add_inference_arguments(parser):
     parser.add_argument('--self-ensemble', action='store_true',
                         help="also evaluate each model (not bicubic) with the self-ensemble, EDSR+'s mean over the 8 "
                              "flips and rotations of each LR image: a row of its own, marked '+ self-ensemble', under "
-                             'the plain one; ~8x the time')
+                             'the plain one; 8 runs of the model per image')
     parser.add_argument('--device', default='auto', help="'auto' (CUDA, then MPS, then CPU), 'cpu', 'cuda:1', ...")
     parser.add_argument('--amp', action='store_true',
-                        help='autocast (bf16 where supported, else fp16): faster, numbers may move ~0.01 dB')
+                        help='autocast (bf16 where supported, else fp16): faster, the numbers may move a little')
+
+
+def protocols_help():
+    """The protocols of metrics.PROTOCOLS, for --help: one paragraph each."""
+    paragraphs = [f'--protocol {name}: HR = the {p.crop} crop whose sides are multiples of the scale; LR = '
+                  f'{LR_KERNELS[p.lr_kernel]} of it (--lr-kernel); {p.description}.' for name, p in PROTOCOLS.items()]
+    return '\n'.join(textwrap.fill(text, 116, subsequent_indent='    ') for text in paragraphs)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, epilog=protocols_help(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('models', nargs='*', metavar='MODEL',
                         help="checkpoints (train_srresnet.py's, train_srgan.py's, the tutorial's with "
                              "--unsafe-pickle) and/or 'bicubic'; one that cannot be loaded is skipped (reported at "
@@ -538,11 +400,11 @@ def parse_args(argv=None):
     parser.add_argument('--test-folders', nargs='+', default=None, metavar='DIR',
                         help='folders of HR images, each a test set named after the folder')
     parser.add_argument('--data-folder', default='./data', help='where create_data_lists.py wrote the lists')
-    parser.add_argument('--protocol', choices=sorted(EVAL_PROTOCOLS), default='paper',
-                        help="paper: the literature's MATLAB protocol; tutorial: sgrvinod's eval.py (see above)")
+    parser.add_argument('--protocol', choices=sorted(PROTOCOLS), default='paper',
+                        help="paper: the literature's MATLAB protocol; tutorial: sgrvinod's eval.py (see below)")
     parser.add_argument('--lr-kernel', choices=sorted(LR_KERNELS), default=None,
-                        help='how LR images are made from HR ones (and how bicubic upscales them) [default: matlab '
-                             'with --protocol paper, pillow with --protocol tutorial]')
+                        help="how LR images are made from HR ones (and how bicubic upscales them) [default: the "
+                             "protocol's: matlab with --protocol paper, pillow with --protocol tutorial]")
     parser.add_argument('--scale', type=int, choices=[2, 3, 4, 8], default=None,
                         help="bicubic's upscaling factor [default: the first checkpoint's, else 4]; checkpoints "
                              'always run at their own scale')
@@ -577,7 +439,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    lr_kernel = args.lr_kernel or ('matlab' if args.protocol == 'paper' else 'pillow')
+    lr_kernel = args.lr_kernel or PROTOCOLS[args.protocol].lr_kernel
     test_sets, list_paths = test_sets_to_run(args)
     names = list(dict.fromkeys(args.models or default_models()))
     bicubic_named = 'bicubic' in names
@@ -613,7 +475,7 @@ def main(argv=None):
 
     # stdout: the results alone (python eval.py > table.md); notes and errors go to stderr
     precision = f'autocast {str(amp_dtype).split(".")[-1]}' if amp_dtype else 'fp32'
-    notes = [f'Protocol {args.protocol}: {EVAL_PROTOCOLS[args.protocol]}.',
+    notes = [f'Protocol {args.protocol}: {PROTOCOLS[args.protocol].description}.',
              f'LR images: {LR_KERNELS[lr_kernel]} of the HR; device {device}, {precision}.']
     if args.self_ensemble:
         notes.append("Self-ensemble: the rows marked '+ self-ensemble' average the model over the 8 flips and "

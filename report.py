@@ -1,6 +1,9 @@
 """
-The evaluation page: `python eval.py ... --html DIR` writes DIR/index.html, one self-contained page (no network,
-no CDN; it opens from file://) with the images beside it in DIR/images/:
+How eval.py reports its results: the markdown table it prints, with the numbers others published under it for the
+standard test sets (recognised by their pixels), and the evaluation page of `python eval.py ... --html DIR`.
+
+DIR/index.html is one self-contained page (no network, no CDN; it opens from file://) with the images beside it in
+DIR/images/:
 
 - the results table, as eval.py prints it (with the paper's rows);
 - for each test image, every model's output, bicubic and the HR image: a before/after slider between any two of
@@ -14,16 +17,128 @@ is planned (outputs.OutputPlan) before the evaluation starts, named by outputs.f
 models never share a file, whatever their names.
 """
 
+import hashlib
 import html
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from images import load_image
 from outputs import file_names
-from utils import convert_image
+from utils import ImageLoadError, convert_image, crop_to_multiple
+
+# ---------------------------------------------------------------------------------------------------------------
+# The results table
+
+STANDARD_TEST_SETS = ('Set5', 'Set14', 'BSD100')  # the columns of the published numbers, in this order
+# The standard test sets by their pixels, whatever their file names, formats or order: (image count,
+# test_set_digest), computed on ../shared/data. BSD100's 481x321 originals and the 480x320 crops give one digest.
+STANDARD_DIGESTS = {
+    'Set5': (5, 'faf5daeac51e2826fa4adb51e5a12d1e5fac56081af237c8af677a13f54a3fd0'),
+    'Set14': (14, '90854ef616ac07e9610d57d50fa9e70d84d15bf48961c7c4cf2721a0dfa31c14'),
+    'BSD100': (100, 'aef1460f9449894e2437aef58130896c8ad06738c28d118bd9385389efc566b0'),
+}
+
+# (PSNR, SSIM) at x4 that others published, printed under ours (our own bicubic values are in the README)
+REFERENCES = {
+    'paper': ('Ledig et al. 2017, Table 2', {  # their SSIM came from another implementation: compare PSNR first
+        'bicubic': {'Set5': (28.43, 0.8211), 'Set14': (25.99, 0.7486), 'BSD100': (25.94, 0.6935)},
+        'srresnet': {'Set5': (32.05, 0.9019), 'Set14': (28.49, 0.8184), 'BSD100': (27.58, 0.7620)},
+        'srgan': {'Set5': (29.40, 0.8472), 'Set14': (26.02, 0.7397), 'BSD100': (25.16, 0.6688)}}),
+    'tutorial': ("the tutorial's README (its protocol)", {
+        'srresnet': {'Set5': (31.927, 0.902), 'Set14': (28.588, 0.799), 'BSD100': (27.587, 0.756)},
+        'srgan': {'Set5': (29.719, 0.859), 'Set14': (26.509, 0.729), 'BSD100': (25.531, 0.678)}}),
+}
+KIND_NAMES = {'bicubic': 'bicubic', 'srresnet': 'SRResNet', 'srgan': 'SRGAN'}
+ENSEMBLE_MARK = ' + self-ensemble'  # ends the label of a model's self-ensemble row (--self-ensemble)
+SET_ALIASES = {'set5': 'Set5', 'set14': 'Set14', 'bsd100': 'BSD100', 'b100': 'BSD100', 'bsds100': 'BSD100'}
+
+
+def markdown_table(models, columns, rows, protocol, lr_kernel):
+    """columns: (test set name, the standard set it holds or None), one per column. Mean PSNR / SSIM per model and
+    test set, a mean over fewer images than the set holds marked '(n of N images)'; then the published numbers for
+    the kinds of model present, in the columns of the standard test sets."""
+    names = [name for name, _ in columns]
+    lines = [f'| model | scale | {" | ".join(f"{name} PSNR / SSIM" for name in names)} | s / image | measured by |',
+             '|---|---|' + '---|' * len(names) + '---|---|']
+    for model in models:
+        mine = [r for r in rows if r['model'] == model.label and r['scale'] == model.scaling_factor]
+        cells = ' | '.join(mean_cell([r for r in mine if r['dataset'] == name]) for name in names)
+        seconds = [r['seconds'] for r in mine if not r['skipped']]
+        ensemble = model.upscaler is not None and model.upscaler.self_ensemble
+        by = 'this eval.py' + (' --self-ensemble (the mean over 8 flips / rotations)' if ensemble else '')
+        lines.append(f'| {row_label(model)} | x{model.scaling_factor} | {cells} | '
+                     f'{f"{np.mean(seconds):.3f}" if seconds else "-"} | {by}, --protocol {protocol}, {lr_kernel} LR |')
+    return '\n'.join(lines + published_rows(models, [standard for _, standard in columns], protocol))
+
+
+def row_label(model):
+    """A model's name in the table: its label, what it is ('SRResNet', 'SRGAN-MSE') and, for a self-ensemble row,
+    '+ self-ensemble' last: 'runs/x.pt (SRResNet) + self-ensemble'."""
+    if model.kind == 'bicubic':
+        return model.label
+    ensemble = model.upscaler.self_ensemble
+    variant = f'-{model.content_loss.upper()}' if model.content_loss else ''  # SRGAN-MSE, SRGAN-VGG54
+    name = model.label.removesuffix(ENSEMBLE_MARK) if ensemble else model.label
+    return f'{name} ({KIND_NAMES[model.kind]}{variant}){ENSEMBLE_MARK if ensemble else ""}'
+
+
+def mean_cell(rows):
+    """'PSNR / SSIM', the means over `rows` (one model, one test set), with '(n of N images)' when some were
+    skipped: such a mean is not the test set's."""
+    done = [r for r in rows if not r['skipped']]
+    cell = f'{np.mean([r["psnr"] for r in done]):.2f} / {np.mean([r["ssim"] for r in done]):.4f}' if done else '-'
+    return cell if len(done) == len(rows) else f'{cell} ({len(done)} of {len(rows)} image{"s" * (len(rows) > 1)})'
+
+
+def published_rows(models, standard_sets, protocol):
+    """Table rows of the numbers published at x4 for the kinds of model present, in the columns whose test set
+    is a standard one (standard_sets: its name or None per column)."""
+    if not any(standard_sets):
+        return []
+    kinds = [kind for kind in KIND_NAMES if any(m.kind == kind and m.scaling_factor == 4 for m in models)]
+    lines = []
+    for source in ('paper', 'tutorial') if protocol == 'tutorial' else ('paper',):
+        who, table = REFERENCES[source]
+        for kind in [kind for kind in kinds if kind in table]:
+            values = [table[kind].get(name) for name in standard_sets]
+            cells = ' | '.join(f'{v[0]:.2f} / {v[1]:.4f}' if v else '-' for v in values)
+            lines.append(f'| *{KIND_NAMES[kind]} ({source})* | x4 | {cells} | | {who} |')
+    return lines
+
+
+def test_set_digest(paths):
+    """sha256 of a test set's pixels as they are measured at x4 (8-bit RGB, cropped top-left to a multiple of 4),
+    image by image, sorted: the same images give the same digest whatever their file names, formats or order.
+    None when an image cannot be read."""
+    digests = []
+    for path in paths:
+        try:
+            img = crop_to_multiple(load_image(path), 4)  # PIL RGB
+        except ImageLoadError:
+            return None
+        digests.append(hashlib.sha256(f'{img.width}x{img.height}'.encode() + img.tobytes()).hexdigest())
+    return hashlib.sha256(''.join(sorted(digests)).encode()).hexdigest()
+
+
+def standard_set(name, paths):
+    """'Set5', 'Set14' or 'BSD100' when `paths` hold that standard test set, by its pixels, else None: what the
+    published numbers were measured on. A set named like one that holds other images gets a note saying so."""
+    for standard, (count, digest) in STANDARD_DIGESTS.items():
+        if len(paths) == count and test_set_digest(paths) == digest:
+            return standard
+    if name.lower() in SET_ALIASES:
+        print(f'note: {name} is not the standard {SET_ALIASES[name.lower()]} (other images), so the published '
+              f'numbers are not printed beside it', file=sys.stderr)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The evaluation page
 
 ZOOM_FRACTION = 0.25  # the zoomed region's side, as a fraction of the image's shorter side
 MIN_ZOOM_SIDE = 24  # px

@@ -1,7 +1,9 @@
-"""eval.py and the evaluation helpers in utils: metrics pinned to independent values, MATLAB's imresize checked by
-hand, the literature's bicubic baseline on Set5, the protocols, tiled inference and the command line."""
+"""eval.py and the evaluation protocol (metrics.py): metrics pinned to independent values, MATLAB's imresize checked
+by hand, the literature's bicubic baseline on Set5, the protocols' test images and numbers, tiled inference and the
+command line."""
 
 import csv
+import hashlib
 import json
 import math
 import sys
@@ -14,6 +16,7 @@ from PIL import Image
 
 import eval as eval_py
 import metrics
+import report
 import utils
 from checkpoints import save_checkpoint
 from inference import Upscaler, load_generator
@@ -219,10 +222,53 @@ def test_tutorial_protocol_is_float_y_with_a_4_pixel_crop_and_scikit_image_defau
 
 
 def test_test_crops_top_left_for_the_paper_and_centred_for_the_tutorial():
-    img = Image.fromarray(np.arange(11 * 10, dtype=np.uint8).reshape(10, 11))  # 11 wide, 10 high
-    top_left, centred = eval_py.crop_to_multiple(img, 4), eval_py.crop_to_multiple(img, 4, centered=True)
-    assert top_left.size == centred.size == (8, 8)
-    assert np.asarray(top_left)[0, 0] == 0 and np.asarray(centred)[0, 0] == 1 * 11 + 1  # offsets (3 // 2, 2 // 2)
+    gray = np.arange(11 * 10, dtype=np.uint8).reshape(10, 11)  # 11 wide, 10 high
+    img = Image.fromarray(np.stack([gray] * 3, axis=-1))
+    (_, top_left), (_, centred) = (metrics.make_test_pair(img, 4, protocol) for protocol in ('paper', 'tutorial'))
+    assert top_left.shape == centred.shape == (3, 8, 8)
+    assert top_left[0, 0, 0] == 0 and centred[0, 0, 0] == 1 * 11 + 1  # offsets (3 // 2, 2 // 2)
+
+
+# eval.py's numbers for bicubic on a 70x95 photo (every protocol, LR kernel and crop), measured before the protocol's
+# settings moved from eval.py to metrics.py: (sha256 of the HR's bytes, first 16 digits, PSNR, SSIM)
+BICUBIC_ON_A_PHOTO = {
+    ('paper', 'matlab', 3): ('081c53ebc1c1a276', 31.86811742978184, 0.8577731140766912),
+    ('paper', 'matlab', 4): ('c73ddcfe096dc345', 31.668478403847228, 0.8491314676961423),
+    ('paper', 'pillow', 3): ('081c53ebc1c1a276', 31.865195738013806, 0.857847845158506),
+    ('paper', 'pillow', 4): ('c73ddcfe096dc345', 31.65115554056978, 0.8488576906153609),
+    ('tutorial', 'matlab', 3): ('c4341d7e9a42ad86', 31.92083293910633, 0.8966601293709802),
+    ('tutorial', 'matlab', 4): ('ca4c5cfadc0b9696', 31.67753367908314, 0.8895198256060382),
+    ('tutorial', 'pillow', 3): ('c4341d7e9a42ad86', 31.91941394152807, 0.8965861871684242),
+    ('tutorial', 'pillow', 4): ('ca4c5cfadc0b9696', 31.670677253969608, 0.8894670463157403),
+}
+
+
+@pytest.mark.parametrize('protocol, lr_kernel, s', list(BICUBIC_ON_A_PHOTO))
+def test_each_protocol_makes_the_same_test_images_and_numbers(protocol, lr_kernel, s, tmp_path):
+    hr_digest, psnr, ssim = BICUBIC_ON_A_PHOTO[protocol, lr_kernel, s]
+    img = Image.fromarray(_photo(70, 95).permute(1, 2, 0).numpy())
+    lr_img, hr_img = metrics.make_test_pair(img, s, protocol, lr_kernel)  # (3, H / s, W / s), (3, H, W) uint8
+    assert hashlib.sha256(hr_img.numpy().tobytes()).hexdigest()[:16] == hr_digest
+    # the LR, made again here from the HR by the kernel named
+    hr_pil = Image.fromarray(hr_img.permute(1, 2, 0).numpy())
+    expected_lr = (np.asarray(hr_pil.resize((hr_pil.width // s, hr_pil.height // s), Image.BICUBIC))
+                   if lr_kernel == 'pillow' else
+                   metrics.imresize(hr_img.double(), 1 / s).clamp(0, 255).round().byte().permute(1, 2, 0).numpy())
+    np.testing.assert_array_equal(lr_img.permute(1, 2, 0).numpy(), expected_lr)
+    sr_img = metrics.bicubic_upscale(lr_img, s, lr_kernel)
+    numbers = metrics.evaluate_image(sr_img, _to_pm1(hr_img), s, protocol)
+    assert [n.item() for n in numbers] == pytest.approx([psnr, ssim], abs=1e-6)
+    # and eval.py's test images are these
+    Image.fromarray(_photo(70, 95).permute(1, 2, 0).numpy()).save(tmp_path / 'photo.png')
+    item = eval_py.TestImages([str(tmp_path / 'photo.png')], s, lr_kernel, protocol)[0]
+    assert torch.equal(item['lr_img'], lr_img) and torch.equal(item['hr_img'], hr_img)
+
+
+def test_the_protocols_settings():
+    paper, tutorial = metrics.PROTOCOLS['paper'], metrics.PROTOCOLS['tutorial']
+    assert (paper.crop, paper.lr_kernel, paper.border_at(4), paper.border_at(2)) == ('top-left', 'matlab', 4, 2)
+    assert (tutorial.crop, tutorial.lr_kernel, tutorial.border_at(2)) == ('centre', 'pillow', 4)
+    assert paper.min_side(4) == 20 and paper.min_side(2) == 16 and tutorial.min_side(2) == 20  # 2 borders + 11
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -250,7 +296,7 @@ def tiny_checkpoint(tmp_path_factory):
 def test_tiled_inference_scores_as_untiled(tiny_checkpoint):
     model = load_generator(tiny_checkpoint)
     hr_img = _photo(160, 224)
-    lr_img = eval_py.make_lr(Image.fromarray(hr_img.permute(1, 2, 0).numpy()), 4, 'matlab')  # (3, 40, 56) uint8
+    lr_img = metrics.make_lr(Image.fromarray(hr_img.permute(1, 2, 0).numpy()), 4, 'matlab')  # (3, 40, 56) uint8
     lr_input = utils.convert_image(lr_img.float() / 255, '[0, 1]', 'imagenet-norm')
     whole = Upscaler(model, 4, tile=None).tiled(lr_input)
     tiled = Upscaler(model, 4, tile=24, tile_overlap=8).tiled(lr_input)  # 6 tiles
@@ -479,8 +525,8 @@ def test_no_published_rows_beside_a_folder_of_other_images_named_set5(tmp_path, 
 
 
 def test_the_standard_test_sets_are_recognised_by_their_pixels(shared_data, tmp_path, monkeypatch, capsys):
-    for name in eval_py.STANDARD_TEST_SETS:
-        assert eval_py.standard_set(name, sorted(str(p) for p in (shared_data / name).iterdir())) == name
+    for name in report.STANDARD_TEST_SETS:
+        assert report.standard_set(name, sorted(str(p) for p in (shared_data / name).iterdir())) == name
     # whatever the folder's name, the files' names and format; pixels beyond a multiple of 4 are not measured
     copy = tmp_path / 'my copy'
     copy.mkdir()
@@ -490,12 +536,12 @@ def test_the_standard_test_sets_are_recognised_by_their_pixels(shared_data, tmp_
             img = np.concatenate([img, img[-1:]], axis=0)  # one more row: 513 x 512, cropped back to 512 at x4
         Image.fromarray(img).save(copy / f'{i}.bmp')
     paths = sorted(str(p) for p in copy.iterdir())
-    assert eval_py.standard_set('my copy', paths) == 'Set5'
+    assert report.standard_set('my copy', paths) == 'Set5'
     code, out, _ = _run(monkeypatch, capsys, 'bicubic', '--test-folders', copy)
     assert code is None and '| *bicubic (paper)* | x4 | 28.43 / 0.8211 | | Ledig et al. 2017, Table 2 |' in out
     # four of its images, or one pixel changed: not the set the published numbers were measured on
-    assert eval_py.standard_set('Set5', paths[1:]) is None
+    assert report.standard_set('Set5', paths[1:]) is None
     img = np.asarray(Image.open(paths[1])).copy()
     img[10, 10] ^= 1
     Image.fromarray(img).save(paths[1])
-    assert eval_py.standard_set('Set5', paths) is None
+    assert report.standard_set('Set5', paths) is None
