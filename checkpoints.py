@@ -1,6 +1,6 @@
 """
-The checkpoint format: one kind of file for every script, state_dicts only, written atomically, read with
-torch.load(weights_only=True), which cannot run code from the file.
+The checkpoint format, and the state of a training run: one kind of file for every script, state_dicts only,
+written atomically, read with torch.load(weights_only=True), which cannot run code from the file.
 
 A checkpoint is a dict:
     kind          'srresnet' or 'srgan'
@@ -8,8 +8,9 @@ A checkpoint is a dict:
     model         SRResNet state_dict (train_srresnet.py; the tutorial's keys), or
     generator     Generator state_dict ('net.' + SRResNet's keys; train_srgan.py)
     ema           (--ema-decay) the moving average of the generator, SRResNet's keys: what inference uses
-    iteration, best_psnr, config (the run's flags)
-and, in training checkpoints, what resuming needs (see training.save_run / restore_run).
+    iteration, best_psnr, config (the run's settings: its flags, with 'auto' ones as resolved)
+and, in training checkpoints, what resuming needs: the optimizers, the GradScaler, the RNG states (TrainingState,
+written by save_run and restored by restore_run, below; resume_from reads the one to continue).
 
 Checkpoint tools, from the command line:
 
@@ -18,16 +19,24 @@ Checkpoint tools, from the command line:
 """
 
 import argparse
+import dataclasses
 import os
 import pickle
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch import nn
 
 from outputs import OutputError, OutputPlan, atomic_path
 from utils import UserError, first_line, run_main
 
 CHECKPOINT_EXTENSIONS = ('.pt', '.pth')  # what convert and export write (torch.save files)
+CHECKPOINT_FILE, BEST_CHECKPOINT_FILE = 'last.pt', 'best.pt'  # a training run's, in its --output-dir
+# flags that may differ when resuming; a run continued with another value of one of these is noted as such
+NOTED_ON_RESUME = ('batch_size', 'crop_size', 'seed', 'lr', 'beta1', 'lr_decay_at', 'blur_sigma', 'augment',
+                   'no_amp', 'ema_decay')
 
 
 class CheckpointError(UserError, ValueError):
@@ -232,6 +241,146 @@ def check_extension(input_path, output_path, flag='OUTPUT'):
     if suffix not in CHECKPOINT_EXTENSIONS:
         raise OutputError(f'{flag} {output_path}: cannot write {suffix or "a file without an extension"} here; name '
                           f'it {" or ".join("*" + e for e in CHECKPOINT_EXTENSIONS)} (a PyTorch checkpoint)')
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The state of a training run: what its checkpoint holds, written and restored in one place each
+
+@dataclasses.dataclass
+class TrainingState:
+    """Everything that changes as a run trains, and what it is. models and optimizers are named as their checkpoint
+    entries: {'model': srresnet} and {'optimizer': adam} (train_srresnet.py); {'generator': ..., 'discriminator': ...}
+    and {'optimizer_g': ..., 'optimizer_d': ...} (train_srgan.py)."""
+    kind: str  # 'srresnet' or 'srgan'
+    config: dict  # the run's settings: its flags, with 'auto' ones as resolved (training.Run.config)
+    model_config: dict  # the generator's architecture (SRResNet's constructor arguments)
+    models: dict
+    optimizers: dict
+    scaler: torch.amp.GradScaler
+    samples_per_iteration: int = 1  # --batch-size x the number of DDP processes
+    ema: nn.Module | None = None  # --ema-decay: the moving average of the generator (rank 0 only)
+    iteration: int = 0  # optimizer steps done
+    best_psnr: float = float('-inf')  # the best validation PSNR so far (best.pt's)
+
+
+def save_run(path, state):
+    """Write the run's state to `path` (atomically): with restore_run, the one definition of a training checkpoint.
+    Besides the state: the RNG states, and the samples seen (the data stream's position)."""
+    checkpoint = {'kind': state.kind, 'model_config': state.model_config,
+                  **{name: model.state_dict() for name, model in state.models.items()},
+                  **{name: optimizer.state_dict() for name, optimizer in state.optimizers.items()},
+                  'scaler': state.scaler.state_dict(), 'iteration': state.iteration, 'best_psnr': state.best_psnr,
+                  'rng': rng_state(), 'config': state.config,
+                  'samples_seen': state.iteration * state.samples_per_iteration}
+    if state.ema is not None:
+        checkpoint['ema'] = state.ema.state_dict()  # SRResNet layout
+    save_checkpoint(checkpoint, path)
+
+
+def restore_run(checkpoint, state, beta1):
+    """Restore into `state` what save_run wrote, as the flags now ask: the weights, the optimizers (with Adam's
+    `beta1` from the flags; the lr is set every step from them), the GradScaler, the moving average (started from the
+    weights if the checkpoint has none), the iteration, the best PSNR, and the RNG states."""
+    for name, model in state.models.items():
+        model.load_state_dict(checkpoint[name])
+    for name, optimizer in state.optimizers.items():
+        optimizer.load_state_dict(checkpoint[name])
+        for group in optimizer.param_groups:
+            group['betas'] = (beta1, group['betas'][1])
+    if checkpoint.get('scaler') and state.scaler.is_enabled():
+        state.scaler.load_state_dict(checkpoint['scaler'])
+    if state.ema is not None:  # the checkpoint's average, or one that starts here from the trained weights
+        state.ema.load_state_dict(checkpoint['ema'] if 'ema' in checkpoint else
+                                  generator_state_dict(checkpoint, average=False))
+    state.iteration, state.best_psnr = checkpoint['iteration'], checkpoint['best_psnr']
+    set_rng_state(checkpoint['rng'])
+
+
+def rng_state():
+    """The RNG states of python, numpy and torch (CPU and CUDA), in types torch.load(weights_only=True) accepts."""
+    numpy_state = np.random.get_state(legacy=False)
+    state = {'python': random.getstate(), 'torch': torch.get_rng_state(),
+             'numpy': {'bit_generator': numpy_state['bit_generator'],
+                       'key': torch.from_numpy(numpy_state['state']['key'].astype(np.int64)),
+                       'pos': numpy_state['state']['pos'], 'has_gauss': numpy_state['has_gauss'],
+                       'gauss': numpy_state['gauss']}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    python_state = state['python']
+    random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
+    torch.set_rng_state(state['torch'])
+    n = state['numpy']
+    np.random.set_state({'bit_generator': n['bit_generator'], 'has_gauss': n['has_gauss'], 'gauss': n['gauss'],
+                         'state': {'key': n['key'].numpy().astype(np.uint32), 'pos': n['pos']}})
+    if 'cuda' in state and torch.cuda.is_available() and len(state['cuda']) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def resume_from(args, kind, is_main=True):
+    """--resume PATH|auto -> the training checkpoint of a `kind` run to continue, or None for a new run; a UserError
+    for one that cannot be continued, or an --output-dir a new run would write over. Notes the flags that changed."""
+    path = args.resume
+    last_path, best_path = (os.path.join(args.output_dir, name) for name in (CHECKPOINT_FILE, BEST_CHECKPOINT_FILE))
+    if args.resume == 'auto':
+        path = last_path if os.path.isfile(last_path) else None
+    elif args.resume is None and os.path.isfile(last_path):
+        raise UserError(f'{args.output_dir} already holds a run ({last_path}); continue it with --resume auto, or '
+                        f'choose another --output-dir')
+    if path is None and os.path.isfile(best_path):  # a new run would write over it
+        raise UserError(f'{args.output_dir} holds {best_path} but no {CHECKPOINT_FILE}; continue from it with '
+                        f'--resume {best_path}, or choose another --output-dir')
+    if path is None:
+        if args.resume == 'auto' and is_main:
+            print(f'--resume auto: no {last_path} yet, starting a new run')
+        return None
+    checkpoint = _training_checkpoint(path, kind, args.scaling_factor)
+    if checkpoint['iteration'] >= args.iterations:  # a finished run: not an error (see training.Run.nothing_to_do)
+        if is_main:
+            print(f'{path} is at iteration {checkpoint["iteration"]}, --iterations is {args.iterations}: nothing to '
+                  f'do (raise --iterations to train on)')
+        return checkpoint
+    if is_main:
+        print(f'resuming from {path} at iteration {checkpoint["iteration"]}')
+        config = checkpoint['config']
+        changed = [f'--{k.replace("_", "-")} {getattr(args, k)} (was {config[k]})' for k in NOTED_ON_RESUME
+                   if k in config and config[k] != getattr(args, k)]
+        if changed:
+            print(f'note: {", ".join(changed)}: applied from here on, so the run will not continue as it would '
+                  f'have')
+    return checkpoint
+
+
+def _training_checkpoint(path, kind, scaling_factor):
+    """The checkpoint at `path`, if a `kind` run at `scaling_factor` can continue from it; else a UserError."""
+    try:
+        checkpoint = load_checkpoint(path)
+    except PickledCheckpointError:
+        raise UserError(f"{path} is an original-tutorial checkpoint (pickled model objects), which cannot be "
+                        f"resumed: start a new run, or start train_srgan.py from it after `python checkpoints.py "
+                        f"convert {path} converted.pt` (--srresnet-checkpoint converted.pt)") from None
+    if checkpoint.get('kind') != kind:
+        raise UserError(f'{path} is not a {kind} training checkpoint written by train_{kind}.py, so it '
+                        f'cannot be resumed (found kind {checkpoint.get("kind")!r})')
+    if 'rng' not in checkpoint or 'iteration' not in checkpoint:
+        raise UserError(f'{path} holds a {kind} model alone (exported or converted: no optimizer or training '
+                        f'state), so it cannot be resumed; start a new run from a training last.pt')
+    trained = checkpoint['config'].get('scaling_factor', scaling_factor)
+    if trained != scaling_factor:
+        raise UserError(f'{path} trains x{trained}, not --scaling-factor {scaling_factor}; resume with '
+                        f'--scaling-factor {trained}')
+    return checkpoint
+
+
+def remove_partial_checkpoints(output_dir):
+    """Checkpoints half-written by a run that was killed while saving (see outputs.atomic_path): the folder holds one
+    run, and the calling process is now the only one writing to it."""
+    for name in os.listdir(output_dir) if os.path.isdir(output_dir) else []:
+        if name.startswith(('.last.partial', '.best.partial')) and name.endswith('.pt'):
+            os.remove(os.path.join(output_dir, name))
 
 
 def main(argv=None):

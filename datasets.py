@@ -1,7 +1,9 @@
 """
-The data: SRDataset, (LR, HR) pairs from the JSON image lists that create_data_lists.py writes; InfiniteSampler,
-the endless, resumable, rank-sharded stream of training samples that the trainers draw from; and where images and
-lists are found (image folders, the test lists of a data folder, the demo photos shipped with scikit-image).
+The data: the JSON image lists that create_data_lists.py writes (read_image_list, the one reader); SRDataset, (LR,
+HR) pairs from them, the tutorial's interface; the training stream the trainers draw from (training_batches):
+InfiniteSampler's endless, resumable, rank-sharded order, the images decoded once (ImageCache), the crops
+(TrainingCrops) and the LR made in batches on the device; and where images are found (image folders, the test lists
+of a data folder, the demo photos shipped with scikit-image).
 """
 
 import hashlib
@@ -10,15 +12,18 @@ import math
 import os
 import random
 import re
+import signal
 import stat
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
 
-from outputs import atomic_path
-from utils import IMAGE_EXTENSIONS, ImageLoadError, ImageTransforms, UserError, load_image
+from images import load_image
+from outputs import WriteError, atomic_path
+from utils import IMAGE_EXTENSIONS, ImageLoadError, ImageTransforms, UserError, convert_image, downsample, random_crop
 
 # The embedded default: natural photos that scikit-image's wheel ships, so the pipeline runs with no download.
 DEMO_TRAIN_IMAGES = ['coffee.png', 'rocket.jpg', 'motorcycle_left.png', 'hubble_deep_field.jpg', 'ihc.png',
@@ -27,6 +32,8 @@ DEMO_TEST_IMAGES = ['astronaut.png', 'chelsea.png']
 TRAIN_LIST = 'train_images.json'
 TEST_LIST_SUFFIX = '_test_images.json'  # Set5 -> Set5_test_images.json
 CACHE_FORMAT = 'rgb8 v2'  # changes when what ImageCache holds, or how its key is made, does
+CACHE_FILE = 'train_images.cache'  # the decoded training images (ImageCache), beside train_images.json
+CACHE_RAM_FRACTION = 0.5  # --image-cache auto decodes once when the decoded images take at most this share of RAM
 REBUILD = 'rebuild the lists with create_data_lists.py (it skips files it cannot use)'
 
 
@@ -100,15 +107,12 @@ class SRDataset(Dataset):
     of the training crops (see utils.ImageTransforms). The tutorial trains with
     lr_img_type='imagenet-norm' and hr_img_type='[-1, 1]'.
 
-    cache_images: decode every image once, now, and keep it in memory as uint8 (H * W * 3 bytes each: ~150 MB for
-    the 291-image set, far too much for COCO). Then a crop costs no file decode; DataLoader workers started by
-    fork share the cache.
     An index may be an int (the crop position comes from the global `random` module, as in the tutorial) or a pair
     (int, crop_seed) as InfiniteSampler yields them: the crop then depends on crop_seed alone, whatever process
     makes it, which is what makes a resumed run see exactly the crops an uninterrupted one would."""
 
     def __init__(self, data_folder, split, crop_size, scaling_factor, lr_img_type, hr_img_type,
-                 test_data_name=None, blur_sigma=0.0, augment=False, cache_images=False):
+                 test_data_name=None, blur_sigma=0.0, augment=False):
         self.split = split.lower()
         if self.split not in {'train', 'test'}:
             raise ValueError(f"split must be 'train' or 'test', not {split!r}")
@@ -121,27 +125,14 @@ class SRDataset(Dataset):
 
         self.transform = ImageTransforms(self.split, crop_size, scaling_factor, lr_img_type, hr_img_type,
                                          blur_sigma=blur_sigma, augment=augment)
-        # (H, W, 3) uint8 arrays, decoded once
-        self.cache = [np.asarray(load_image(path)) for path in self.images] if cache_images else None
 
     def __len__(self):
         return len(self.images)
 
     def __getitem__(self, i):
         i, crop_seed = i if isinstance(i, tuple) else (i, None)
-        if self.cache is not None:
-            img = Image.fromarray(self.cache[i])  # PIL RGB, 8 bits per channel
-        else:
-            img = load_image(self.images[i])
-        if crop_seed is None:
-            return self.transform(img, name=self.images[i])  # (lr_img, hr_img)
-        # the transform draws its crop from the global `random`: seed it for this sample, then put it back
-        outer_state = random.getstate()
-        random.seed(crop_seed)
-        try:
-            return self.transform(img, name=self.images[i])
-        finally:
-            random.setstate(outer_state)
+        rng = random if crop_seed is None else random.Random(crop_seed)  # the crop: the tutorial's, or the seed's
+        return self.transform(load_image(self.images[i]), name=self.images[i], rng=rng)  # (lr_img, hr_img)
 
 
 class InfiniteSampler(Sampler):
@@ -185,14 +176,17 @@ class InfiniteSampler(Sampler):
 # The training stream at speed: images decoded once, HR crops as uint8, the LR made on the training device
 
 class TrainingCrops(Dataset):
-    """Random HR training crops as uint8, for the LR to be made in batches on the training device (see
-    utils.downsample_batch): index (image index, crop seed), as InfiniteSampler yields them -> ((crop, crop, 3) uint8
-    tensor, flip/rotation code 0-7 for utils.transpose_batch; always 0 without augment). The crop's position and code
-    come from random.Random(crop_seed) in the order SRDataset draws them, so both cut the same crops.
+    """The random HR training crops, each cut once: index (image index, crop seed), as InfiniteSampler yields them ->
+    ((crop, crop, 3) uint8 tensor, flip/rotation code 0-7 for transpose_batch; always 0 without augment), for the LR
+    to be made in batches on the training device (to_batch). The crop is utils.random_crop's from
+    random.Random(crop_seed), as SRDataset's, so both cut the same crops.
+    pillow_lr (scaling_factor, blur_sigma): instead, the (lr_img, hr_img) pair made here as SRDataset makes it, with
+    Pillow (the reference; --pillow-lr, --blur-sigma): (3, crop / s, crop / s) ImageNet-normalised, (3, crop, crop)
+    in [-1, 1].
     images: an ImageCache (decoded once), or the image paths (decoded on every call: run it in DataLoader workers)."""
 
-    def __init__(self, images, crop_size, augment=False):
-        self.images, self.crop_size, self.augment = images, crop_size, augment
+    def __init__(self, images, crop_size, augment=False, pillow_lr=None):
+        self.images, self.crop_size, self.augment, self.pillow_lr = images, crop_size, augment, pillow_lr
         self.names = images.names if isinstance(images, ImageCache) else images
 
     def __len__(self):
@@ -205,14 +199,18 @@ class TrainingCrops(Dataset):
         if width < size or height < size:
             raise DataListError(f'{self.names[i]}: {width}x{height} is smaller than the {size}x{size} training '
                                 f'crop; rebuild the data lists with a larger --min-size')
-        rng = random.Random(crop_seed)
-        left, top = rng.randint(0, width - size), rng.randint(0, height - size)
-        code = rng.randrange(8) if self.augment else 0
-        return torch.from_numpy(np.ascontiguousarray(img[top:top + size, left:left + size])), code
+        left, top, code = random_crop(width, height, size, random.Random(crop_seed), self.augment)
+        crop = np.ascontiguousarray(img[top:top + size, left:left + size])  # (crop, crop, 3) uint8
+        if self.pillow_lr is None:
+            return torch.from_numpy(crop), code
+        hr_img = Image.fromarray(crop)
+        hr_img = hr_img.transpose(Image.Transpose(code - 1)) if code else hr_img
+        lr_img = downsample(hr_img, *self.pillow_lr)
+        return convert_image(lr_img, 'pil', 'imagenet-norm'), convert_image(hr_img, 'pil', '[-1, 1]')
 
 
 class ImageCache:
-    """Images decoded once (utils.load_image: RGB, 8 bits) into one file of their pixels, one after the other, that
+    """Images decoded once (images.load_image: RGB, 8 bits) into one file of their pixels, one after the other, that
     every process memory-maps: DataLoader workers and the DDP ranks of a machine share its pages through the
     operating system, nothing is copied per process, and no crop decodes a file again.
     cache[i]: image i as a read-only (H, W, 3) uint8 array. Build it with ImageCache.build."""
@@ -296,6 +294,157 @@ def decoded_size(paths, budget):
         if total > budget:
             return None
     return total
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The training stream: crops cut on the CPU, the LR made in batches on the training device
+
+class TrainingBatches:
+    """The run's endless stream of training batches, from where a resumed run stopped: next() -> (lr_imgs, hr_imgs)
+    on the device in its memory format, (N, 3, crop / s, crop / s) ImageNet-normalised and (N, 3, crop, crop) in
+    [-1, 1]. run: a training.Run (its flags, device, DDP rank, start iteration). Made, it has checked every listed
+    image (a missing or unreadable one is one line now) and started its DataLoader workers; close() shuts them down.
+
+    The default: uint8 HR crops (TrainingCrops), cut from the images decoded once into a memory-mapped cache when they
+    fit (choose_image_cache; else decoded from disk in DataLoader workers), moved to the device, where the flips and
+    rotations (--augment) and one antialiased bicubic resize of the whole batch make the LR (to_batch).
+    --blur-sigma and --pillow-lr: the LR made per crop with Pillow, as SRDataset makes it."""
+
+    def __init__(self, run):
+        args = self.args = run.args
+        self.device, self.memory_format = run.device, run.memory_format
+        list_path = os.path.join(args.data_folder, TRAIN_LIST)
+        paths = read_image_list(list_path)
+        check_listed_files(list_path, paths)
+        cache, why = choose_image_cache(run, list_path, paths)
+        self.pillow = '--blur-sigma' if args.blur_sigma > 0 else '--pillow-lr' if args.pillow_lr else None
+        crops = TrainingCrops(cache or paths, args.crop_size, args.augment,
+                              pillow_lr=(args.scaling_factor, args.blur_sigma) if self.pillow else None)
+        workers = args.workers
+        if workers is None:  # a crop from the cache is a copy: no worker helps; else the cores left over
+            workers = 0 if cache is not None and not self.pillow else default_workers(run.device)
+        if run.is_main:  # above the progress bar
+            how = f'the LR made by Pillow per sample ({self.pillow})' if self.pillow else f'the LR made on {run.device}'
+            tqdm.write(f'training data: {len(crops)} images, {why}; {how}, {workers} DataLoader worker(s)')
+        sampler = InfiniteSampler(len(crops), seed=args.seed, start=run.start_iteration * args.batch_size,
+                                  rank=run.rank, world_size=run.world_size)
+        self.loader = iter(DataLoader(crops, batch_size=args.batch_size, sampler=sampler, num_workers=workers,
+                                      pin_memory=run.device.type == 'cuda', drop_last=True,
+                                      persistent_workers=workers > 0, worker_init_fn=_ignore_stop_signals))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = _next_item(self.loader)
+        lr_imgs, hr_imgs = item if self.pillow else to_batch(item, self.device, self.args.scaling_factor,
+                                                             self.args.augment)
+        return (lr_imgs.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format),
+                hr_imgs.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format))
+
+    def close(self):
+        """Shut the DataLoader workers down: they ignore SIGTERM (_ignore_stop_signals), so one left running when an
+        error ends the program would hang it at exit, where multiprocessing terminates and joins them."""
+        shutdown_workers = getattr(self.loader, '_shutdown_workers', None)  # DataLoader's own (its __del__ calls it)
+        if shutdown_workers is not None:
+            shutdown_workers()
+
+
+def to_batch(item, device, scaling_factor, augment):
+    """The loader's (uint8 HR crops (N, crop, crop, 3), flip/rotation codes (N,)) -> (lr_imgs, hr_imgs) made on
+    `device`: one transfer of uint8, then the augmentation and the LR of the whole batch."""
+    hr_crops, codes = item
+    hr_imgs = hr_crops.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, c, c) in [0, 1]
+    if augment:
+        hr_imgs = transpose_batch(hr_imgs, codes)
+    lr_imgs = downsample_batch(hr_imgs, scaling_factor)  # (N, 3, c / s, c / s) in [0, 1], 8-bit values
+    return convert_image(lr_imgs, '[0, 1]', 'imagenet-norm'), convert_image(hr_imgs, '[0, 1]', '[-1, 1]')
+
+
+def _next_item(loader):
+    """The loader's next item; a training image that cannot be used (also when a DataLoader worker found it) is one
+    UserError line naming it."""
+    try:
+        return next(loader)
+    except UserError as e:  # ImageLoadError, DataListError
+        text = str(e).strip()
+        if 'Original Traceback' in text:  # a worker's: '...Original Traceback ...\nutils.ImageLoadError: <message>'
+            text = text.splitlines()[-1].split(': ', 1)[-1]
+        raise UserError(text) from None
+
+
+def transpose_batch(imgs, codes):
+    """The flips / 90-degree rotations of ImageTransforms' augment, on a batch on any device: imgs (N, C, H, W),
+    codes (N,) in 0-7 (0: as it is; k: PIL's Image.Transpose(k - 1)) -> (N, C, H, W), or (N, C, W, H) transposed
+    (H = W for training crops)."""
+    ops = (lambda x: x, lambda x: x.flip(-1), lambda x: x.flip(-2), lambda x: x.rot90(1, (-2, -1)),
+           lambda x: x.rot90(2, (-2, -1)), lambda x: x.rot90(3, (-2, -1)), lambda x: x.transpose(-2, -1),
+           lambda x: x.rot90(2, (-2, -1)).transpose(-2, -1))
+    out = torch.empty_like(imgs)
+    for code in codes.unique().tolist():
+        chosen = (codes == code).nonzero()[:, 0].to(imgs.device)
+        out[chosen] = ops[code](imgs[chosen])
+    return out
+
+
+def downsample_batch(hr_imgs, scaling_factor):
+    """utils.downsample for a batch on any device, in one call: (N, 3, H, W) in [0, 1] -> (N, 3, H / s, W / s) in
+    [0, 1], rounded to 8 bits as Pillow's LR image is. torch's antialiased bicubic follows Pillow's filter (a = -0.5,
+    widened by the scale); Pillow also rounds between its two passes, so they differ within rounding (README)."""
+    height, width = hr_imgs.shape[-2:]
+    lr_imgs = torch.nn.functional.interpolate(hr_imgs, size=(height // scaling_factor, width // scaling_factor),
+                                              mode='bicubic', antialias=True, align_corners=False)
+    return lr_imgs.mul_(255.0).round_().clamp_(0, 255).div_(255.0)
+
+
+def choose_image_cache(run, list_path, paths):
+    """--image-cache auto|on|off -> (ImageCache or None, why, in a few words). auto: decode once when the decoded
+    images take at most CACHE_RAM_FRACTION of this machine's memory. The cache is written beside the lists
+    (train_images.cache, made again when an image's content changes), else in --output-dir; under DDP rank 0 makes
+    it. `paths`: the images of the list at list_path."""
+    args = run.args
+    if args.image_cache == 'off':
+        return None, 'decoded from disk for every crop (--image-cache off)'
+    budget = CACHE_RAM_FRACTION * physical_memory()
+    size = decoded_size(paths, budget if args.image_cache == 'auto' else float('inf'))
+    if size is None:
+        return None, (f'decoded from disk for every crop (decoded, they would take more than {budget / 2 ** 30:.1f} '
+                      f'GB, {CACHE_RAM_FRACTION:.0%} of this machine\'s memory; --image-cache on decodes them once)')
+    if run.world_size > 1 and not run.is_main:
+        torch.distributed.barrier()  # rank 0 decodes, the others map its file
+    for folder in (args.data_folder, args.output_dir):
+        try:
+            cache = ImageCache.build(paths, os.path.join(folder, CACHE_FILE), list_path)
+            break
+        except WriteError as e:  # a read-only data folder, a full disk
+            cache, why = None, f'decoded from disk for every crop (the cache could not be written: {e})'
+    if run.world_size > 1 and run.is_main:
+        torch.distributed.barrier()
+    if cache is None:
+        return None, why
+    return cache, f'decoded once into {cache.path} ({size / 2 ** 30:.2f} GB, memory-mapped)'
+
+
+def physical_memory():
+    """This machine's RAM in bytes (8 GB where the OS does not say)."""
+    try:
+        return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2 ** 30
+
+
+def default_workers(device):
+    """DataLoader workers where they help: the cores left after the compute threads (PyTorch's threads when
+    training on the CPU; one thread drives a GPU), at most 8. On a 2-core CPU: none."""
+    compute_threads = torch.get_num_threads() if device.type == 'cpu' else 1
+    return max(0, min(8, (os.cpu_count() or 1) - compute_threads))
+
+
+def _ignore_stop_signals(worker_id):
+    # Ctrl-C reaches the whole process group, and schedulers (SLURM, docker stop) send SIGTERM to every process:
+    # stopping is the training process's to handle (it finishes the step, saves, then shuts the workers down)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 # ----------------------------------------------------------------------------------------------------------------

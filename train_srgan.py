@@ -32,8 +32,8 @@ import torch.nn.functional as F
 
 from checkpoints import CheckpointError, generator_of, load_checkpoint
 from models import Discriminator, Generator, TruncatedVGG19, VGGWeightsUnavailable
-from training import (TrainingState, animate_run, make_grad_scaler, make_optimizer, prepare_model, setup_run,
-                      train_loop, training_argument_parser)
+from pictures import animate_run
+from training import make_optimizer, prepare_model, setup_run, train_loop, training_argument_parser
 from utils import UserError, convert_image, number, run_main
 
 VGG_FEATURE_SCALE = 1 / 12.75  # the paper rescales the VGG feature maps by this before the MSE
@@ -88,10 +88,8 @@ def train_step(m, lr_imgs, hr_imgs, amp_dtype, adversarial_weight):
     """One generator step, then one discriminator step, on the models `m` (SRGANModels).
     lr_imgs: (N, 3, 24, 24) ImageNet-normalised, hr_imgs: (N, 3, 96, 96) in [-1, 1].
 
-    The tutorial ran D on the SR images twice: in the generator step, and again on the detached SR images in the
-    discriminator step. D is not updated in between and its BatchNorm normalises with batch statistics, so both give
-    the same logits; here one forward serves both (the losses and gradients are the same; D's BN running averages,
-    unused in training, get two updates per step instead of three). All forwards run first, in one autocast region,
+    D runs once on the SR images: the generator's loss and (with the SR images counted as detached) the
+    discriminator's share its logits, as D is not updated in between. All forwards run first, in one autocast region,
     so that each trainable weight is cast to amp_dtype once."""
     with torch.autocast(lr_imgs.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         sr_imgs = m.generator(lr_imgs)  # (N, 3, 96, 96), in [-1, 1]
@@ -121,15 +119,14 @@ def train_step(m, lr_imgs, hr_imgs, amp_dtype, adversarial_weight):
             'D(HR)': torch.sigmoid(hr_logits.detach()).mean(), 'D(SR)': torch.sigmoid(sr_logits.detach()).mean()}
 
 
-def build_vgg(args, run):
-    """The frozen truncated VGG19 of the content loss (None for the pixel MSE). Resolves --content-loss auto to
-    vgg54, or to mse when the ImageNet weights cannot be had, and sets args.content_loss to the loss actually used:
-    the checkpoints' config records it (eval.py names the row SRGAN-MSE, SRGAN-VGG54, ...)."""
-    if args.content_loss == 'mse':
-        return None
-    auto = args.content_loss == 'auto'
-    content_loss = 'vgg54' if auto else args.content_loss
-    weights = {'imagenet': 'imagenet', 'none': None}.get(args.vgg_weights, args.vgg_weights)
+def build_vgg(content_loss, vgg_weights, run):
+    """The frozen truncated VGG19 of the content loss (None for the pixel MSE), and the loss actually used:
+    --content-loss auto becomes vgg54, or mse when the ImageNet weights cannot be had. -> (vgg or None, loss)."""
+    if content_loss == 'mse':
+        return None, 'mse'
+    auto = content_loss == 'auto'
+    content_loss = 'vgg54' if auto else content_loss
+    weights = {'imagenet': 'imagenet', 'none': None}.get(vgg_weights, vgg_weights)
     if weights is None:
         warnings.warn('\n' + '!' * 100 + '\n--vgg-weights none: the content loss uses a VGG19 with RANDOM weights. '
                       'That is for tests only; it is no perceptual loss.\n' + '!' * 100, stacklevel=2)
@@ -150,30 +147,29 @@ def build_vgg(args, run):
         if run.is_main:
             print(f"note: --content-loss auto: {reason}; training with the pixel MSE content loss instead (the "
                   f"paper's SRGAN-MSE variant)")
-        args.content_loss = 'mse'
-        return None
+        return None, 'mse'
     finally:
         socket.setdefaulttimeout(default_timeout)
         if run.world_size > 1 and run.is_main:
             torch.distributed.barrier()
     if run.is_main:
         print(torch_messages.getvalue(), end='')
-    args.content_loss = content_loss
-    return vgg.to(run.device, memory_format=run.memory_format)
+    return vgg.to(run.device, memory_format=run.memory_format), content_loss
 
 
-def keep_the_loss(args, config):
+def resumed_loss(args, config):
     """A resumed run keeps the loss it started with (the checkpoint's config records it): --content-loss auto
     becomes the run's; another --content-loss or --adversarial-weight would make the rest another experiment than
-    the one the checkpoint describes, so it is refused."""
-    if args.content_loss == 'auto':
-        args.content_loss = config['content_loss']
-    for name in ('content_loss', 'adversarial_weight'):
-        if name in config and getattr(args, name) != config[name]:
-            flag = '--' + name.replace('_', '-')
-            raise UserError(f'the run being resumed trains with {flag} {config[name]}, not {getattr(args, name)}; '
-                            f'resume it with {flag} {config[name]}, or start a new run in another --output-dir '
-                            f'(--srresnet-checkpoint gives it the same start)')
+    the one the checkpoint describes, so it is refused. -> the run's content loss."""
+    content_loss = config['content_loss'] if args.content_loss == 'auto' else args.content_loss
+    for flag, value, was in (('--content-loss', content_loss, config.get('content_loss', content_loss)),
+                             ('--adversarial-weight', args.adversarial_weight,
+                              config.get('adversarial_weight', args.adversarial_weight))):
+        if value != was:
+            raise UserError(f'the run being resumed trains with {flag} {was}, not {value}; resume it with {flag} '
+                            f'{was}, or start a new run in another --output-dir (--srresnet-checkpoint gives it the '
+                            f'same start)')
+    return content_loss
 
 
 def generator_start(args, run):
@@ -203,8 +199,7 @@ def main(argv=None):
     run = setup_run(args, kind='srgan')
     if run.nothing_to_do:
         return
-    if run.checkpoint is not None:
-        keep_the_loss(args, run.checkpoint['config'])
+    content_loss = args.content_loss if run.checkpoint is None else resumed_loss(args, run.checkpoint['config'])
 
     model_config, srresnet_weights = generator_start(args, run)
     if model_config['scaling_factor'] != args.scaling_factor:
@@ -215,14 +210,14 @@ def main(argv=None):
         generator.initialize_with_srresnet(srresnet_weights)
     generator, generator_ddp = prepare_model(generator, run)
     discriminator, discriminator_ddp = prepare_model(Discriminator(), run)
-    vgg = build_vgg(args, run)
+    vgg, content_loss = build_vgg(content_loss, args.vgg_weights, run)
+    run.resolved['content_loss'] = content_loss  # what the checkpoints record (eval.py names the row by it)
     optimizer_g, optimizer_d = make_optimizer(generator, run), make_optimizer(discriminator, run)
-    state = TrainingState(model_config, models={'generator': generator, 'discriminator': discriminator},
-                          optimizers={'optimizer_g': optimizer_g, 'optimizer_d': optimizer_d},
-                          scaler=make_grad_scaler(run))
+    state = run.new_state(model_config, models={'generator': generator, 'discriminator': discriminator},
+                          optimizers={'optimizer_g': optimizer_g, 'optimizer_d': optimizer_d})
     models = SRGANModels(generator_ddp, discriminator, discriminator_ddp, vgg, optimizer_g, optimizer_d, state.scaler)
     if run.is_main:
-        print(f'SRGAN: generator {model_config}, content loss {args.content_loss}; {run.describe()}')
+        print(f'SRGAN: generator {model_config}, content loss {content_loss}; {run.describe()}')
 
     def step(lr_imgs, hr_imgs):
         generator.train()

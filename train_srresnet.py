@@ -30,8 +30,8 @@ import torch.nn.functional as F
 
 from checkpoints import CheckpointError, generator_of, load_checkpoint
 from models import SRResNet
-from training import (TrainingState, animate_run, freeze_batchnorm, make_grad_scaler, make_optimizer, prepare_model,
-                      setup_run, train_loop, training_argument_parser)
+from pictures import animate_run
+from training import freeze_batchnorm, make_optimizer, prepare_model, setup_run, train_loop, training_argument_parser
 from utils import UserError, number, run_main
 
 
@@ -72,7 +72,7 @@ def load_trunk(model, model_config, path):
     blocks, the convolution after them and the last convolution; the sub-pixel stages too when `model` has more of
     them (x8 from x4): then each extra stage starts as a nearest-neighbour x2 upsampling of the features
     (start_as_upsampling), so the new model starts as the old one followed by an upsampling, already above bicubic
-    (Set5 x8 24.95 dB from the x4 before any training; bicubic 24.39), not from noise. With fewer stages (x2 from
+    (README, Other scales), not from noise. With fewer stages (x2 from
     x4) the stages start at random. -> (tensors copied, what the sub-pixel stages start as: 'copied', 'grown' or
     'random')."""
     try:
@@ -140,16 +140,13 @@ def main(argv=None):
             print(f'--trunk-from: {n_loaded} tensors from {args.trunk_from}; {TRUNK_STAGES[stages]}')
     model, model_ddp = prepare_model(model, run)
     optimizer = make_optimizer(model, run)
-    state = TrainingState(model_config, models={'model': model}, optimizers={'optimizer': optimizer},
-                          scaler=make_grad_scaler(run))
+    state = run.new_state(model_config, models={'model': model}, optimizers={'optimizer': optimizer})
     if run.is_main:
         n_params = sum(p.numel() for p in model.parameters())
         print(f'SRResNet {model_config}: {n_params / 1e6:.2f}M parameters; {run.describe()}')
 
-    # Why freeze BatchNorm late in training: BN normalises each training batch of 16 crops with that batch's own
-    # statistics, but a test image with the running averages. The network never trains with the averages, and its
-    # eval-mode output can swing by 1-3 dB on Set5 between checkpoints 1000 iterations apart even at a low lr.
-    # Training on with the running statistics fixed removes that gap: what is optimised is what is evaluated.
+    # --freeze-bn-at: BatchNorm normalises a training batch with its own statistics but a test image with the running
+    # averages, which the network never trains with; fixing them late in training optimises what is evaluated
     def step(lr_imgs, hr_imgs):
         model.train()
         if args.freeze_bn_at is not None and state.iteration >= args.freeze_bn_at:

@@ -1,6 +1,6 @@
 """
-What every script shares about images: the one image loader, conversions between value ranges, the train/test
-transforms (an HR image -> an (LR, HR) pair), device and precision choice, and writing files atomically.
+What every script shares about images: conversions between value ranges, the train/test transforms (an HR image ->
+an (LR, HR) pair), device and precision choice, errors a user can fix, and flags. The image loader is images.py.
 This module imports nothing of the project.
 
 Value ranges used throughout (the habit of this repo: every tensor's range is written next to it):
@@ -13,16 +13,13 @@ Value ranges used throughout (the habit of this repo: every tensor's range is wr
 """
 
 import argparse
-import dataclasses
 import math
-import os
 import random
 import sys
-import warnings
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 
@@ -35,7 +32,7 @@ RGB_WEIGHTS_Y = (65.481, 128.553, 24.966)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The one image loader
+# Errors a user can fix (the image loader is images.py)
 
 class UserError(Exception):
     """A mistake a user can fix: a bad file, a flag that does not fit, a missing model. The message is one line that
@@ -49,135 +46,6 @@ class UserError(Exception):
 
 class ImageLoadError(UserError, ValueError):
     """A file that cannot be used as an image; the message names the file and says why."""
-
-
-@dataclasses.dataclass
-class LoadedImage:
-    rgb: np.ndarray  # (H, W, 3), uint8 or uint16 (for 16-bit files), EXIF orientation applied
-    alpha: np.ndarray | None  # (H, W), same dtype as rgb, or None when the file has no transparency
-    gray: bool  # the file was single-channel (L, 1, I;16, LA)
-    icc_profile: bytes | None  # carried over to outputs by super_resolve.py
-
-    @property
-    def bits(self):
-        return 16 if self.rgb.dtype == np.uint16 else 8
-
-
-def read_image(path):
-    """Decode any image file into RGB (+ alpha) at its own bit depth: the one image loader. Raises ImageLoadError,
-    never a deep traceback.
-
-    Grayscale and palette images become RGB; CMYK/YCbCr/LAB are converted; 16-bit images stay 16-bit (uint16),
-    colour ones too (Pillow decodes 48/64-bit PNG and TIFF to 8 bits, so those are read with PyAV); EXIF
-    orientation is applied; truncated files and decompression bombs are refused."""
-    if _is_16_bit_colour(path):
-        return _read_16_bit_colour(path)
-    try:
-        with warnings.catch_warnings():
-            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse both
-            warnings.simplefilter('error', Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()  # decode now: a truncated file fails here, not later in a DataLoader worker
-                icc_profile = img.info.get('icc_profile')
-                img = ImageOps.exif_transpose(img)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageLoadError(f'{path}: more than {Image.MAX_IMAGE_PIXELS} pixels, refused as a possible '
-                             f'decompression bomb (raise PIL.Image.MAX_IMAGE_PIXELS if you trust it)') from None
-    except UnidentifiedImageError:
-        raise ImageLoadError(f'{path}: not an image Pillow can read (empty, corrupt or another format)') from None
-    except FileNotFoundError:
-        raise ImageLoadError(f'{path}: no such file') from None
-    except (OSError, SyntaxError, ValueError) as e:  # truncated data, bad headers
-        raise ImageLoadError(f'{path}: unreadable image ({e})') from None
-    if img.width == 0 or img.height == 0:
-        raise ImageLoadError(f'{path}: image has no pixels')
-
-    mode = img.mode
-    gray = mode in {'1', 'L', 'LA', 'La', 'I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'}
-    if mode in {'I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'}:
-        # 16-bit (or 32-bit / float) single channel: scale to 16 bits, never clip into 8
-        values = np.asarray(img, dtype=np.float64)
-        if mode == 'F' and values.max(initial=0) <= 1.0:
-            values = values * 65535
-        elif mode in {'I', 'F'} and values.max(initial=0) > 65535:
-            values = values / values.max() * 65535
-        channel = np.clip(np.round(values), 0, 65535).astype(np.uint16)
-        return LoadedImage(np.repeat(channel[..., None], 3, axis=2), None, True, icc_profile)
-
-    if mode == 'P':
-        img = img.convert('RGBA' if 'transparency' in img.info else 'RGB')
-    elif mode in {'PA', 'RGBa', 'La'}:
-        img = img.convert('RGBA' if mode != 'La' else 'LA')
-    elif mode == '1':
-        img = img.convert('L')
-    if img.mode in {'RGBA', 'LA'}:
-        alpha = np.asarray(img.getchannel('A'))
-        color = img.convert('RGB') if img.mode == 'RGBA' else img.getchannel('L').convert('RGB')
-        if alpha.min() == 255:
-            alpha = None  # fully opaque: no alpha to carry
-        return LoadedImage(np.asarray(color), alpha, gray, icc_profile)
-    if img.mode in {'CMYK', 'LAB'}:
-        icc_profile = None  # it describes CMYK/Lab values: attached to the RGB we return, it would be wrong
-    return LoadedImage(np.asarray(img.convert('RGB')), None, gray, icc_profile)
-
-
-def _is_16_bit_colour(path):
-    """True for a PNG or TIFF with 16 bits per colour channel, which Pillow would decode to 8 bits."""
-    try:
-        with open(path, 'rb') as f:
-            header = f.read(26)
-        if header[:8] == b'\x89PNG\r\n\x1a\n' and header[12:16] == b'IHDR':
-            return header[24] == 16 and header[25] in (2, 6)  # bit depth 16, colour type RGB or RGBA
-        if header[:4] in (b'II*\x00', b'MM\x00*'):
-            with Image.open(path) as img:  # reads the header only
-                bits, samples = img.tag_v2.get(258, ()), img.tag_v2.get(277, 1)  # BitsPerSample, SamplesPerPixel
-            return samples in (3, 4) and all(b == 16 for b in bits)
-    except (OSError, SyntaxError, ValueError):
-        pass  # unreadable: read_image says why
-    return False
-
-
-# EXIF orientation -> the numpy operation on (H, W, C) that Pillow's ImageOps.exif_transpose would do
-_ORIENTATIONS = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-                 5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
-                 7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1], 8: lambda a: np.rot90(a, 1)}
-
-
-def _read_16_bit_colour(path):
-    """A 16-bit colour PNG or TIFF at full precision, decoded with PyAV (FFmpeg): rgb and alpha uint16."""
-    import av  # only 16-bit colour images and videos need it
-
-    try:
-        with Image.open(path) as img:  # metadata only; Pillow would lose the low bytes of the pixels
-            icc_profile = img.info.get('icc_profile')
-            orientation = img.getexif().get(0x0112, 1)
-        with av.open(os.fspath(path), format='image2', options={'pattern_type': 'none'}) as source:
-            frame = next(source.decode(video=0))
-            has_alpha = len(frame.format.components) == 4  # rgba64be, gbrap16le, ...
-            pixels = frame.to_ndarray(format='rgba64le' if has_alpha else 'rgb48le')  # (H, W, 4 or 3) uint16
-    except (av.FFmpegError, OSError, StopIteration) as e:
-        raise ImageLoadError(f'{path}: unreadable 16-bit image ({e or "no frame"})') from None
-    pixels = np.ascontiguousarray(_ORIENTATIONS.get(orientation, lambda a: a)(pixels))
-    alpha = pixels[..., 3] if has_alpha and pixels[..., 3].min() < 65535 else None  # fully opaque: no alpha
-    return LoadedImage(np.ascontiguousarray(pixels[..., :3]), alpha, False, icc_profile)
-
-
-def load_image(path, background=(255, 255, 255)):
-    """The loader for training and evaluation: any file -> PIL RGB image, 8 bits per channel (see to_rgb8)."""
-    return to_rgb8(read_image(path), background)
-
-
-def to_rgb8(loaded, background=(255, 255, 255)):
-    """A LoadedImage -> PIL RGB image, 8 bits per channel. Transparent pixels are composited over `background`;
-    16-bit values are scaled (x / 257), not clipped."""
-    if loaded.alpha is None and loaded.bits == 8:
-        return Image.fromarray(loaded.rgb)
-    scale = 65535.0 if loaded.bits == 16 else 255.0
-    rgb = loaded.rgb.astype(np.float32) / scale  # (H, W, 3) in [0, 1]
-    if loaded.alpha is not None:
-        alpha = loaded.alpha.astype(np.float32)[..., None] / scale
-        rgb = rgb * alpha + np.asarray(background, np.float32) / 255.0 * (1.0 - alpha)
-    return Image.fromarray(np.round(rgb * 255.0).astype(np.uint8))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -267,19 +135,17 @@ class ImageTransforms:
         self.blur_sigma = blur_sigma
         self.augment = augment
 
-    def __call__(self, img, name='image'):
-        """img: PIL RGB image -> (lr_img, hr_img) tensors (3, h, w), (3, h * s, w * s) in their chosen ranges."""
+    def __call__(self, img, name='image', rng=random):
+        """img: PIL RGB image -> (lr_img, hr_img) tensors (3, h, w), (3, h * s, w * s) in their chosen ranges.
+        rng: where the training crop is drawn from (the global `random`, as in the tutorial, or a random.Random)."""
         s = self.scaling_factor
         if self.split == 'train':
             if img.width < self.crop_size or img.height < self.crop_size:
                 raise ValueError(f'{name}: {img.width}x{img.height} is smaller than the {self.crop_size}x'
                                  f'{self.crop_size} training crop; rebuild the data lists with a larger --min-size')
-            left = random.randint(0, img.width - self.crop_size)  # inclusive: the right/bottom edges can be hit
-            top = random.randint(0, img.height - self.crop_size)
+            left, top, code = random_crop(img.width, img.height, self.crop_size, rng, self.augment)
             hr_img = img.crop((left, top, left + self.crop_size, top + self.crop_size))
-            if self.augment:
-                k = random.randrange(8)  # 0: as it is; else a flip, a rotation by 90/180/270, or a transposition
-                hr_img = hr_img.transpose(Image.Transpose(k - 1)) if k else hr_img
+            hr_img = hr_img.transpose(Image.Transpose(code - 1)) if code else hr_img
         else:
             if img.width < s or img.height < s:
                 raise ValueError(f'{name}: {img.width}x{img.height} is smaller than the scaling factor {s}')
@@ -297,30 +163,13 @@ def downsample(hr_img, scaling_factor, blur_sigma=0.0):
     return hr_img.resize((hr_img.width // scaling_factor, hr_img.height // scaling_factor), Image.BICUBIC)
 
 
-def transpose_batch(imgs, codes):
-    """The flips / 90-degree rotations of ImageTransforms' augment, on a batch on any device: imgs (N, C, H, W),
-    codes (N,) in 0-7 (0: as it is; k: PIL's Image.Transpose(k - 1)) -> (N, C, H, W), or (N, C, W, H) transposed
-    (H = W for training crops)."""
-    ops = (lambda x: x, lambda x: x.flip(-1), lambda x: x.flip(-2), lambda x: x.rot90(1, (-2, -1)),
-           lambda x: x.rot90(2, (-2, -1)), lambda x: x.rot90(3, (-2, -1)), lambda x: x.transpose(-2, -1),
-           lambda x: x.rot90(2, (-2, -1)).transpose(-2, -1))
-    out = torch.empty_like(imgs)
-    for code in codes.unique().tolist():
-        chosen = (codes == code).nonzero()[:, 0].to(imgs.device)
-        out[chosen] = ops[code](imgs[chosen])
-    return out
-
-
-def downsample_batch(hr_imgs, scaling_factor):
-    """downsample for a batch on any device, in one call: (N, 3, H, W) in [0, 1] -> (N, 3, H / s, W / s) in [0, 1],
-    rounded to 8 bits as Pillow's LR image is. torch's antialiased bicubic follows Pillow's filter (a = -0.5,
-    widened by the scale); Pillow also rounds between its horizontal and vertical passes, so the two differ a little:
-    on 1200 random 96x96 crops of T91 and BSD200, PSNR 57.7 dB at x4 (56.3 at x2, 59.0 at x8), 89% of the values
-    identical."""
-    height, width = hr_imgs.shape[-2:]
-    lr_imgs = torch.nn.functional.interpolate(hr_imgs, size=(height // scaling_factor, width // scaling_factor),
-                                              mode='bicubic', antialias=True, align_corners=False)
-    return lr_imgs.mul_(255.0).round_().clamp_(0, 255).div_(255.0)
+def random_crop(width, height, crop_size, rng=random, augment=False):
+    """The training crop, drawn from rng in this order: a uniformly random crop_size x crop_size square of a width x
+    height image (every position, edges included), and with augment one of its 8 flips / rotations by multiples of 90
+    degrees with equal chance (code 0: as it is; k: PIL's Image.Transpose(k - 1)). -> (left, top, code)."""
+    left = rng.randint(0, width - crop_size)  # inclusive: the right/bottom edges can be hit
+    top = rng.randint(0, height - crop_size)
+    return left, top, rng.randrange(8) if augment else 0
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -260,7 +260,7 @@ def quality(args):
     --compile), then Set5 PSNR of both in fp32."""
     from datasets import SRDataset
     from inference import load_generator
-    from training import validate
+    from monitor import validate
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, 'data')

@@ -246,6 +246,6 @@ def last_line(result):
 
 def train_rows(output_dir):
     """The training rows of a run's log (validation rows have no lr); [] before the log is there."""
-    from training import read_log
+    from pictures import read_log
     path = Path(output_dir) / 'log.jsonl'
     return [row for row in read_log(path) if 'lr' in row] if path.is_file() else []

@@ -1,4 +1,4 @@
-"""animation.py and --animate: a run's sample sheets as a labelled, looping animation (WebP, GIF, MP4)."""
+"""pictures.py's animation and --animate: a run's sample sheets as a labelled, looping animation (WebP, GIF, MP4)."""
 
 import json
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import animation
+import pictures
 import train_srgan
 import train_srresnet
 from outputs import OutputError
@@ -45,8 +45,8 @@ def test_animate_labels_each_sheet_in_order_and_holds_the_last(tmp_path, capsys)
         bar, sheet = pixels[:pixels.shape[0] - 100], pixels[-95:]
         assert bar.min() < 100 and bar.max() > 200  # dark text on white
         assert abs(sheet.mean() - (40 + 100 * i)) < 4  # the sheets in iteration order (lossy WebP)
-        assert duration == (animation.LAST_FRAME_MS if i == 2 else animation.FRAME_MS)
-    labels = [animation.labelled_frame(Image.new('RGB', (120, 100)), text)
+        assert duration == (pictures.LAST_FRAME_MS if i == 2 else pictures.FRAME_MS)
+    labels = [pictures.labelled_frame(Image.new('RGB', (120, 100)), text)
               for text in ('iteration 500   Set5 PSNR 20.00 dB', 'iteration 1,000   Set5 PSNR 21.00 dB')]
     assert not np.array_equal(*(np.asarray(label)[:-100] for label in labels))  # the label says which frame
 
@@ -57,7 +57,7 @@ def test_gif_and_mp4(tmp_path, name):
     train_srgan.main(['--animate', str(run), '--animate-to', str(tmp_path / name)])
     if name.endswith('.gif'):
         frames = frames_of(tmp_path / name)
-        assert len(frames) == 4 and frames[-1][1] == animation.LAST_FRAME_MS
+        assert len(frames) == 4 and frames[-1][1] == pictures.LAST_FRAME_MS
     else:
         av = pytest.importorskip('av')
         with av.open(str(tmp_path / name)) as container:
@@ -68,11 +68,11 @@ def test_gif_and_mp4(tmp_path, name):
 
 def test_a_long_run_is_sampled_evenly_and_kept_small(tmp_path):
     run = fake_run(tmp_path / 'run', list(range(100, 10_100, 100)), size=(1200, 900))  # 100 sheets, large
-    path, n_frames, skipped = animation.make_animation(str(run), {})
-    assert n_frames == animation.MAX_FRAMES and skipped == []
+    path, n_frames, skipped = pictures.make_animation(str(run), {})
+    assert n_frames == pictures.MAX_FRAMES and skipped == []
     with Image.open(path) as img:
-        assert max(img.size) <= animation.MAX_SIDE + 80 and img.size[0] % 2 == 0 and img.size[1] % 2 == 0
-    assert animation.evenly(list(range(100)), 40)[::39] == [0, 99]  # the first and the last always in
+        assert max(img.size) <= pictures.MAX_SIDE + 80 and img.size[0] % 2 == 0 and img.size[1] % 2 == 0
+    assert pictures.evenly(list(range(100)), 40)[::39] == [0, 99]  # the first and the last always in
 
 
 def test_what_cannot_be_animated_is_one_line(tmp_path, capsys):

@@ -98,15 +98,15 @@ def test_divergence_on_a_fresh_run_says_nothing_was_saved(demo_data, tmp_path):
 
 
 def test_non_finite_weights_never_reach_a_checkpoint(demo_data, tmp_path, monkeypatch):
-    import training
-    monkeypatch.setattr(training, 'save_run', lambda *a: pytest.fail('saved non-finite weights'))
-    original = training.Monitor.after_step
+    import monitor
+    monkeypatch.setattr(monitor, 'save_run', lambda *a: pytest.fail('saved non-finite weights'))
+    original = monitor.Monitor.check_weights
 
-    def wreck_then_step(self, values, lr, model_and_batch, stopping):  # a step whose own loss was finite wrecked them
+    def wreck_then_check(self, sr_model, lr_imgs):  # a step whose own loss was finite wrecked them
         with torch.no_grad():
-            next(model_and_batch[0].parameters()).fill_(float('nan'))
-        return original(self, values, lr, model_and_batch, stopping)
-    monkeypatch.setattr(training.Monitor, 'after_step', wreck_then_step)
+            next(sr_model.parameters()).fill_(float('nan'))
+        return original(self, sr_model, lr_imgs)
+    monkeypatch.setattr(monitor.Monitor, 'check_weights', wreck_then_check)
     with pytest.raises(UserError, match='non-finite model weights at iteration 1; the training diverged'):
         train_srresnet.main(['--data-folder', str(demo_data), '--output-dir', str(tmp_path), *SHORT_RUN,
                              '--iterations', '2', '--checkpoint-every', '1'])
@@ -152,9 +152,9 @@ def test_an_empty_checkpoint_file_is_one_line(tmp_path):
         checkpoint_tool(['export', str(tmp_path / 'empty.pt'), str(tmp_path / 'out.pt')])
 
 
-def test_stop_signals_catches_a_real_sigterm_and_restore_puts_the_handlers_back():
+def test_stop_signals_catches_a_real_sigterm_and_close_puts_the_handlers_back():
     """The handlers the training loop installs, under a real signal (the exit status: test_cli_flags.py)."""
-    from training import StopSignals
+    from monitor import StopSignals
     stops = (signal.SIGINT, signal.SIGTERM)
     before = [signal.getsignal(sig) for sig in stops]
     stop = StopSignals()
@@ -163,5 +163,5 @@ def test_stop_signals_catches_a_real_sigterm_and_restore_puts_the_handlers_back(
         os.kill(os.getpid(), signal.SIGTERM)  # to this process: without the handler, pytest would end here
         assert stop.signal_number == signal.SIGTERM and stop.signal_name == 'SIGTERM'
     finally:
-        stop.restore()
+        stop.close()
     assert [signal.getsignal(sig) for sig in stops] == before

@@ -12,9 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
+import datasets
 import training
-from datasets import DEMO_TRAIN_IMAGES, DataListError, ImageCache, SRDataset, TrainingCrops, decoded_size, demo_images
-from utils import UserError, convert_image, downsample, downsample_batch, load_image, transpose_batch
+from datasets import (DEMO_TRAIN_IMAGES, DataListError, ImageCache, SRDataset, TrainingBatches, TrainingCrops,
+                      decoded_size, default_workers, demo_images, downsample_batch, transpose_batch)
+from outputs import WriteError
+from images import load_image
+from utils import UserError, convert_image, downsample
 
 
 def test_transpose_batch_is_pils_transpose():
@@ -111,15 +115,18 @@ def test_images_the_cache_cannot_decode_are_one_line_naming_the_first_and_how_ma
 
 
 def _run(data_folder, output_dir, **flags):
-    """A Run with the flags make_train_loader reads."""
+    """A Run with the flags TrainingBatches reads."""
     args = dict(data_folder=str(data_folder), output_dir=str(output_dir), crop_size=48, scaling_factor=4,
                 blur_sigma=0.0, augment=True, image_cache='auto', workers=None, seed=3, batch_size=4, pillow_lr=False)
     return training.Run(argparse.Namespace(**{**args, **flags}), 'srresnet', torch.device('cpu'), None)
 
 
 def _batches(run, n=3):
-    batches, to_batch = training.make_train_loader(run)
-    return [to_batch(next(batches)) for _ in range(n)]
+    batches = TrainingBatches(run)
+    try:
+        return [next(batches) for _ in range(n)]
+    finally:
+        batches.close()
 
 
 def test_every_way_of_making_batches_gives_the_same_hr_crops(demo_data, tmp_path, capsys):
@@ -143,7 +150,7 @@ def test_every_way_of_making_batches_gives_the_same_hr_crops(demo_data, tmp_path
 
 
 def test_images_over_the_budget_stream_from_disk(demo_data, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(training, 'physical_memory', lambda: 2 * 2 ** 20)  # 1 MB of budget
+    monkeypatch.setattr(datasets, 'physical_memory', lambda: 2 * 2 ** 20)  # 1 MB of budget
     monkeypatch.setattr(os, 'cpu_count', lambda: 2)
     monkeypatch.setattr(torch, 'get_num_threads', lambda: 2)  # two cores, both computing: no worker
     _batches(_run(demo_data, tmp_path), n=1)
@@ -158,7 +165,7 @@ def test_a_data_folder_that_cannot_hold_the_cache_puts_it_in_the_output_dir(demo
 
     def read_only_data_folder(paths, path, list_path):
         if str(demo_data) in path:
-            raise training.WriteError(f'could not write {path}: Read-only file system')
+            raise WriteError(f'could not write {path}: Read-only file system')
         return original(paths, path, list_path)
     monkeypatch.setattr(ImageCache, 'build', staticmethod(read_only_data_folder))
     _batches(_run(demo_data, tmp_path), n=1)
@@ -171,8 +178,8 @@ def test_workers_by_default_only_where_cores_are_left(monkeypatch):
     monkeypatch.setattr(torch, 'get_num_threads', lambda: 2)
     for cores, cpu, gpu in ((2, 0, 1), (16, 8, 8), (4, 2, 3), (1, 0, 0)):
         monkeypatch.setattr(os, 'cpu_count', lambda: cores)
-        assert training.default_workers(torch.device('cpu')) == cpu
-        assert training.default_workers(torch.device('cuda')) == gpu
+        assert default_workers(torch.device('cpu')) == cpu
+        assert default_workers(torch.device('cuda')) == gpu
 
 
 @pytest.mark.parametrize('flag, iterations, device, compiler, expected', [

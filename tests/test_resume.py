@@ -14,7 +14,7 @@ from conftest import REPO, SMALL, cli, last_line, run_process, start_process, tr
 from checkpoints import load_checkpoint, save_checkpoint
 from inference import load_generator
 from models import SRResNet
-from training import rng_state, set_rng_state
+from checkpoints import rng_state, set_rng_state
 
 
 def test_srresnet_lr_decay_can_be_moved_on_resume(demo_data, tmp_path):

@@ -8,6 +8,7 @@ import torch
 
 import train_srgan
 import train_srresnet
+import monitor
 import training
 from checkpoints import load_checkpoint
 from conftest import QUICK_X2, TINY, run_process, train_rows
@@ -21,7 +22,7 @@ def fake_clock(monkeypatch):
     """SittingClock reads a clock that moves one second a reading: at the start of a sitting, then once a step; so a
     step takes 1 s and a budget of N s stops a sitting after N steps."""
     ticks = iter(range(10 ** 9))
-    monkeypatch.setattr(training.SittingClock, 'now', staticmethod(lambda: float(next(ticks))))
+    monkeypatch.setattr(monitor.SittingClock, 'now', staticmethod(lambda: float(next(ticks))))
 
 
 @pytest.fixture
@@ -51,18 +52,18 @@ def test_a_bad_time_budget_is_one_usage_line(text, capsys):
 
 
 def test_durations_and_the_estimate_line_read_as_words():
-    assert [training.format_duration(s) for s in (0, 0.4, 42, 60, 1044, 3601, 7200, 1_740_000)] == \
+    assert [monitor.format_duration(s) for s in (0, 0.4, 42, 60, 1044, 3601, 7200, 1_740_000)] == \
         ['0 s', '0 s', '42 s', '1 min', '17 min 24 s', '1 h', '2 h', '20 d 3 h']
-    assert training.estimate_line(1.74, 1_000_000) == ('estimate: 1.74 s/iteration here -> 1,000,000 iterations would '
+    assert monitor.estimate_line(1.74, 1_000_000) == ('estimate: 1.74 s/iteration here -> 1,000,000 iterations would '
                                                        'take 20 d 3 h (use --time-budget, or a GPU)')
-    assert training.estimate_line(0.0123, 1_000_000, device_type='cuda') == (
+    assert monitor.estimate_line(0.0123, 1_000_000, device_type='cuda') == (
         'estimate: 0.0123 s/iteration here -> 1,000,000 iterations would take 3 h 25 min (use --time-budget)')
-    assert training.estimate_line(1.74, 1000, 400) == ('estimate: 1.74 s/iteration here -> the 600 iterations left of '
+    assert monitor.estimate_line(1.74, 1000, 400) == ('estimate: 1.74 s/iteration here -> the 600 iterations left of '
                                                        '1,000 would take 17 min 24 s')  # short: no hint
-    assert training.estimate_line(1.74, 1_000_000, 0, 'cpu', stop_at=344) == (
+    assert monitor.estimate_line(1.74, 1_000_000, 0, 'cpu', stop_at=344) == (
         'estimate: 1.74 s/iteration here -> 1,000,000 iterations would take 20 d 3 h; --time-budget stops this '
         'sitting at about iteration 344')
-    assert 'stops this sitting' not in training.estimate_line(1.74, 600, 0, 'cpu', stop_at=900)  # the run ends first
+    assert 'stops this sitting' not in monitor.estimate_line(1.74, 600, 0, 'cpu', stop_at=900)  # the run ends first
 
 
 def test_help_says_how_the_budget_goes_on_and_what_determinism_costs(capsys):

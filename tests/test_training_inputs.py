@@ -13,13 +13,13 @@ import torch
 from PIL import Image
 
 import train_srresnet
-import training
+import monitor
 from checkpoints import load_checkpoint, save_checkpoint
 from conftest import QUICK_X2, TINY, photo
 from datasets import DataListError, read_image_list
 from models import SRResNet
 from outputs import OutputError
-from training import read_log
+from pictures import read_log
 from utils import UserError
 
 TINY_X2 = [*TINY, *QUICK_X2]
@@ -117,7 +117,7 @@ def test_a_stopped_run_is_a_user_error_with_the_signals_exit_status(data, tmp_pa
     def got_sigterm(self, run):
         self.signal_name, self.signal_number = 'SIGTERM', signal.SIGTERM
         return True
-    monkeypatch.setattr(training.StopSignals, 'requested', got_sigterm)
+    monkeypatch.setattr(monitor.StopSignals, 'requested', got_sigterm)
     with pytest.raises(UserError, match='^stopped by SIGTERM at iteration 1; continue with --resume auto$') as error:
         train(data, tmp_path / 'run', '--iterations', '5')
     assert error.value.exit_code == 128 + signal.SIGTERM
