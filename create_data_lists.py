@@ -36,14 +36,23 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from datasets import (DEMO_TEST_IMAGES, DEMO_TRAIN_IMAGES, TEST_LIST_SUFFIX, TRAIN_LIST, demo_images, find_images,
-                      folder_name, is_image_list)
+from datasets import (DEMO_TEST_IMAGES, DEMO_TRAIN_IMAGES, TEST_LIST_SUFFIX, TRAIN_LIST, VAL_SET, demo_images,
+                      find_images, folder_name, is_image_list)
 from outputs import OutputError, OutputPlan, atomic_path
 from images import read_image
 from utils import ImageLoadError, UserError, number, run_main
 
 THUMBNAIL = 16  # px: the side of the grey thumbnails that find near copies of test images
 NEAR_COPY = 0.99  # their correlation above which a training image is a test image's copy (see near_copies)
+
+
+@dataclasses.dataclass(frozen=True)
+class ListRules:
+    """How the lists are made: the flags of the same names."""
+    min_size: int = 100  # px: training images with a shorter side are skipped
+    workers: int = 1  # processes that check images
+    allow_test_overlap: bool = False  # list training images that are test images too, with a warning
+    val_images: int | None = None  # training images held out as the validation list; None: held_out_count's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,7 +273,7 @@ def without_duplicates(train):
     return paths
 
 
-def create_data_lists(train_folders, test_folders, min_size, output_folder, workers=1, allow_test_overlap=False):
+def create_data_lists(train_folders, test_folders, output_folder, rules=ListRules()):
     """Write the lists and return a summary dict {list file: number of images}. Skipped files are printed. Every
     folder and every list's path is checked before any image is decoded, and every image before any list is
     written, so a refusal leaves the output folder as it was."""
@@ -272,32 +281,68 @@ def create_data_lists(train_folders, test_folders, min_size, output_folder, work
         if not os.path.isdir(folder):
             raise UserError(f'{folder} is not a folder')
     names = name_test_sets(test_folders)
-    plan_lists(output_folder, ([TRAIN_LIST] if train_folders else []) + [f'{n}{TEST_LIST_SUFFIX}' for n in names],
-               train_folders + test_folders)
+    if train_folders and VAL_SET in names:
+        raise UserError(f'a test folder named {VAL_SET} would share its list with the validation list '
+                        f'({VAL_SET}{TEST_LIST_SUFFIX}); rename the folder')
+    train_lists = [TRAIN_LIST, f'{VAL_SET}{TEST_LIST_SUFFIX}'] if train_folders else []
+    plan_lists(output_folder, train_lists + [f'{n}{TEST_LIST_SUFFIX}' for n in names], train_folders + test_folders)
     train, tests, n_skipped = [], {}, 0
     if train_folders:
-        train, skipped = make_list(train_folders, min_size, workers, 'train')
+        train, skipped = make_list(train_folders, rules.min_size, rules.workers, 'train')
         if not train:
             raise UserError(f'no usable training images in {", ".join(train_folders)}')
         n_skipped += len(skipped)
     for folder, name in zip(test_folders, names):
-        tests[name], skipped = make_list([folder], 1, workers, name)  # test images are kept at any size
+        tests[name], skipped = make_list([folder], 1, rules.workers, name)  # test images are kept at any size
         if not tests[name]:
             raise UserError(f'no usable test images in {folder}')
         n_skipped += len(skipped)
-    check_no_test_images_in_training(train, tests, allow_test_overlap)
-    lists = {TRAIN_LIST: without_duplicates(train)} if train_folders else {}
+    check_no_test_images_in_training(train, tests, rules.allow_test_overlap)
+    lists = hold_out(without_duplicates(train), rules.val_images) if train_folders else {}
     lists.update({f'{name}{TEST_LIST_SUFFIX}': [path for path, _ in images] for name, images in tests.items()})
     summary = {write_list(paths, output_folder, file_name): len(paths) for file_name, paths in lists.items()}
+    if train_folders:
+        remove_stale_validation_list(output_folder, lists)
     for path, count in summary.items():
         print(f'{path}: {count} images')
     print(f'{sum(summary.values())} images listed, {n_skipped} skipped')
     return summary
 
 
+def hold_out(paths, n=None):
+    """The training list and the validation list: `n` of the training images (None: held_out_count's), evenly spaced
+    in the list (so from every training folder in proportion), held out of training to validate on and choose
+    best.pt with, so that the test sets are only ever measured. -> {list file: paths}; no validation list for n = 0
+    (remove_stale_validation_list)."""
+    n = held_out_count(len(paths)) if n is None else n
+    if n >= len(paths):
+        raise UserError(f'--val-images {n} would leave no training images (there are {len(paths)}); hold out fewer')
+    val_list = f'{VAL_SET}{TEST_LIST_SUFFIX}'
+    if n == 0:
+        return {TRAIN_LIST: paths}
+    chosen = {round((i + 0.5) * len(paths) / n - 0.5) for i in range(n)}  # indices, evenly spaced
+    print(f'validation: {n} training images held out ({val_list}; the trainers choose best.pt on it)')
+    return {TRAIN_LIST: [p for i, p in enumerate(paths) if i not in chosen],
+            val_list: [p for i, p in enumerate(paths) if i in chosen]}
+
+
+def remove_stale_validation_list(output_folder, lists):
+    """An earlier validation list beside new lists that have none: it would name training images (plan_lists has
+    checked that a file of its name is a list, this script's own output)."""
+    path = os.path.join(output_folder, f'{VAL_SET}{TEST_LIST_SUFFIX}')
+    if f'{VAL_SET}{TEST_LIST_SUFFIX}' not in lists and os.path.isfile(path):
+        os.remove(path)
+        print(f'removed the earlier validation list {path}')
+
+
+def held_out_count(n_train):
+    """How many training images to hold out for validation by default: 10, or a tenth of a set under 100 images."""
+    return min(10, n_train // 10)
+
+
 def create_demo_lists(output_folder):
     """The embedded default: scikit-image's bundled photos (train: 12 images, test set 'demo': 2)."""
-    plan_lists(output_folder, [TRAIN_LIST, f'demo{TEST_LIST_SUFFIX}'])
+    plan_lists(output_folder, [TRAIN_LIST, f'demo{TEST_LIST_SUFFIX}', f'{VAL_SET}{TEST_LIST_SUFFIX}'])
     train, test = demo_images(DEMO_TRAIN_IMAGES), demo_images(DEMO_TEST_IMAGES)
     for path in train + test:
         read_image(path)  # fail loudly if a scikit-image release dropped one
@@ -305,6 +350,7 @@ def create_demo_lists(output_folder):
           f'({os.path.dirname(train[0])})')
     write_list(train, output_folder, TRAIN_LIST)
     write_list(test, output_folder, f'demo{TEST_LIST_SUFFIX}')
+    remove_stale_validation_list(output_folder, {})
     print(f'wrote {output_folder}/{TRAIN_LIST} and {output_folder}/demo{TEST_LIST_SUFFIX}; for real data see '
           f'`python create_data_lists.py --help`')
 
@@ -318,6 +364,11 @@ def main():
     parser.add_argument('--output-folder', default='./data', help='where the JSON lists are written')
     parser.add_argument('--workers', type=number(int, minimum=0), default=min(8, os.cpu_count() or 1),
                         help='processes that check images in parallel')
+    parser.add_argument('--val-images', type=number(int, minimum=0), default=None,
+                        help=f'training images held out as the validation list ({VAL_SET}{TEST_LIST_SUFFIX}, evenly '
+                             f'spaced in the training list), which the trainers validate and choose best.pt on, so '
+                             f'the test sets are only ever measured; 0: none. Default: 10, or a tenth of a training set '
+                             f'under 100 images')
     parser.add_argument('--allow-test-overlap', action='store_true',
                         help='list training images that are also test images (the same pixels, or a copy flipped, '
                              'rotated, grey or re-saved lossily; not resized or cropped copies, see above) with a '
@@ -326,8 +377,8 @@ def main():
     if not args.train_folders and not args.test_folders:
         create_demo_lists(args.output_folder)
     else:
-        create_data_lists(args.train_folders, args.test_folders, args.min_size, args.output_folder, args.workers,
-                          args.allow_test_overlap)
+        create_data_lists(args.train_folders, args.test_folders, args.output_folder,
+                          ListRules(args.min_size, args.workers, args.allow_test_overlap, args.val_images))
 
 
 if __name__ == '__main__':

@@ -31,6 +31,7 @@ DEMO_TRAIN_IMAGES = ['coffee.png', 'rocket.jpg', 'motorcycle_left.png', 'hubble_
 DEMO_TEST_IMAGES = ['astronaut.png', 'chelsea.png']
 TRAIN_LIST = 'train_images.json'
 TEST_LIST_SUFFIX = '_test_images.json'  # Set5 -> Set5_test_images.json
+VAL_SET = 'val'  # the validation list, held out of the training images by create_data_lists.py
 CACHE_FORMAT = 'rgb8 v2'  # changes when what ImageCache holds, or how its key is made, does
 CACHE_FILE = 'train_images.cache'  # the decoded training images (ImageCache), beside train_images.json
 CACHE_RAM_FRACTION = 0.5  # --image-cache auto decodes once when the decoded images take at most this share of RAM

@@ -47,8 +47,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from checkpoints import CheckpointError, load_checkpoint
-from datasets import (DEMO_TEST_IMAGES, TEST_LIST_SUFFIX, demo_images, find_images, folder_name, read_image_list,
-                      test_set_names)
+from datasets import (DEMO_TEST_IMAGES, TEST_LIST_SUFFIX, VAL_SET, demo_images, find_images, folder_name,
+                      read_image_list, test_set_names)
 from inference import DEFAULT_TILE, DEFAULT_TILE_OVERLAP, MIN_TILE, MIN_TILE_OVERLAP, Upscaler, load_generator, tiling
 from images import read_image, to_rgb8
 from metrics import LR_KERNELS, PROTOCOLS, bicubic_upscale, evaluate_image, make_test_pair
@@ -189,7 +189,7 @@ def test_sets_to_run(args):
     (under any spelling of its path) is measured once."""
     names = args.test_sets
     if names is None and not args.test_folders:  # every list in the data folder, the standard sets first
-        listed = test_set_names(args.data_folder)
+        listed = [name for name in test_set_names(args.data_folder) if name != VAL_SET]  # it chooses, not measures
         names = [n for n in STANDARD_TEST_SETS if n in listed] + [n for n in listed if n not in STANDARD_TEST_SETS]
         if not names:  # a fresh checkout: the demo photos that scikit-image ships
             print(f'test sets: no lists in {args.data_folder}, so the demo set (scikit-image\'s '

@@ -26,8 +26,8 @@ from torch import nn
 import speedups
 from checkpoints import (BEST_CHECKPOINT_FILE, CHECKPOINT_FILE, TrainingState, remove_partial_checkpoints,
                          restore_run, resume_from)
-from datasets import (CACHE_FILE, CACHE_RAM_FRACTION, TEST_LIST_SUFFIX, TRAIN_LIST, DataListError, TrainingBatches,
-                      check_listed_files, default_workers, read_image_list, test_set_names)
+from datasets import (CACHE_FILE, CACHE_RAM_FRACTION, TEST_LIST_SUFFIX, TRAIN_LIST, VAL_SET, DataListError,
+                      TrainingBatches, check_listed_files, default_workers, read_image_list, test_set_names)
 from monitor import Monitor, SittingClock, StopSignals, last_good_state
 from outputs import OutputPlan, WriteError
 from utils import UserError, autocast_dtype, number, pick_device, seed_everything
@@ -94,8 +94,9 @@ def training_argument_parser(description, output_dir, iterations, lr_decay_at):
     add('--val-every', type=number(int, minimum=1), default=5000,
         help=f'validate (PSNR/SSIM, sample sheet, {BEST_CHECKPOINT_FILE}) this often')
     add('--val-set', default='auto',
-        help="test list for validation: a name (Set5 -> Set5_test_images.json), 'none', or 'auto': Set5 if "
-             "listed, else demo, else the first list found")
+        help="the list validated on, whose PSNR chooses best.pt: a name (val -> val_test_images.json, the training "
+             "images create_data_lists.py holds out; Set5 -> Set5_test_images.json), 'none', or 'auto': val if "
+             "listed, else Set5 (with a note: a test set then chooses the weights), else demo, else the first list")
     add('--log-every', type=number(int, minimum=1), default=10, help='log averaged values this often')
     add_sitting_flags(add)
     add('--device', default='auto', help='auto (CUDA, else MPS, else CPU), or e.g. cuda:1, cpu')
@@ -239,7 +240,10 @@ def setup_run(args, kind):
     run.checkpoint = resume_from(args, kind, run.is_main)
     if run.nothing_to_do:
         return run
-    run.resolved['compile'] = choose_compile(run)
+    run.resolved['compile'], run.resolved['val_set'] = choose_compile(run), val_set
+    if args.val_set == 'auto' and val_set not in (VAL_SET, 'demo', None) and run.is_main:
+        print(f'note: --val-set auto: validating on {val_set}, a test set, which then chooses best.pt; hold out '
+              f'training images with create_data_lists.py (--val-images) so that test sets are only measured')
     if run.is_main:
         remove_partial_checkpoints(args.output_dir)
     return run
@@ -301,7 +305,7 @@ def choose_val_set(data_folder, val_set):
         return None
     names = test_set_names(data_folder)
     if val_set == 'auto':
-        return next((name for name in ('Set5', 'demo') if name in names), names[0] if names else None)
+        return next((name for name in (VAL_SET, 'Set5', 'demo') if name in names), names[0] if names else None)
     if val_set not in names:
         raise DataListError(f'no {val_set}{TEST_LIST_SUFFIX} in {data_folder} (lists there: '
                             f'{", ".join(names) or "none"}); write it with create_data_lists.py --test-folders, or '

@@ -8,7 +8,7 @@ from PIL import Image
 
 from conftest import cli, photo
 import create_data_lists as cdl
-from create_data_lists import create_data_lists, folder_name
+from create_data_lists import ListRules, create_data_lists, folder_name
 from datasets import DataListError, SRDataset
 from utils import UserError, convert_image
 
@@ -37,7 +37,7 @@ def test_create_data_lists_skips_bad_files_with_reasons(messy_folder, tmp_path, 
     test_root = tmp_path / 'Set5'
     photo(test_root / 'baby.png', (64, 40))  # test images are kept at any size
     out = tmp_path / 'lists'
-    summary = create_data_lists([str(root)], [str(test_root) + '/'], 100, str(out))
+    summary = create_data_lists([str(root)], [str(test_root) + '/'], str(out), ListRules(min_size=100))
     printed = capsys.readouterr().out
 
     train = json.load(open(out / 'train_images.json'))
@@ -74,10 +74,10 @@ def sr_folders(tmp_path):
     return data
 
 
-def refusal(*args, **kwargs):
+def refusal(train_folders, test_folders, min_size, output_folder):
     """The one-line error create_data_lists raises (run_main prints it as `error: ...`)."""
     with pytest.raises(UserError) as error:
-        create_data_lists(*args, **kwargs)
+        create_data_lists(train_folders, test_folders, output_folder, ListRules(min_size=min_size))
     message = str(error.value)
     assert not message.startswith('error: ') and '\n' not in message
     return message
@@ -121,8 +121,8 @@ def test_a_renamed_copy_of_a_test_image_in_the_training_folders_is_caught(sr_fol
 
 def test_allow_test_overlap_writes_the_lists_with_a_warning(sr_folders, tmp_path, capsys):
     out = tmp_path / 'lists'
-    summary = create_data_lists([str(sr_folders)], [str(sr_folders / 'Set5')], 16, str(out),
-                                allow_test_overlap=True)
+    summary = create_data_lists([str(sr_folders)], [str(sr_folders / 'Set5')], str(out),
+                                ListRules(min_size=16, allow_test_overlap=True))
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith('warning:')]
     assert len(warnings) == 1 and warnings[0].startswith('warning: 2 of 5 training images are also test images')
     assert 'listed anyway (--allow-test-overlap)' in warnings[0]
@@ -136,7 +136,7 @@ def test_duplicate_training_images_are_listed_once_with_a_note(sr_folders, tmp_p
     Image.open(train / 't1.png').save(train / 't1_copy.webp', lossless=True)
     photo(train / 'sub' / 't3.png', (24, 20), 6)
     out = tmp_path / 'lists'
-    summary = create_data_lists([str(train), str(train / 'sub')], [], 16, str(out))
+    summary = create_data_lists([str(train), str(train / 'sub')], [], str(out), ListRules(min_size=16))
     notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith('note:')]
     assert len(notes) == 1 and notes[0].startswith('note: 2 training images found twice (the same pixels), '
                                                    'listed once, e.g.')
@@ -200,12 +200,16 @@ def test_demo_lists_and_dataset(tmp_path):
 
 def test_shared_data_lists(shared_data, tmp_path, capsys):
     """The 291 images of T91 + BSD200 share none with the three test sets; t20 is under 96 pixels, and t65 is t36
-    again (the same bytes), listed once."""
+    again (the same bytes), listed once; 10 of the 289 are held out to validate on."""
     summary = create_data_lists([str(shared_data / 'T91'), str(shared_data / 'BSD200')],
-                                [str(shared_data / name) for name in ('Set5', 'Set14', 'BSD100')], 96, str(tmp_path), 2)
+                                [str(shared_data / name) for name in ('Set5', 'Set14', 'BSD100')], str(tmp_path),
+                                ListRules(min_size=96, workers=2))
     counts = {os.path.basename(k): v for k, v in summary.items()}
-    assert counts == {'train_images.json': 289, 'Set5_test_images.json': 5, 'Set14_test_images.json': 14,
-                      'BSD100_test_images.json': 100}
+    assert counts == {'train_images.json': 279, 'val_test_images.json': 10, 'Set5_test_images.json': 5,
+                      'Set14_test_images.json': 14, 'BSD100_test_images.json': 100}
+    val = json.load(open(tmp_path / 'val_test_images.json'))  # 10 held out, from both folders in proportion
+    assert [os.path.basename(os.path.dirname(p)) for p in val].count('BSD200') == 7
+    assert not set(val) & set(json.load(open(tmp_path / 'train_images.json')))
     t65, t36 = shared_data / 'T91' / 't65.png', shared_data / 'T91' / 't36.png'
     assert f'note: 1 training image found twice (the same pixels), listed once, e.g. {t65} (the same as ' \
            f'{t36})' in capsys.readouterr().out
@@ -244,7 +248,8 @@ def test_a_flipped_rotated_grey_or_jpeg_copy_of_a_test_image_is_caught(sr_folder
 
 def test_another_picture_of_the_same_size_is_no_copy(sr_folders, tmp_path):
     photo_pair(sr_folders)  # T91/other.png: 72x56 as Set5/baby.png, another picture
-    summary = create_data_lists([str(sr_folders / 'T91')], [str(sr_folders / 'Set5')], 16, str(tmp_path))
+    summary = create_data_lists([str(sr_folders / 'T91')], [str(sr_folders / 'Set5')], str(tmp_path),
+                                ListRules(min_size=16))
     assert summary[str(tmp_path / 'train_images.json')] == 3
 
 
@@ -252,12 +257,44 @@ def test_the_lists_replace_earlier_lists_but_no_other_file(sr_folders, tmp_path)
     out = tmp_path / 'lists'
     out.mkdir()
     (out / 'train_images.json').write_text('["an earlier list.png"]')  # this script's own output: replaced
-    create_data_lists([str(sr_folders / 'T91')], [], 16, str(out))
+    create_data_lists([str(sr_folders / 'T91')], [], str(out), ListRules(min_size=16))
     assert len(json.load(open(out / 'train_images.json'))) == 2
     (out / 'Set5_test_images.json').write_text('my notes')  # not a list: refused before any image is decoded
     with pytest.raises(cdl.OutputError, match=f'{out / "Set5_test_images.json"} exists and is not a data list'):
-        create_data_lists([str(sr_folders / 'T91')], [str(sr_folders / 'Set5')], 16, str(out))
+        create_data_lists([str(sr_folders / 'T91')], [str(sr_folders / 'Set5')], str(out),
+                          ListRules(min_size=16))
     assert (out / 'Set5_test_images.json').read_text() == 'my notes'
     (tmp_path / 'file').write_text('mine')
     with pytest.raises(cdl.OutputError, match='--output-folder .*file is a file; name a folder'):
-        create_data_lists([str(sr_folders / 'T91')], [], 16, str(tmp_path / 'file'))
+        create_data_lists([str(sr_folders / 'T91')], [], str(tmp_path / 'file'),
+                          ListRules(min_size=16))
+
+
+@pytest.mark.parametrize('n_images, val_images, held', [(25, None, 2), (25, 5, 5), (25, 0, 0), (9, None, 0)])
+def test_a_validation_list_is_held_out_of_the_training_images(tmp_path, n_images, val_images, held):
+    """--val-images N (default: 10, or a tenth of a small set): N training images, evenly spaced in the list, move to
+    val_test_images.json, which the trainers validate on; none listed twice, none lost; with none held out, an
+    earlier validation list goes (it would name training images)."""
+    train = [str(photo(tmp_path / 'train' / f'{i:02d}.png', (40, 36), i)) for i in range(n_images)]
+    out = tmp_path / 'lists'
+    out.mkdir()
+    (out / 'val_test_images.json').write_text(json.dumps([train[0]]))  # an earlier run's
+    create_data_lists([str(tmp_path / 'train')], [], str(out), ListRules(min_size=16, val_images=val_images))
+    kept = json.load(open(out / 'train_images.json'))
+    val = json.load(open(out / 'val_test_images.json')) if held else []
+    assert (out / 'val_test_images.json').exists() == bool(held)
+    assert len(val) == held and sorted(kept + val) == train and not set(kept) & set(val)
+    if held > 1:  # evenly spaced: gaps of the same size, within one
+        gaps = [train.index(b) - train.index(a) for a, b in zip(val, val[1:])]
+        assert max(gaps) - min(gaps) <= 1 and min(gaps) >= n_images // held - 1
+
+
+def test_holding_out_every_training_image_or_naming_a_test_set_val_is_refused(tmp_path):
+    for i in range(3):
+        photo(tmp_path / 'train' / f'{i}.png', (40, 36), i)
+    photo(tmp_path / 'val' / 'x.png', (40, 36), 7)
+    with pytest.raises(UserError, match=r'^--val-images 3 would leave no training images \(there are 3\)'):
+        create_data_lists([str(tmp_path / 'train')], [], str(tmp_path / 'a'), ListRules(min_size=16, val_images=3))
+    with pytest.raises(UserError, match='^a test folder named val would share its list with the validation list'):
+        create_data_lists([str(tmp_path / 'train')], [str(tmp_path / 'val')], str(tmp_path / 'b'), ListRules(16))
+    assert not (tmp_path / 'a').exists() and not (tmp_path / 'b').exists()

@@ -545,3 +545,14 @@ def test_the_standard_test_sets_are_recognised_by_their_pixels(shared_data, tmp_
     img[10, 10] ^= 1
     Image.fromarray(img).save(paths[1])
     assert report.standard_set('Set5', paths) is None
+
+
+def test_the_validation_list_is_not_a_test_set_unless_named(tmp_path):
+    """eval.py measures every test list of the data folder by default, but not val_test_images.json: those are
+    training images held out to choose best.pt (create_data_lists.py --val-images), not a benchmark."""
+    for name in ('Set5', 'val', 'mine'):
+        (tmp_path / f'{name}_test_images.json').write_text(json.dumps([f'{name}.png']))
+    args = eval_py.parse_args(['bicubic', '--data-folder', str(tmp_path)])
+    assert [name for name, _ in eval_py.test_sets_to_run(args)[0]] == ['Set5', 'mine']
+    args = eval_py.parse_args(['bicubic', '--data-folder', str(tmp_path), '--test-sets', 'val'])
+    assert [name for name, _ in eval_py.test_sets_to_run(args)[0]] == ['val']

@@ -235,3 +235,19 @@ def test_a_missing_validation_image_is_one_line_before_training(data, tmp_path):
                                             f'be used, the first: {data.test[0]}: no such file; rebuild the lists'):
         train(data, tmp_path / 'run', '--val-set', 'tiny')
     assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('lists, chosen', [(['val', 'Set5', 'tiny'], 'val'), (['Set5', 'tiny'], 'Set5'),
+                                           (['tiny'], 'tiny')])
+def test_val_set_auto_validates_on_the_held_out_list_before_any_test_set(data, tmp_path, capsys, lists, chosen):
+    """The held-out list (create_data_lists.py --val-images) chooses best.pt when it exists; a test set only when
+    nothing else is listed, with a note; the checkpoints record which list chose."""
+    (data.folder / 'tiny_test_images.json').unlink()
+    for name in lists:
+        (data.folder / f'{name}_test_images.json').write_text(json.dumps(data.test))
+    train_srresnet.main(['--data-folder', str(data.folder), '--output-dir', str(tmp_path / 'run'), *TINY_X2,
+                         '--iterations', '1'])
+    assert load_checkpoint(tmp_path / 'run' / 'best.pt')['config']['val_set'] == chosen
+    assert f'val_psnr_{chosen}' in read_log(tmp_path / 'run' / 'log.jsonl')[-1]
+    noted = 'note: --val-set auto: validating on Set5, a test set, which then chooses best.pt' in capsys.readouterr().out
+    assert noted == (chosen == 'Set5')
