@@ -15,6 +15,7 @@ import argparse
 import copy
 import dataclasses
 import importlib.util
+import math
 import os
 import re
 import shutil
@@ -59,13 +60,7 @@ def training_argument_parser(description, output_dir, iterations, lr_decay_at):
         help="checkpoints, log, samples and plots go here: a folder per run, outside the listed images' folders")
     add('--iterations', type=number(int, minimum=1), default=iterations, help='training iterations (optimizer steps)')
     add('--batch-size', type=number(int, minimum=1), default=16, help='HR crops per step, per process (DDP: x N)')
-    add('--lr', type=number(float, above=0), default=1e-4, help='Adam learning rate; may be changed when resuming')
-    add('--lr-decay-at', type=number(int, minimum=0), default=lr_decay_at,
-        help='multiply the lr by 0.1 from this iteration on' + ('' if lr_decay_at else ' (default: never, as the '
-                                                                                     'paper)')
-             + '; may be changed when resuming')
-    add('--beta1', type=number(float, minimum=0, below=1), default=0.9,
-        help="Adam's beta1; may be changed when resuming")
+    add_optimizer_flags(add, lr_decay_at)
     add('--crop-size', type=number(int, minimum=8), default=96, help='side of the HR training crops')
     add('--scaling-factor', type=int, default=4, choices=[2, 4, 8], help='upscaling factor')
     add('--blur-sigma', type=number(float, minimum=0), default=0.0,
@@ -109,6 +104,20 @@ def training_argument_parser(description, output_dir, iterations, lr_decay_at):
     add('--sync-bn', action='store_true', help='DDP: BatchNorm statistics over all GPUs')
     add_animation_flags(add)
     return parser
+
+
+def add_optimizer_flags(add, lr_decay_at):
+    """Adam and its lr schedule."""
+    add('--lr', type=number(float, above=0), default=1e-4, help='Adam learning rate; may be changed when resuming')
+    add('--lr-decay-at', type=number(int, minimum=0), default=lr_decay_at,
+        help='multiply the lr by 0.1 from this iteration on' + ('' if lr_decay_at else ' (default: never, as the '
+                                                                                     'paper)')
+             + '; may be changed when resuming')
+    add('--lr-schedule', choices=['steps', 'cosine'], default='steps',
+        help="steps: --lr, x 0.1 from --lr-decay-at on (the paper's); cosine: from --lr down to 0 at --iterations, "
+             "on a half cosine (not in the paper; --lr-decay-at is then unused); may be changed when resuming")
+    add('--beta1', type=number(float, minimum=0, below=1), default=0.9,
+        help="Adam's beta1; may be changed when resuming")
 
 
 def add_sitting_flags(add):
@@ -190,10 +199,14 @@ class Run:
         return {**vars(self.args), **self.resolved}
 
     def lr_at(self, iteration):
-        """The lr of step `iteration` (counted from 0): --lr, x 0.1 from --lr-decay-at on. Computed from the flags,
-        never stored, so a resumed run follows the flags it is given."""
-        decay_at = self.args.lr_decay_at
-        return self.args.lr * (0.1 if decay_at is not None and iteration >= decay_at else 1.0)
+        """The lr of step `iteration` (counted from 0), by --lr-schedule: --lr, x 0.1 from --lr-decay-at on (the
+        paper's steps), or a half cosine from --lr to 0 at --iterations. Computed from the flags, never stored, so a
+        resumed run follows the flags it is given."""
+        args = self.args
+        if args.lr_schedule == 'cosine':
+            return args.lr * 0.5 * (1 + math.cos(math.pi * iteration / args.iterations))
+        decay_at = args.lr_decay_at
+        return args.lr * (0.1 if decay_at is not None and iteration >= decay_at else 1.0)
 
     def new_state(self, model_config, models, optimizers):
         """The checkpoints.TrainingState of these models and optimizers (named as their checkpoint entries), with a

@@ -412,3 +412,16 @@ def test_deterministic_switches_on_deterministic_kernels(demo_data, tmp_path, mo
     finally:
         torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.deterministic = False
+
+
+def test_the_cosine_schedule_falls_from_lr_to_zero_at_the_last_iteration_and_resumes_on_it(demo_data, tmp_path):
+    """--lr-schedule cosine (not the paper's default): lr x (1 + cos(pi t / T)) / 2 at step t of T = --iterations,
+    the same whether the run was resumed half way or not."""
+    args = ['--data-folder', demo_data, '--output-dir', tmp_path, *TINY, *QUICK_X2, '--val-set', 'none',
+            '--lr', 1e-3, '--lr-schedule', 'cosine', '--iterations', 6]
+    cli('train_srresnet.py', *args[:-1], 3)  # the first 3 of a 3-iteration run: lr reaches 0 at its end...
+    assert [row['lr'] for row in train_rows(tmp_path)] == pytest.approx([1e-3, 7.5e-4, 2.5e-4])
+    cli('train_srresnet.py', *args, '--resume', 'auto')  # ...then stretched to 6: the rest follows the new T
+    expected = [1e-3 * (1 + math.cos(math.pi * t / 6)) / 2 for t in range(3, 6)]
+    assert [row['lr'] for row in train_rows(tmp_path)][3:] == pytest.approx(expected)
+    assert expected[-1] < 1e-4  # near 0 at the last step
