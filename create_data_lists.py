@@ -367,8 +367,8 @@ def main():
     parser.add_argument('--val-images', type=number(int, minimum=0), default=None,
                         help=f'training images held out as the validation list ({VAL_SET}{TEST_LIST_SUFFIX}, evenly '
                              f'spaced in the training list), which the trainers validate and choose best.pt on, so '
-                             f'the test sets are only ever measured; 0: none. Default: 10, or a tenth of a training set '
-                             f'under 100 images')
+                             f'the test sets are only ever measured; 0: none. Default: 10, or a tenth of a training '
+                             f'set under 100 images')
     parser.add_argument('--allow-test-overlap', action='store_true',
                         help='list training images that are also test images (the same pixels, or a copy flipped, '
                              'rotated, grey or re-saved lossily; not resized or cropped copies, see above) with a '

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from images import load_image
 from outputs import WriteError, atomic_path
-from utils import IMAGE_EXTENSIONS, ImageLoadError, ImageTransforms, UserError, convert_image, downsample, random_crop
+from utils import IMAGE_EXTENSIONS, ImageLoadError, ImageTransforms, UserError, convert_image, random_crop
 
 # The embedded default: natural photos that scikit-image's wheel ships, so the pipeline runs with no download.
 DEMO_TRAIN_IMAGES = ['coffee.png', 'rocket.jpg', 'motorcycle_left.png', 'hubble_deep_field.jpg', 'ihc.png',
@@ -181,13 +181,12 @@ class TrainingCrops(Dataset):
     ((crop, crop, 3) uint8 tensor, flip/rotation code 0-7 for transpose_batch; always 0 without augment), for the LR
     to be made in batches on the training device (to_batch). The crop is utils.random_crop's from
     random.Random(crop_seed), as SRDataset's, so both cut the same crops.
-    pillow_lr (scaling_factor, blur_sigma): instead, the (lr_img, hr_img) pair made here as SRDataset makes it, with
-    Pillow (the reference; --pillow-lr, --blur-sigma): (3, crop / s, crop / s) ImageNet-normalised, (3, crop, crop)
-    in [-1, 1].
+    pillow: instead, an ImageTransforms('train', ...) that makes the (lr_img, hr_img) pair here, with Pillow, as
+    SRDataset does (the reference; --pillow-lr, --blur-sigma), from the same crop.
     images: an ImageCache (decoded once), or the image paths (decoded on every call: run it in DataLoader workers)."""
 
-    def __init__(self, images, crop_size, augment=False, pillow_lr=None):
-        self.images, self.crop_size, self.augment, self.pillow_lr = images, crop_size, augment, pillow_lr
+    def __init__(self, images, crop_size, augment=False, pillow=None):
+        self.images, self.crop_size, self.augment, self.pillow = images, crop_size, augment, pillow
         self.names = images.names if isinstance(images, ImageCache) else images
 
     def __len__(self):
@@ -200,14 +199,10 @@ class TrainingCrops(Dataset):
         if width < size or height < size:
             raise DataListError(f'{self.names[i]}: {width}x{height} is smaller than the {size}x{size} training '
                                 f'crop; rebuild the data lists with a larger --min-size')
+        if self.pillow is not None:  # the same draws from the same seed: the same crop
+            return self.pillow(Image.fromarray(img), self.names[i], random.Random(crop_seed))
         left, top, code = random_crop(width, height, size, random.Random(crop_seed), self.augment)
-        crop = np.ascontiguousarray(img[top:top + size, left:left + size])  # (crop, crop, 3) uint8
-        if self.pillow_lr is None:
-            return torch.from_numpy(crop), code
-        hr_img = Image.fromarray(crop)
-        hr_img = hr_img.transpose(Image.Transpose(code - 1)) if code else hr_img
-        lr_img = downsample(hr_img, *self.pillow_lr)
-        return convert_image(lr_img, 'pil', 'imagenet-norm'), convert_image(hr_img, 'pil', '[-1, 1]')
+        return torch.from_numpy(np.ascontiguousarray(img[top:top + size, left:left + size])), code
 
 
 class ImageCache:
@@ -318,14 +313,16 @@ class TrainingBatches:
         paths = read_image_list(list_path)
         check_listed_files(list_path, paths)
         cache, why = choose_image_cache(run, list_path, paths)
-        self.pillow = '--blur-sigma' if args.blur_sigma > 0 else '--pillow-lr' if args.pillow_lr else None
-        crops = TrainingCrops(cache or paths, args.crop_size, args.augment,
-                              pillow_lr=(args.scaling_factor, args.blur_sigma) if self.pillow else None)
+        self.pillow_flag = '--blur-sigma' if args.blur_sigma > 0 else '--pillow-lr' if args.pillow_lr else None
+        pillow = ImageTransforms('train', args.crop_size, args.scaling_factor, 'imagenet-norm', '[-1, 1]',
+                                 args.blur_sigma, args.augment) if self.pillow_flag else None
+        crops = TrainingCrops(cache or paths, args.crop_size, args.augment, pillow)
         workers = args.workers
         if workers is None:  # a crop from the cache is a copy: no worker helps; else the cores left over
-            workers = 0 if cache is not None and not self.pillow else default_workers(run.device)
+            workers = 0 if cache is not None and not self.pillow_flag else default_workers(run.device)
         if run.is_main:  # above the progress bar
-            how = f'the LR made by Pillow per sample ({self.pillow})' if self.pillow else f'the LR made on {run.device}'
+            how = (f'the LR made by Pillow per sample ({self.pillow_flag})' if self.pillow_flag else
+                   f'the LR made on {run.device}')
             tqdm.write(f'training data: {len(crops)} images, {why}; {how}, {workers} DataLoader worker(s)')
         sampler = InfiniteSampler(len(crops), seed=args.seed, start=run.start_iteration * args.batch_size,
                                   rank=run.rank, world_size=run.world_size)
@@ -338,8 +335,8 @@ class TrainingBatches:
 
     def __next__(self):
         item = _next_item(self.loader)
-        lr_imgs, hr_imgs = item if self.pillow else to_batch(item, self.device, self.args.scaling_factor,
-                                                             self.args.augment)
+        lr_imgs, hr_imgs = item if self.pillow_flag else to_batch(item, self.device, self.args.scaling_factor,
+                                                                  self.args.augment)
         return (lr_imgs.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format),
                 hr_imgs.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format))
 
