@@ -34,6 +34,9 @@ from pictures import animate_run
 from training import freeze_batchnorm, make_optimizer, prepare_model, setup_run, train_loop, training_argument_parser
 from utils import UserError, number, run_main
 
+# the loss between SR and HR pixels: the paper's MSE, or the L1 that EDSR (Lim et al. 2017) found to converge better
+PIXEL_LOSSES = {'mse': F.mse_loss, 'l1': F.l1_loss}
+
 
 def get_args(argv=None):
     parser = training_argument_parser(__doc__, output_dir='runs/srresnet', iterations=1_000_000, lr_decay_at=None)
@@ -42,6 +45,9 @@ def get_args(argv=None):
                              'mode) while the weights train on; default: never, as the paper; may be changed when '
                              'resuming')
     # the architecture (the paper's; fewer blocks make quick experiments and tests cheaper)
+    parser.add_argument('--pixel-loss', choices=list(PIXEL_LOSSES), default='mse',
+                        help="the loss between SR and HR pixels: mse (the paper's) or l1 (EDSR's; not the paper's; "
+                             "README, Training on a budget)")
     parser.add_argument('--n-blocks', type=number(int, minimum=1), default=16, help='residual blocks')
     parser.add_argument('--n-channels', type=number(int, minimum=1), default=64, help='channels of the residual blocks')
     parser.add_argument('--trunk-from', default=None, metavar='CHECKPOINT',
@@ -53,12 +59,14 @@ def get_args(argv=None):
     return parser.parse_args(argv)
 
 
-def train_step(model, optimizer, scaler, lr_imgs, hr_imgs, amp_dtype):
-    """One optimizer step on the MSE between SR and HR images (the paper's SRResNet loss).
-    lr_imgs: (N, 3, 24, 24) ImageNet-normalised, hr_imgs: (N, 3, 96, 96) in [-1, 1]. Returns {'loss': 0-dim}."""
+def train_step(model, criterion, optimizer, scaler, batch, amp_dtype):
+    """One optimizer step on criterion(SR, HR): PIXEL_LOSSES['mse'], the paper's SRResNet loss, by default.
+    batch: LR images (N, 3, 24, 24) ImageNet-normalised, HR images (N, 3, 96, 96) in [-1, 1].
+    Returns {'loss': 0-dim}."""
+    lr_imgs, hr_imgs = batch
     with torch.autocast(lr_imgs.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         sr_imgs = model(lr_imgs)  # (N, 3, 96, 96), in [-1, 1]
-    loss = F.mse_loss(sr_imgs.float(), hr_imgs)  # in fp32 whatever the autocast dtype
+    loss = criterion(sr_imgs.float(), hr_imgs)  # in fp32 whatever the autocast dtype
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
@@ -145,13 +153,15 @@ def main(argv=None):
         n_params = sum(p.numel() for p in model.parameters())
         print(f'SRResNet {model_config}: {n_params / 1e6:.2f}M parameters; {run.describe()}')
 
+    criterion = PIXEL_LOSSES[args.pixel_loss]
+
     # --freeze-bn-at: BatchNorm normalises a training batch with its own statistics but a test image with the running
     # averages, which the network never trains with; fixing them late in training optimises what is evaluated
     def step(lr_imgs, hr_imgs):
         model.train()
         if args.freeze_bn_at is not None and state.iteration >= args.freeze_bn_at:
             freeze_batchnorm(model)
-        return train_step(model_ddp, optimizer, state.scaler, lr_imgs, hr_imgs, run.amp_dtype)
+        return train_step(model_ddp, criterion, optimizer, state.scaler, (lr_imgs, hr_imgs), run.amp_dtype)
 
     train_loop(run, state, step, sr_model=model)
 

@@ -114,7 +114,7 @@ def make_variants(name, device, batch_size, compile_models):
                                                                                        lr_imgs, hr_imgs)
             else:
                 step = (lambda *a: lambda: train_srresnet.train_step(*a, amp_dtype))(
-                    step_model, optimizer, scaler, lr_imgs, hr_imgs)
+                    step_model, train_srresnet.PIXEL_LOSSES['mse'], optimizer, scaler, (lr_imgs, hr_imgs))
         else:
             generator = Generator()
             generator = (generator if variant == 'plain' else speedups.for_training(generator)).to(

@@ -9,6 +9,7 @@ import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from conftest import QUICK_X2, SMALL, TINY, cli, last_line, run_process, train_rows
@@ -37,6 +38,7 @@ def test_defaults_are_the_papers():
     assert (args.data_folder, args.output_dir) == ('./data', 'runs/srresnet')
     assert args.lr_decay_at is None and args.augment is False  # constant lr, no flips: the paper's
     assert args.freeze_bn_at is None and args.ema_decay == 0  # no frozen BatchNorm, no weight average: the paper's
+    assert args.pixel_loss == 'mse' and train_srresnet.PIXEL_LOSSES['mse'] is F.mse_loss
     args = train_srgan.get_args([])
     assert (args.iterations, args.lr_decay_at, args.batch_size, args.lr) == (200_000, 100_000, 16, 1e-4)
     assert (args.content_loss, args.adversarial_weight, args.vgg_weights) == ('vgg54', 1e-3, 'imagenet')
@@ -425,3 +427,26 @@ def test_the_cosine_schedule_falls_from_lr_to_zero_at_the_last_iteration_and_res
     expected = [1e-3 * (1 + math.cos(math.pi * t / 6)) / 2 for t in range(3, 6)]
     assert [row['lr'] for row in train_rows(tmp_path)][3:] == pytest.approx(expected)
     assert expected[-1] < 1e-4  # near 0 at the last step
+
+
+@pytest.mark.parametrize('pixel_loss', ['mse', 'l1'])
+def test_pixel_loss_is_the_one_the_step_optimises(pixel_loss, demo_data, tmp_path):
+    """--pixel-loss l1 trains on the mean absolute error (EDSR's), mse on the squared one (the paper's): the loss a
+    step returns is that of the model before the step, and the run records which it was."""
+    torch.manual_seed(0)
+    model = SRResNet(n_blocks=1, scaling_factor=2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    lr_imgs, hr_imgs = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        sr_imgs = model(lr_imgs)
+    expected = {'mse': ((sr_imgs - hr_imgs) ** 2).mean(), 'l1': (sr_imgs - hr_imgs).abs().mean()}
+    scaler = torch.amp.GradScaler('cpu', enabled=False)
+    values = train_srresnet.train_step(model, train_srresnet.PIXEL_LOSSES[pixel_loss], optimizer, scaler,
+                                       (lr_imgs, hr_imgs), None)
+    assert torch.allclose(values['loss'], expected[pixel_loss], rtol=1e-5)
+    assert not torch.allclose(expected['mse'], expected['l1'], rtol=0.1)  # the two differ on these images
+    with torch.no_grad():
+        assert not torch.equal(model(lr_imgs), sr_imgs)  # and the step moved the weights
+    train_srresnet.main(['--data-folder', str(demo_data), '--output-dir', str(tmp_path), *SMALL, *TINY,
+                         '--iterations', '1', '--val-set', 'none', '--pixel-loss', pixel_loss])
+    assert load_checkpoint(tmp_path / 'last.pt')['config']['pixel_loss'] == pixel_loss
