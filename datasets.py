@@ -6,6 +6,7 @@ InfiniteSampler's endless, resumable, rank-sharded order, the images decoded onc
 of a data folder, the demo photos shipped with scikit-image).
 """
 
+import functools
 import hashlib
 import json
 import math
@@ -21,6 +22,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
+from degradations import Degradations
 from images import load_image
 from outputs import WriteError, atomic_path
 from utils import IMAGE_EXTENSIONS, ImageLoadError, ImageTransforms, UserError, convert_image, random_crop
@@ -313,6 +315,9 @@ class TrainingBatches:
         paths = read_image_list(list_path)
         check_listed_files(list_path, paths)
         cache, why = choose_image_cache(run, list_path, paths)
+        # --degrade: batch k of the run (counted over every DDP process) degraded as drawn from (--seed, k)
+        self.degradations = Degradations(args.degrade, seed=args.seed)
+        self.batch_key, self.world_size = run.start_iteration * run.world_size + run.rank, run.world_size
         self.pillow_flag = '--blur-sigma' if args.blur_sigma > 0 else '--pillow-lr' if args.pillow_lr else None
         pillow = ImageTransforms('train', args.crop_size, args.scaling_factor, 'imagenet-norm', '[-1, 1]',
                                  args.blur_sigma, args.augment) if self.pillow_flag else None
@@ -335,8 +340,10 @@ class TrainingBatches:
 
     def __next__(self):
         item = _next_item(self.loader)
+        degrade = functools.partial(self.degradations, key=self.batch_key) if self.degradations else None
+        self.batch_key += self.world_size
         lr_imgs, hr_imgs = item if self.pillow_flag else to_batch(item, self.device, self.args.scaling_factor,
-                                                                  self.args.augment)
+                                                                  self.args.augment, degrade)
         return (lr_imgs.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format),
                 hr_imgs.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format))
 
@@ -348,14 +355,17 @@ class TrainingBatches:
             shutdown_workers()
 
 
-def to_batch(item, device, scaling_factor, augment):
+def to_batch(item, device, scaling_factor, augment, degrade=None):
     """The loader's (uint8 HR crops (N, crop, crop, 3), flip/rotation codes (N,)) -> (lr_imgs, hr_imgs) made on
-    `device`: one transfer of uint8, then the augmentation and the LR of the whole batch."""
+    `device`: one transfer of uint8, then the augmentation and the LR of the whole batch; degrade(lr_imgs) -> the
+    LR degraded as real photos are (--degrade: degradations.py)."""
     hr_crops, codes = item
     hr_imgs = hr_crops.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, c, c) in [0, 1]
     if augment:
         hr_imgs = transpose_batch(hr_imgs, codes)
     lr_imgs = downsample_batch(hr_imgs, scaling_factor)  # (N, 3, c / s, c / s) in [0, 1], 8-bit values
+    if degrade is not None:
+        lr_imgs = degrade(lr_imgs)  # the same, blurred, resized, noisy, JPEG-compressed
     return convert_image(lr_imgs, '[0, 1]', 'imagenet-norm'), convert_image(hr_imgs, '[0, 1]', '[-1, 1]')
 
 

@@ -49,6 +49,7 @@ from tqdm import tqdm
 from checkpoints import CheckpointError, load_checkpoint
 from datasets import (DEMO_TEST_IMAGES, TEST_LIST_SUFFIX, VAL_SET, demo_images, find_images, folder_name,
                       read_image_list, test_set_names)
+from degradations import DEGRADE_HELP, Degradations, degrade_flag
 from inference import DEFAULT_TILE, DEFAULT_TILE_OVERLAP, MIN_TILE, MIN_TILE_OVERLAP, Upscaler, load_generator, tiling
 from images import read_image, to_rgb8
 from metrics import LR_KERNELS, PROTOCOLS, bicubic_upscale, evaluate_image, make_test_pair
@@ -74,13 +75,32 @@ class Model:
     saved: bool = True  # False: bicubic added by --html for the page, measured and shown but not written to --save-dir
 
 
-class TestImages(Dataset):
-    """The HR images of one test set -> dicts: path, lr_img (3, H / s, W / s) uint8, hr_img (3, H, W) uint8 (as the
-    protocol makes them: metrics.make_test_pair), gray (the file was single-channel); or, for a file that cannot be
-    used, its path and the reason (reported by the main process as one line rather than as a worker's traceback)."""
+@dataclasses.dataclass(frozen=True)
+class TestPairs:
+    """How a test image becomes its (LR, HR) pair: as the protocol crops it (metrics.PROTOCOLS), the LR made by
+    lr_kernel (None: the protocol's), then degraded (--degrade, degradations.py; 'none': left as made; image i of a
+    set by key i, so every run degrades it the same way)."""
+    protocol: str = 'paper'
+    lr_kernel: str | None = None
+    degrade: str = 'none'
 
-    def __init__(self, paths, scaling_factor, lr_kernel, protocol):
-        self.paths, self.scaling_factor, self.lr_kernel, self.protocol = paths, scaling_factor, lr_kernel, protocol
+    def __post_init__(self):
+        object.__setattr__(self, 'lr_kernel', self.lr_kernel or PROTOCOLS[self.protocol].lr_kernel)
+
+    def describe(self):
+        """How the LR images were made, in words (the notes above the table)."""
+        degraded = '' if self.degrade == 'none' else f', then degraded by --degrade {self.degrade} (seeded)'
+        return f'{LR_KERNELS[self.lr_kernel]} of the HR{degraded}'
+
+
+class TestImages(Dataset):
+    """The HR images of one test set -> dicts: path, lr_img (3, H / s, W / s) uint8, hr_img (3, H, W) uint8 (as
+    `pairs`, a TestPairs, makes them), gray (the file was single-channel); or, for a file that cannot be used, its
+    path and the reason (reported by the main process as one line rather than as a worker's traceback)."""
+
+    def __init__(self, paths, scaling_factor, pairs):
+        self.paths, self.scaling_factor, self.pairs = paths, scaling_factor, pairs
+        self.degradations = Degradations(pairs.degrade)
 
     def __len__(self):
         return len(self.paths)
@@ -92,11 +112,13 @@ class TestImages(Dataset):
         except ImageLoadError as e:
             return {'path': path, 'error': str(e)}
         img = to_rgb8(loaded)  # PIL RGB, 8 bits per channel
-        min_side = PROTOCOLS[self.protocol].min_side(s)
+        min_side = PROTOCOLS[self.pairs.protocol].min_side(s)
         if min(img.width, img.height) < min_side:
             return {'path': path, 'error': f'{path}: {img.width}x{img.height} is too small to measure at x{s} '
                                            f'(it needs {min_side} px a side)'}
-        lr_img, hr_img = make_test_pair(img, s, self.protocol, self.lr_kernel)
+        lr_img, hr_img = make_test_pair(img, s, self.pairs.protocol, self.pairs.lr_kernel)
+        if self.degradations:
+            lr_img = self.degradations.uint8(lr_img, key=i)  # (3, H / s, W / s) uint8, as a saved LR image
         return {'path': path, 'lr_img': lr_img, 'hr_img': hr_img, 'gray': loaded.gray}
 
 
@@ -214,29 +236,29 @@ def test_sets_to_run(args):
     return [(name, list({os.path.abspath(p): p for p in paths}.values())) for name, paths in sets], list_paths
 
 
-def evaluate(models, test_sets, protocol='paper', lr_kernel=None, workers=0, on_result=None):
-    """Run every model over every test set under `protocol` (metrics.PROTOCOLS), the LR made by lr_kernel (None: the
-    protocol's). Returns one row per (model, image): dicts with model, kind, scale, protocol, lr_kernel, image (its
+def evaluate(models, test_sets, pairs=TestPairs(), workers=0, on_result=None):
+    """Run every model over every test set, its images made into (LR, HR) pairs as `pairs` (a TestPairs) says.
+    Returns one row per (model, image): dicts with model, kind, scale, protocol, lr_kernel, degrade, image (its
     name among the set's, see image_names), psnr, ssim, seconds (inference time of that image), dataset, and
     skipped: why the image could not be evaluated ('' when it was; psnr, ssim and seconds are then None).
     on_result(row, sr_img, hr_img): called for each image evaluated, with its SR image (3, H, W) in [-1, 1] and the
     HR (3, H, W) uint8 (--save-dir, --html).
     A model that loaded but fails to run (an .onnx whose runner refuses the input: CheckpointError, UserError) is
     not run again: model.failure says why, and its rows are left out, as a checkpoint that cannot be loaded is."""
-    rows, lr_kernel = [], lr_kernel or PROTOCOLS[protocol].lr_kernel
+    rows = []
     for model in models:  # warm up (allocations, kernel choice), so that the first image is timed fairly
         if model.upscaler is not None:
             run_or_fail(model, 'a 16x16 image', model.upscaler.upscale, torch.zeros(3, 16, 16))
     for dataset_name, paths in test_sets:
         names = dict(zip(paths, image_names(paths)))
         for s in sorted({m.scaling_factor for m in models}):  # one pass over the images per scale
-            dataset = TestImages(paths, s, lr_kernel, protocol)
+            dataset = TestImages(paths, s, pairs)
             loader = DataLoader(dataset, batch_size=None, num_workers=workers)  # one image at a time, any size
             for item in tqdm(loader, total=len(dataset), desc=f'{dataset_name} x{s}', unit='img', leave=False,
                              disable=None):
                 for model in [m for m in models if m.scaling_factor == s and m.failure is None]:
                     result = run_or_fail(model, item['path'], evaluate_item, model, item, names[item['path']], s,
-                                         protocol, lr_kernel)
+                                         pairs)
                     if result is None:
                         continue
                     row, sr_img = result
@@ -266,24 +288,26 @@ def image_names(paths):
     return [names[Path(path)] for path in paths]
 
 
-def evaluate_item(model, item, name, s, protocol, lr_kernel):
-    """One model on one test image (a TestImages item, called `name` in the results) -> (row without the dataset,
-    SR image in [-1, 1]); for an image that could not be read, a row without numbers and no SR image."""
-    row = {'model': model.label, 'kind': model.kind, 'scale': s, 'protocol': protocol, 'lr_kernel': lr_kernel,
-           'image': name, 'psnr': None, 'ssim': None, 'seconds': None}
+def evaluate_item(model, item, name, s, pairs):
+    """One model on one test image (a TestImages item, called `name` in the results, made as `pairs` says) -> (row
+    without the dataset, SR image in [-1, 1]); for an image that could not be read, a row without numbers and no SR
+    image."""
+    row = {'model': model.label, 'kind': model.kind, 'scale': s, 'protocol': pairs.protocol,
+           'lr_kernel': pairs.lr_kernel, 'degrade': pairs.degrade, 'image': name, 'psnr': None, 'ssim': None,
+           'seconds': None}
     if 'error' in item:
         return row, None
     lr_img, hr_img = item['lr_img'], item['hr_img']  # (3, h, w), (3, h * s, w * s) uint8
     start = time.perf_counter()
     if model.upscaler is None:
-        sr_img = bicubic_upscale(lr_img, s, lr_kernel)  # (3, H, W) in [-1, 1]
+        sr_img = bicubic_upscale(lr_img, s, pairs.lr_kernel)  # (3, H, W) in [-1, 1]
     else:
         lr_input = convert_image(lr_img.float(), '[0, 255]', 'imagenet-norm')
         # on out-of-memory the tile is halved for the rest of this image (a note says so)
         sr_img = model.upscaler.upscale(lr_input, on_retry=lambda message: tqdm.write(
             f'note: {item["path"]}: {message}', file=sys.stderr))
     row['seconds'] = time.perf_counter() - start  # upscale returns on the CPU: GPU work done
-    psnr, ssim = evaluate_image(sr_img, convert_image(hr_img.double(), '[0, 255]', '[-1, 1]'), s, protocol,
+    psnr, ssim = evaluate_image(sr_img, convert_image(hr_img.double(), '[0, 255]', '[-1, 1]'), s, pairs.protocol,
                                 gray=item['gray'])
     row['psnr'], row['ssim'] = psnr.item(), ssim.item()
     return row, sr_img
@@ -405,6 +429,11 @@ def parse_args(argv=None):
     parser.add_argument('--lr-kernel', choices=sorted(LR_KERNELS), default=None,
                         help="how LR images are made from HR ones (and how bicubic upscales them) [default: the "
                              "protocol's: matlab with --protocol paper, pillow with --protocol tutorial]")
+    parser.add_argument('--degrade', type=degrade_flag, default='none', metavar='SPEC',
+                        help='degrade each LR image as real photos are, e.g. jpeg:75 (saved as JPEG at quality 75), '
+                             'seeded: image i of a set the same way in every run (degradations.py): '
+                             + DEGRADE_HELP.replace('%', '%%') + ". The paper's numbers are then left out of the "
+                             'table (they are for clean LR)')
     parser.add_argument('--scale', type=int, choices=[2, 3, 4, 8], default=None,
                         help="bicubic's upscaling factor [default: the first checkpoint's, else 4]; checkpoints "
                              'always run at their own scale')
@@ -439,7 +468,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    lr_kernel = args.lr_kernel or PROTOCOLS[args.protocol].lr_kernel
+    pairs = TestPairs(args.protocol, args.lr_kernel, args.degrade)
     test_sets, list_paths = test_sets_to_run(args)
     names = list(dict.fromkeys(args.models or default_models()))
     bicubic_named = 'bicubic' in names
@@ -467,7 +496,7 @@ def main(argv=None):
         if page is not None:
             page.add(row, sr_img, hr_img)
 
-    rows = evaluate(models, test_sets, args.protocol, lr_kernel, args.workers, on_result)
+    rows = evaluate(models, test_sets, pairs, args.workers, on_result)
     model_problems += [m.failure for m in models if m.failure is not None]
     models = [m for m in models if m.failure is None]
     if not models:
@@ -476,11 +505,11 @@ def main(argv=None):
     # stdout: the results alone (python eval.py > table.md); notes and errors go to stderr
     precision = f'autocast {str(amp_dtype).split(".")[-1]}' if amp_dtype else 'fp32'
     notes = [f'Protocol {args.protocol}: {PROTOCOLS[args.protocol].description}.',
-             f'LR images: {LR_KERNELS[lr_kernel]} of the HR; device {device}, {precision}.']
+             f'LR images: {pairs.describe()}; device {device}, {precision}.']
     if args.self_ensemble:
         notes.append("Self-ensemble: the rows marked '+ self-ensemble' average the model over the 8 flips and "
                      'rotations of each LR image (EDSR+); the others are the model alone.')
-    table = markdown_table(models, columns, rows, args.protocol, lr_kernel)
+    table = markdown_table(models, columns, rows, pairs)
     print('\n'.join(notes) + '\n')
     print(table)
     if page is not None:

@@ -58,11 +58,13 @@ ENSEMBLE_MARK = ' + self-ensemble'  # ends the label of a model's self-ensemble 
 SET_ALIASES = {'set5': 'Set5', 'set14': 'Set14', 'bsd100': 'BSD100', 'b100': 'BSD100', 'bsds100': 'BSD100'}
 
 
-def markdown_table(models, columns, rows, protocol, lr_kernel):
-    """columns: (test set name, the standard set it holds or None), one per column. Mean PSNR / SSIM per model and
-    test set, a mean over fewer images than the set holds marked '(n of N images)'; then the published numbers for
-    the kinds of model present, in the columns of the standard test sets."""
+def markdown_table(models, columns, rows, pairs):
+    """columns: (test set name, the standard set it holds or None), one per column; pairs: eval.TestPairs, how the
+    LR images were made. Mean PSNR / SSIM per model and test set, a mean over fewer images than the set holds marked
+    '(n of N images)'; then the published numbers for the kinds of model present, in the columns of the standard
+    test sets (not for degraded LR: they were measured on clean LR)."""
     names = [name for name, _ in columns]
+    degraded = '' if pairs.degrade == 'none' else f', --degrade {pairs.degrade}'
     lines = [f'| model | scale | {" | ".join(f"{name} PSNR / SSIM" for name in names)} | s / image | measured by |',
              '|---|---|' + '---|' * len(names) + '---|---|']
     for model in models:
@@ -72,8 +74,11 @@ def markdown_table(models, columns, rows, protocol, lr_kernel):
         ensemble = model.upscaler is not None and model.upscaler.self_ensemble
         by = 'this eval.py' + (' --self-ensemble (the mean over 8 flips / rotations)' if ensemble else '')
         lines.append(f'| {row_label(model)} | x{model.scaling_factor} | {cells} | '
-                     f'{f"{np.mean(seconds):.3f}" if seconds else "-"} | {by}, --protocol {protocol}, {lr_kernel} LR |')
-    return '\n'.join(lines + published_rows(models, [standard for _, standard in columns], protocol))
+                     f'{f"{np.mean(seconds):.3f}" if seconds else "-"} | {by}, --protocol {pairs.protocol}, '
+                     f'{pairs.lr_kernel} LR{degraded} |')
+    if pairs.degrade != 'none':
+        return '\n'.join(lines)
+    return '\n'.join(lines + published_rows(models, [standard for _, standard in columns], pairs.protocol))
 
 
 def row_label(model):

@@ -29,6 +29,7 @@ from checkpoints import (BEST_CHECKPOINT_FILE, CHECKPOINT_FILE, TrainingState, r
                          restore_run, resume_from)
 from datasets import (CACHE_FILE, CACHE_RAM_FRACTION, TEST_LIST_SUFFIX, TRAIN_LIST, VAL_SET, DataListError,
                       TrainingBatches, check_listed_files, default_workers, read_image_list, test_set_names)
+from degradations import DEGRADE_HELP, degrade_flag
 from monitor import Monitor, SittingClock, StopSignals, last_good_state
 from outputs import OutputPlan, WriteError
 from utils import UserError, autocast_dtype, number, pick_device, seed_everything
@@ -65,6 +66,10 @@ def training_argument_parser(description, output_dir, iterations, lr_decay_at):
     add('--scaling-factor', type=int, default=4, choices=[2, 4, 8], help='upscaling factor')
     add('--blur-sigma', type=number(float, minimum=0), default=0.0,
         help='Gaussian blur (sigma in HR pixels) before bicubic downsampling; 0: none, as the paper')
+    add('--degrade', type=degrade_flag, default='none', metavar='SPEC',
+        help='degrade the LR of each training pair as real photos are (not in the paper; README, Real photos and '
+             'video); validation degrades its LR the same way, each image as eval.py --degrade does: '
+             + DEGRADE_HELP.replace('%', '%%') + '; may be changed when resuming')
     add('--pillow-lr', action='store_true',
         help="make each LR with Pillow, one sample at a time (SRDataset's way, the reference; slower): by default the "
              "LR of a whole batch is made on the training device, within rounding of Pillow's")
@@ -230,6 +235,9 @@ def setup_run(args, kind):
     if args.deterministic:
         make_deterministic()  # before anything starts CUDA
     OutputPlan().folder(args.output_dir, '--output-dir')  # a file there, a name too long: said before anything else
+    if args.degrade != 'none' and (args.pillow_lr or args.blur_sigma > 0):
+        raise UserError(f'--degrade works on the LR made on the training device; leave out '
+                        f'{"--pillow-lr" if args.pillow_lr else "--blur-sigma"} (--degrade blur:SIGMA blurs the LR)')
     if args.crop_size % args.scaling_factor:
         raise UserError(f'--crop-size {args.crop_size} must be divisible by --scaling-factor {args.scaling_factor}')
     val_set = choose_val_set(args.data_folder, args.val_set)

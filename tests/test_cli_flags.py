@@ -166,6 +166,22 @@ def test_eval_prints_the_published_rows_for_standard_test_sets(shared_data, bird
     assert '(paper)' not in bird.stdout and 'note: Set5 is not the standard Set5' in bird.stderr
 
 
+
+def test_eval_degrade_measures_every_model_on_the_same_degraded_lr_every_run(shared_data, evaluate):
+    """--degrade jpeg:75: each LR saved as JPEG at quality 75 before any model (bicubic too) sees it, seeded, so a
+    second run gives the same numbers; the paper's rows, measured on clean LR, are left out."""
+    clean, clean_rows, _ = evaluate('bicubic', '--test-folders', shared_data / 'Set5')
+    q75, q75_rows, _ = evaluate('bicubic', '--test-folders', shared_data / 'Set5', '--degrade', 'jpeg:75')
+    again, again_rows, _ = evaluate('bicubic', '--test-folders', shared_data / 'Set5', '--degrade=jpeg:75')
+    assert {row['degrade'] for row in q75_rows} == {'jpeg:75'} and {row['degrade'] for row in clean_rows} == {'none'}
+    assert mean(q75_rows) == pytest.approx(27.47, abs=0.01)  # from 28.42 on clean LR
+    assert [row['psnr'] for row in again_rows] == [row['psnr'] for row in q75_rows]
+    assert '(paper)' in clean.stdout and '(paper)' not in q75.stdout
+    assert 'then degraded by --degrade jpeg:75 (seeded)' in q75.stderr + q75.stdout
+    assert '--degrade jpeg:75 |' in q75.stdout  # the table's row says how its LR was made
+    bad = cli('eval.py', 'bicubic', '--test-folders', shared_data / 'Set5', '--degrade', 'jpeg:101', check=False)
+    assert bad.returncode == 2 and "argument --degrade: 'jpeg:101': jpeg takes 1 <= LOW" in bad.stderr
+
 def test_eval_protocol_tutorial(shared_data, bird_set5, evaluate):
     _, paper, _ = evaluate('bicubic', '--test-folders', shared_data / 'Set5')
     _, tutorial, _ = evaluate('bicubic', '--test-folders', shared_data / 'Set5', '--protocol', 'tutorial')

@@ -260,7 +260,7 @@ def test_each_protocol_makes_the_same_test_images_and_numbers(protocol, lr_kerne
     assert [n.item() for n in numbers] == pytest.approx([psnr, ssim], abs=1e-6)
     # and eval.py's test images are these
     Image.fromarray(_photo(70, 95).permute(1, 2, 0).numpy()).save(tmp_path / 'photo.png')
-    item = eval_py.TestImages([str(tmp_path / 'photo.png')], s, lr_kernel, protocol)[0]
+    item = eval_py.TestImages([str(tmp_path / 'photo.png')], s, eval_py.TestPairs(protocol, lr_kernel))[0]
     assert torch.equal(item['lr_img'], lr_img) and torch.equal(item['hr_img'], hr_img)
 
 
@@ -279,7 +279,7 @@ def test_set5_bicubic_baseline_matches_the_literature(shared_data):
     assert len(paths) == 5
     bicubic = [eval_py.Model('bicubic', 'bicubic', 4)]
     for lr_kernel, expected in (('matlab', 28.42), ('pillow', 28.43)):  # literature (MATLAB); ../shared README
-        rows = eval_py.evaluate(bicubic, [('Set5', paths)], 'paper', lr_kernel)
+        rows = eval_py.evaluate(bicubic, [('Set5', paths)], eval_py.TestPairs('paper', lr_kernel))
         psnr, ssim = np.mean([r['psnr'] for r in rows]), np.mean([r['ssim'] for r in rows])
         assert psnr == pytest.approx(expected, abs=0.02), lr_kernel
         assert ssim == pytest.approx(0.8104, abs=0.002), lr_kernel  # the literature's 0.8104 (MATLAB ssim_index)

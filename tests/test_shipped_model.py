@@ -41,7 +41,7 @@ def test_each_shipped_file_is_an_fp32_srresnet_state_dict_of_its_scale(scale):
 def test_each_shipped_model_scores_what_its_card_says(shared_data, dataset, scale):
     model = eval_py.Model('shipped', 'srresnet', scale, Upscaler.for_model(load_generator(shipped_model(scale))))
     paths = sorted(str(p) for p in (shared_data / dataset).glob('*.png'))
-    rows = eval_py.evaluate([model], [(dataset, paths)], 'paper', 'matlab')
+    rows = eval_py.evaluate([model], [(dataset, paths)], eval_py.TestPairs('paper', 'matlab'))
     psnr, ssim = np.mean([r['psnr'] for r in rows]), np.mean([r['ssim'] for r in rows])
     assert psnr == pytest.approx(CARDS[scale][dataset][0], abs=0.01)
     assert ssim == pytest.approx(CARDS[scale][dataset][1], abs=0.0001)
