@@ -38,7 +38,7 @@ STAGES = {
 }
 # the preset of --degrade real: mostly JPEG, at the qualities of web images and video frames; now and then a
 # little blur, a resize, noise; about one image in eleven stays clean
-PRESETS = {'none': '', 'real': 'blur:0.2-0.8@0.2,resize:0.6-1@0.2,noise:1-6@0.2,poisson:200-2000@0.1,jpeg:30-95@0.8'}
+PRESETS = {'none': '', 'real': 'blur:0.2-0.8@0.2,resize:0.6-1@0.2,noise:1-6@0.2,poisson:500-5000@0.1,jpeg:30-95@0.8'}
 
 
 @dataclasses.dataclass(frozen=True)
