@@ -117,7 +117,8 @@ def test_images_the_cache_cannot_decode_are_one_line_naming_the_first_and_how_ma
 def _run(data_folder, output_dir, **flags):
     """A Run with the flags TrainingBatches reads."""
     args = dict(data_folder=str(data_folder), output_dir=str(output_dir), crop_size=48, scaling_factor=4,
-                blur_sigma=0.0, augment=True, image_cache='auto', workers=None, seed=3, batch_size=4, pillow_lr=False)
+                blur_sigma=0.0, augment=True, image_cache='auto', workers=None, seed=3, batch_size=4, pillow_lr=False,
+                degrade='none')
     return training.Run(argparse.Namespace(**{**args, **flags}), 'srresnet', torch.device('cpu'), None)
 
 
@@ -207,3 +208,16 @@ def test_compile_on_without_a_compiler_is_one_line_before_any_work(device, neede
     expected = f'^--compile on: no compiler for {device} here \\(it needs {re.escape(needed)}.*\\); install it, or '
     with pytest.raises(UserError, match=expected + 'pass --compile off$'):
         training.choose_compile(training.Run(args, 'srresnet', torch.device(device), None))
+
+
+def test_degraded_batches_keep_the_hr_crops_and_resume_on_the_same_degradations(demo_data, tmp_path):
+    """--degrade changes the LR alone: the same HR crops (its draws take nothing from the data stream's), an LR
+    that differs; a stream resumed at batch 2 degrades it as the uninterrupted one did."""
+    clean = _batches(_run(demo_data, tmp_path))
+    degraded = _batches(_run(demo_data, tmp_path, degrade='jpeg:20'))
+    for (lr_c, hr_c), (lr_d, hr_d) in zip(clean, degraded):
+        assert torch.equal(hr_c, hr_d) and lr_d.shape == lr_c.shape and not torch.equal(lr_c, lr_d)
+    resumed_run = _run(demo_data, tmp_path, degrade='real')
+    resumed_run.checkpoint = {'iteration': 2}
+    whole = _batches(_run(demo_data, tmp_path, degrade='real'))
+    assert all(torch.equal(a, b) for a, b in zip(_batches(resumed_run, n=1)[0], whole[2]))
