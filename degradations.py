@@ -63,7 +63,7 @@ def parse_degrade(spec):
         try:
             stage = Stage(name, float(low), float(high if dash else low), float(p or 1))
         except ValueError:
-            example = next(p for p in PRESETS['real'].split(',') if p.startswith(name))
+            example = next(s for s in PRESETS['real'].split(',') if s.startswith(f'{name}:'))
             raise ValueError(f'{part!r}: write {name}:VALUE or {name}:LOW-HIGH, and @P for a chance, e.g. '
                              f'{example}') from None
         minimum, maximum = STAGES[name][1:]
