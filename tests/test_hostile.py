@@ -7,6 +7,7 @@ never a traceback; every file that was there before is byte-identical afterwards
 output never lands on another's path. Scripts run in this process as their __main__ (conftest.cli), so the table runs
 in well under a minute."""
 
+import csv
 import hashlib
 import itertools
 import json
@@ -214,8 +215,8 @@ def test_eval_writes_one_file_per_image_and_model(names, sandbox):
     code, err = run(eval_script, argv, sandbox)
     assert code == 0, err
     with open(sandbox / 'rows.csv') as f:
-        rows = f.read().splitlines()[1:]
-    images = {row.split(',')[5] for row in rows}  # model, kind, scale, protocol, lr_kernel, image, ...
+        rows = list(csv.DictReader(f))
+    images = {row['image'] for row in rows}
     assert len(images) == len(names), rows
     n_models = 3  # bicubic (added by --html) and the two checkpoints
     assert len(rows) == len(names) * n_models

@@ -58,7 +58,9 @@ def script_parsers():
             'create_data_lists': create_data_lists.main}
 
 
-TEXT_FLAGS = {'--ext'}  # typed flags that take text, not a number: test_an_extension_is_checked_when_parsed
+# typed flags that take text, not a number: test_an_extension_is_checked_when_parsed, and --degrade's stages
+# (tests/test_degradations.py)
+TEXT_FLAGS = {'--ext', '--degrade'}
 
 
 def test_an_extension_is_checked_when_parsed():
