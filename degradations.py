@@ -75,6 +75,11 @@ def parse_degrade(spec):
     return tuple(stages)
 
 
+def degrades(spec):
+    """Whether `spec` changes an image at all: not 'none', '', nor only stages of chance 0."""
+    return any(stage.p > 0 for stage in parse_degrade(spec))
+
+
 def degrade_flag(text):
     """argparse's type for --degrade: the text as given, once parse_degrade accepts it."""
     try:

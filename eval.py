@@ -49,7 +49,7 @@ from tqdm import tqdm
 from checkpoints import CheckpointError, load_checkpoint
 from datasets import (DEMO_TEST_IMAGES, TEST_LIST_SUFFIX, VAL_SET, demo_images, find_images, folder_name,
                       read_image_list, test_set_names)
-from degradations import DEGRADE_HELP, Degradations, degrade_flag
+from degradations import DEGRADE_HELP, Degradations, degrade_flag, degrades
 from inference import DEFAULT_TILE, DEFAULT_TILE_OVERLAP, MIN_TILE, MIN_TILE_OVERLAP, Upscaler, load_generator, tiling
 from images import read_image, to_rgb8
 from metrics import LR_KERNELS, PROTOCOLS, bicubic_upscale, evaluate_image, make_test_pair
@@ -89,7 +89,7 @@ class TestPairs:
 
     def describe(self):
         """How the LR images were made, in words (the notes above the table)."""
-        degraded = '' if self.degrade == 'none' else f', then degraded by --degrade {self.degrade} (seeded)'
+        degraded = '' if not degrades(self.degrade) else f', then degraded by --degrade {self.degrade} (seeded)'
         return f'{LR_KERNELS[self.lr_kernel]} of the HR{degraded}'
 
 

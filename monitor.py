@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from checkpoints import BEST_CHECKPOINT_FILE, CHECKPOINT_FILE, load_checkpoint, save_run
 from datasets import SRDataset
-from degradations import DegradedLR, Degradations
+from degradations import DegradedLR, Degradations, degrades
 from inference import Upscaler
 from metrics import evaluate_image
 from outputs import WriteError, atomic_path
@@ -43,7 +43,7 @@ class Monitor:
             self.val_dataset = SRDataset(args.data_folder, 'test', args.crop_size, args.scaling_factor,
                                          'imagenet-norm', '[-1, 1]', test_data_name=run.val_set,
                                          blur_sigma=args.blur_sigma)
-            if args.degrade != 'none':  # degraded as eval.py --degrade degrades its test images
+            if degrades(args.degrade):  # degraded as eval.py --degrade degrades its test images
                 self.val_dataset = DegradedLR(self.val_dataset, Degradations(args.degrade))
         self.log = TrainingLog(args.output_dir, run.start_iteration) if run.is_main else None
         self.bar = tqdm(total=args.iterations, initial=run.start_iteration, disable=not run.is_main,

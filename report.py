@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from degradations import degrades
 from images import load_image
 from outputs import file_names
 from utils import ImageLoadError, convert_image, crop_to_multiple
@@ -64,7 +65,7 @@ def markdown_table(models, columns, rows, pairs):
     '(n of N images)'; then the published numbers for the kinds of model present, in the columns of the standard
     test sets (not for degraded LR: they were measured on clean LR)."""
     names = [name for name, _ in columns]
-    degraded = '' if pairs.degrade == 'none' else f', --degrade {pairs.degrade}'
+    degraded = '' if not degrades(pairs.degrade) else f', --degrade {pairs.degrade}'
     lines = [f'| model | scale | {" | ".join(f"{name} PSNR / SSIM" for name in names)} | s / image | measured by |',
              '|---|---|' + '---|' * len(names) + '---|---|']
     for model in models:
@@ -76,7 +77,7 @@ def markdown_table(models, columns, rows, pairs):
         lines.append(f'| {row_label(model)} | x{model.scaling_factor} | {cells} | '
                      f'{f"{np.mean(seconds):.3f}" if seconds else "-"} | {by}, --protocol {pairs.protocol}, '
                      f'{pairs.lr_kernel} LR{degraded} |')
-    if pairs.degrade != 'none':
+    if degrades(pairs.degrade):
         return '\n'.join(lines)
     return '\n'.join(lines + published_rows(models, [standard for _, standard in columns], pairs.protocol))
 

@@ -29,7 +29,7 @@ from checkpoints import (BEST_CHECKPOINT_FILE, CHECKPOINT_FILE, TrainingState, r
                          restore_run, resume_from)
 from datasets import (CACHE_FILE, CACHE_RAM_FRACTION, TEST_LIST_SUFFIX, TRAIN_LIST, VAL_SET, DataListError,
                       TrainingBatches, check_listed_files, default_workers, read_image_list, test_set_names)
-from degradations import DEGRADE_HELP, degrade_flag
+from degradations import DEGRADE_HELP, degrade_flag, degrades
 from monitor import Monitor, SittingClock, StopSignals, last_good_state
 from outputs import OutputPlan, WriteError
 from utils import UserError, autocast_dtype, number, pick_device, seed_everything
@@ -235,7 +235,7 @@ def setup_run(args, kind):
     if args.deterministic:
         make_deterministic()  # before anything starts CUDA
     OutputPlan().folder(args.output_dir, '--output-dir')  # a file there, a name too long: said before anything else
-    if args.degrade != 'none' and (args.pillow_lr or args.blur_sigma > 0):
+    if degrades(args.degrade) and (args.pillow_lr or args.blur_sigma > 0):
         raise UserError(f'--degrade works on the LR made on the training device; leave out '
                         f'{"--pillow-lr" if args.pillow_lr else "--blur-sigma"} (--degrade blur:SIGMA blurs the LR)')
     if args.crop_size % args.scaling_factor:

@@ -47,6 +47,8 @@ def test_every_stage_parses_and_every_malformed_stage_is_one_line_naming_it():
         with pytest.raises(argparse.ArgumentTypeError):
             degrade_flag(spec)
     assert degrade_flag('real') == 'real'
+    assert [degradations.degrades(spec) for spec in ('none', '', 'jpeg:75@0', 'jpeg:75', 'real')] == \
+        [False, False, False, True, True]
 
 
 def test_the_draws_depend_on_seed_and_key_alone_and_the_output_is_an_8_bit_image():
