@@ -36,8 +36,7 @@ CHECKPOINT_EXTENSIONS = ('.pt', '.pth')  # what convert and export write (torch.
 CHECKPOINT_FILE, BEST_CHECKPOINT_FILE = 'last.pt', 'best.pt'  # a training run's, in its --output-dir
 # flags that may differ when resuming; a run continued with another value of one of these is noted as such
 NOTED_ON_RESUME = ('batch_size', 'crop_size', 'seed', 'lr', 'beta1', 'lr_decay_at', 'lr_schedule', 'blur_sigma',
-                   'augment', 'no_amp', 'ema_decay', 'pixel_loss',
-                   'degrade')
+                   'augment', 'no_amp', 'ema_decay', 'pixel_loss', 'degrade')
 
 
 class CheckpointError(UserError, ValueError):

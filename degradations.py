@@ -77,7 +77,7 @@ def parse_degrade(spec):
 
 def degrades(spec):
     """Whether `spec` changes an image at all: not 'none', '', nor only stages of chance 0."""
-    return any(stage.p > 0 for stage in parse_degrade(spec))
+    return bool(Degradations(spec))
 
 
 def degrade_flag(text):
@@ -102,8 +102,8 @@ class Degradations:
     def __init__(self, spec, seed=0):
         self.spec, self.stages, self.seed = spec, parse_degrade(spec), seed
 
-    def __bool__(self):
-        return bool(self.stages)
+    def __bool__(self):  # whether it changes an image at all (degrades)
+        return any(stage.p > 0 for stage in self.stages)
 
     def __call__(self, lr_imgs, key):
         """(N, 3, h, w) in [0, 1] -> the same shape, degraded, rounded to 8-bit values. key: an int >= 0 that names

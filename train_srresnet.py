@@ -46,8 +46,8 @@ def get_args(argv=None):
                              'resuming')
     # the architecture (the paper's; fewer blocks make quick experiments and tests cheaper)
     parser.add_argument('--pixel-loss', choices=list(PIXEL_LOSSES), default='mse',
-                        help="the loss between SR and HR pixels: mse (the paper's) or l1 (EDSR's; not the paper's; "
-                             "README, Training on a budget)")
+                        help="the loss between SR and HR pixels: mse (the paper's) or l1 (EDSR's, Lim et al. 2017; "
+                             "not the paper's)")
     parser.add_argument('--n-blocks', type=number(int, minimum=1), default=16, help='residual blocks')
     parser.add_argument('--n-channels', type=number(int, minimum=1), default=64, help='channels of the residual blocks')
     parser.add_argument('--trunk-from', default=None, metavar='CHECKPOINT',
