@@ -1,5 +1,6 @@
 """
-torch.hub entry points: the shipped SRResNets (weights/srresnet_x2.pt, _x4.pt, _x8.pt) in one line.
+torch.hub entry points: the shipped SRResNets (weights/srresnet_x2.pt, _x4.pt, _x8.pt, and _x4_real.pt for
+compressed photos and video frames: real=True) in one line.
 
     import torch
     model = torch.hub.load('path/to/this/checkout', 'srresnet', scale=4, source='local')  # offline
@@ -17,23 +18,24 @@ import utils
 dependencies = ['torch', 'torchvision', 'PIL', 'numpy']  # what torch.hub checks before importing this file
 
 
-def srresnet(scale=4, pretrained=True, device='cpu'):
-    """The paper's SRResNet for x2, x4 or x8, in eval mode on `device`: the shipped weights, or random ones
-    (pretrained=False, to train). It takes (N, 3, h, w) ImageNet-normalised LR images and returns (N, 3, h * s,
+def srresnet(scale=4, pretrained=True, device='cpu', real=False):
+    """The paper's SRResNet for x2, x4 or x8, in eval mode on `device`: the shipped weights (real=True: the x4
+    trained on degraded LR, for JPEG photos and video frames), or random ones (pretrained=False, to train). It takes (N, 3, h, w) ImageNet-normalised LR images and returns (N, 3, h * s,
     w * s) in [-1, 1], as the tutorial's SRResNet does (utils.convert_image converts both ways)."""
-    _check_scale(scale)
+    _check_scale(scale, real)
     if not pretrained:
         return models.SRResNet(scaling_factor=scale).to(device).eval()
-    return inference.load_generator(inference.shipped_model(scale), device)
+    return inference.load_generator(inference.shipped_model(scale, real), device)
 
 
-def upscaler(scale=4, device='cpu', tile=inference.DEFAULT_TILE):
-    """A function PIL image -> PIL image `scale` times larger, through the shipped SRResNet of that scale, tiled
+def upscaler(scale=4, device='cpu', tile=inference.DEFAULT_TILE, real=False):
+    """A function PIL image -> PIL image `scale` times larger, through the shipped SRResNet of that scale (real=True:
+    the one for compressed photos and video frames), tiled
     (`tile` LR pixels a side; None for the whole image at once) so any size fits in memory. 8-bit RGB and grayscale
     in and out; other modes are converted to RGB (super_resolve.py keeps alpha, 16 bits and colour profiles)."""
-    _check_scale(scale)
+    _check_scale(scale, real)
     tile, overlap = inference.tiling(tile or 0)
-    model = inference.load_upscaler(inference.shipped_model(scale), device, tile=tile, tile_overlap=overlap)
+    model = inference.load_upscaler(inference.shipped_model(scale, real), device, tile=tile, tile_overlap=overlap)
 
     def upscale(img):
         mode = 'L' if img.mode in ('L', '1') else 'RGB'
@@ -45,7 +47,8 @@ def upscaler(scale=4, device='cpu', tile=inference.DEFAULT_TILE):
     return upscale
 
 
-def _check_scale(scale):
-    if isinstance(scale, bool) or scale not in inference.SCALES:
-        raise utils.UserError(f'scale={scale!r}: the shipped SRResNets upscale by '
-                              f'{", ".join(map(str, inference.SCALES))} (an int)')
+def _check_scale(scale, real=False):
+    scales = inference.REAL_SCALES if real else inference.SCALES
+    if isinstance(scale, bool) or scale not in scales:
+        raise utils.UserError(f'scale={scale!r}: the shipped {"real-input " if real else ""}SRResNets upscale by '
+                              f'{", ".join(map(str, scales))} (an int)')

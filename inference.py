@@ -36,14 +36,18 @@ MIN_TILE = 32
 MIN_TILE_OVERLAP = 16
 DEFAULT_MODEL = Path(__file__).resolve().parent / 'weights' / 'srresnet_x4.pt'  # the SRResNet shipped with the repo
 SCALES = (2, 4, 8)  # a shipped SRResNet for each, weights/srresnet_x<scale>.pt
+REAL_SCALES = (4,)  # and one trained for real inputs (JPEG, video, noise; README, Real photos and video) at x4
 # The 8 symmetries of the square (the dihedral group D4), as (quarter turns, then transposed?): the identity, the
 # rotations by 90, 180 and 270 degrees, and the transposes of those four (which are the two flips and the two
 # diagonal reflections). The self-ensemble's inputs.
 DIHEDRAL = tuple((turns, transposed) for transposed in (False, True) for turns in range(4))
 
 
-def shipped_model(scale=4):
-    """The path of the SRResNet shipped for `scale` (2, 4 or 8)."""
+def shipped_model(scale=4, real=False):
+    """The path of the SRResNet shipped for `scale` (2, 4 or 8); real: the one trained on degraded LR (blur, noise,
+    resizing, JPEG) for compressed photos and video frames, weights/srresnet_x<scale>_real.pt (x4 only)."""
+    if real:
+        return DEFAULT_MODEL.with_name(f'srresnet_x{scale}_real.pt')
     return DEFAULT_MODEL if scale == 4 else DEFAULT_MODEL.with_name(f'srresnet_x{scale}.pt')
 
 
@@ -95,9 +99,10 @@ def load_upscaler(path=None, device='cpu', precision='auto', tile=DEFAULT_TILE, 
     another), or an .onnx export of one -> an Upscaler on `device` (see pick_amp_dtype for `precision`; an .onnx
     runs in the precision it was exported in)."""
     path = DEFAULT_MODEL if path is None else Path(path)
-    shipped = {shipped_model(s): s for s in SCALES}
+    shipped = {shipped_model(s): f'x{s}' for s in SCALES} | {shipped_model(s, real=True): f'real-input x{s}'
+                                                               for s in REAL_SCALES}
     if path in shipped and not path.is_file():
-        raise CheckpointError(f'no shipped x{shipped[path]} model yet ({path} is missing); pass --model PATH, '
+        raise CheckpointError(f'no shipped {shipped[path]} model yet ({path} is missing); pass --model PATH, '
                               f'a checkpoint written by train_srresnet.py or train_srgan.py')
     if path.suffix.lower() == '.onnx':  # an exported model, run by onnxruntime in its own precision
         return Upscaler.for_onnx(path, device, tile, tile_overlap)

@@ -6,6 +6,7 @@ Bicubic / SRResNet / SRGAN / Original HR comparison grid.
     python super_resolve.py photos/ scans/*.tif -o upscaled/     # files, folders (recursive) and globs
     python super_resolve.py photo.png -o big.png --model checkpoints/srgan/checkpoint.pt
     python super_resolve.py clip.mp4 -o clip_x4.mp4              # video: same frame rate, audio copied
+    python super_resolve.py web_photo.jpg --real                 # JPEG photos, video frames: the real-input x4
     python super_resolve.py photo.jpg --self-ensemble            # the mean over 8 flips / rotations: 8 passes
     python super_resolve.py photo.png --grid --srgan checkpoints/srgan/checkpoint.pt   # visualize_sr's grid
     python super_resolve.py data/Set5_test_images.json --grid --srgan ...    # a list from create_data_lists.py
@@ -159,7 +160,7 @@ def super_resolve_file(upscaler, in_path, out_path, note=print, progress=False):
 # The tutorial's comparison grid
 
 def visualize_sr(img, halve=False, srresnet_checkpoint=DEFAULT_MODEL, srgan_checkpoint=None, save_path=None,
-                 device='auto', scale=None):
+                 device='auto', scale=None, real=False):
     """The tutorial's 2x2 grid: Bicubic / SRResNet / SRGAN / Original HR.
 
     img: an image path or a PIL image, the HR. It is downsampled by the models' scale with Pillow bicubic (the LR
@@ -169,7 +170,9 @@ def visualize_sr(img, halve=False, srresnet_checkpoint=DEFAULT_MODEL, srgan_chec
     original-tutorial checkpoint with allow_unsafe_pickle, or to run one with self_ensemble: its panel's label then
     says so), or None to leave that panel saying so. scale: 2, 4 or 8 (an int; an InputError for anything else), the
     shipped SRResNet of that scale when srresnet_checkpoint is left as it is, and a CheckpointError for a checkpoint
-    of another scale (None: the checkpoints' own scale, x4 without any).
+    of another scale (None: the checkpoints' own scale, x4 without any). real: the shipped x4 for real inputs
+    (weights/srresnet_x4_real.pt; README, Real photos and video) when srresnet_checkpoint is left as it is, its panel
+    labelled "SRResNet for real inputs".
     Returns the grid as a PIL RGB image of (2 W + 3 m) x (2 H + 3 m) pixels (W x H: the HR, trimmed to a multiple
     of the scale; m: the label margin); saves it to save_path when given (replaced if it exists; an OutputError if it
     is the image or a checkpoint, or not an image format). Needs no display."""
@@ -177,6 +180,9 @@ def visualize_sr(img, halve=False, srresnet_checkpoint=DEFAULT_MODEL, srgan_chec
                               or scale not in inference.SCALES):
         raise InputError(f'scale={scale!r}: pass one of {", ".join(map(str, inference.SCALES))} (an int), or None for '
                          f'the checkpoints\' own scale')
+    if real and scale not in (None, *inference.REAL_SCALES):
+        raise InputError(f'real=True with scale={scale}: the real-input model upscales '
+                         f'x{", x".join(map(str, inference.REAL_SCALES))} only')
     if save_path is not None:  # never over the image or a checkpoint it reads; a save_path given may be replaced
         reads = [p for p in (img, srresnet_checkpoint, srgan_checkpoint) if isinstance(p, (str, os.PathLike))]
         OutputPlan(reads=reads).file(save_path, 'save_path', formats=IMAGE_EXTENSIONS, if_exists='replace')
@@ -184,16 +190,12 @@ def visualize_sr(img, halve=False, srresnet_checkpoint=DEFAULT_MODEL, srgan_chec
     hr_img = load_image(img) if isinstance(img, (str, os.PathLike)) else img.convert('RGB')
     if halve:
         hr_img = hr_img.resize((hr_img.width // 2, hr_img.height // 2), Image.LANCZOS)
-    if scale is not None and srresnet_checkpoint is DEFAULT_MODEL:  # the default: the shipped model of that scale
-        srresnet_checkpoint = inference.shipped_model(scale)
-    upscalers = {}
-    for label, checkpoint in (('SRResNet', srresnet_checkpoint), ('SRGAN', srgan_checkpoint)):
-        given = isinstance(checkpoint, inference.Upscaler)
-        upscalers[label] = (checkpoint if given else
-                            load_upscaler(checkpoint, pick_device(device)) if checkpoint is not None else None)
-        if upscalers[label] is not None:
-            named = f'{label.lower()}_checkpoint={"an Upscaler" if given else checkpoint}'
-            inference.check_scale(upscalers[label].scaling_factor, scale, named, scale_flag='scale=')
+    if srresnet_checkpoint is DEFAULT_MODEL and (scale is not None or real):  # the shipped model of that scale
+        srresnet_checkpoint = inference.shipped_model(scale or 4, real)
+    upscalers = grid_upscalers(srresnet_checkpoint, srgan_checkpoint, scale, device)
+    if real:
+        upscalers = {('SRResNet for real inputs' if label == 'SRResNet' else label): upscaler
+                     for label, upscaler in upscalers.items()}
     scales = {u.scaling_factor for u in upscalers.values() if u is not None}
     if len(scales) > 1:
         raise CheckpointError(f'the two checkpoints upscale by different factors ({sorted(scales)})')
@@ -217,6 +219,20 @@ def visualize_sr(img, halve=False, srresnet_checkpoint=DEFAULT_MODEL, srgan_chec
     if save_path is not None:
         save_image(grid, save_path)
     return grid
+
+
+def grid_upscalers(srresnet_checkpoint, srgan_checkpoint, scale, device):
+    """visualize_sr's two checkpoints (paths, Upscalers or None) -> {'SRResNet': Upscaler or None, 'SRGAN': ...},
+    each checked to be of `scale` when one is asked for."""
+    upscalers = {}
+    for label, checkpoint in (('SRResNet', srresnet_checkpoint), ('SRGAN', srgan_checkpoint)):
+        given = isinstance(checkpoint, inference.Upscaler)
+        upscalers[label] = (checkpoint if given else
+                            load_upscaler(checkpoint, pick_device(device)) if checkpoint is not None else None)
+        if upscalers[label] is not None:
+            named = f'{label.lower()}_checkpoint={"an Upscaler" if given else checkpoint}'
+            inference.check_scale(upscalers[label].scaling_factor, scale, named, scale_flag='scale=')
+    return upscalers
 
 
 def draw_grid(panels, width, height):
@@ -286,7 +302,17 @@ def parse_args(argv=None):
         parser.error(str(e))
     if args.halve and not args.grid:
         parser.error('--halve applies to --grid only (it halves each image before drawing the grid)')
+    if args.real and args.model is not None:
+        parser.error('--real picks the shipped real-input model; --model names another: pass one of them')
+    if args.real and args.scale not in (None, *inference.REAL_SCALES):
+        parser.error(f'--real: the real-input model upscales x{", x".join(map(str, inference.REAL_SCALES))} only; '
+                     f'drop --scale {args.scale} or --real')
     return args
+
+
+def model_path(args):
+    """The generator --model, --real and --scale ask for: --model, else the shipped one."""
+    return args.model or inference.shipped_model(args.scale or 4, real=args.real)
 
 
 def image_extension(text):
@@ -305,6 +331,10 @@ def add_model_arguments(parser):
     parser.add_argument('--scale', type=int, choices=inference.SCALES, default=None,
                         help='upscale by 2, 4 or 8: the shipped SRResNet of that scale when no --model is given; '
                              'with --model, the scale it must have [default: x4, or the --model\'s own]')
+    parser.add_argument('--real', action='store_true',
+                        help='the shipped x4 trained for real inputs, weights/srresnet_x4_real.pt: for JPEG photos '
+                             'from the web and video frames, whose compression the default model sharpens along '
+                             'with the detail (README, Real photos and video) [default: the clean-LR model]')
     parser.add_argument('--tile', type=number(int, minimum=0), default=DEFAULT_TILE,
                         help=f'LR tile side for tiled inference, at least {MIN_TILE} (0: the whole image at once); '
                              f'smaller uses less memory, and it is halved automatically on out-of-memory '
@@ -375,7 +405,7 @@ def load_upscalers(args):
     device = pick_device(args.device)
     settings = dict(device=device, precision=args.precision, tile=args.tile, tile_overlap=args.tile_overlap,
                     allow_unsafe_pickle=args.unsafe_pickle)
-    upscaler = load_upscaler(args.model or inference.shipped_model(args.scale or 4), **settings)
+    upscaler = load_upscaler(model_path(args), **settings)
     upscaler = dataclasses.replace(upscaler, self_ensemble=args.self_ensemble)
     inference.check_scale(upscaler.scaling_factor, args.scale, f'--model {args.model}' if args.model else
                           'the shipped model', other=' (or no --model: the shipped one)' if args.model else '')
@@ -395,7 +425,7 @@ def plan_outputs(inputs, sources, args, scale):
     planned (outputs.OutputPlan) before any work: never an input, a data list or a model (even with --overwrite),
     never two inputs on one output, never inside an input folder (`sources`: the folders and lists searched), a
     format known before writing, an existing one skipped unless --overwrite. -o is one file or a folder."""
-    models = [args.model or inference.shipped_model(args.scale or 4), args.srgan]
+    models = [model_path(args), args.srgan]
     lists, folders = [p for p in sources if not p.is_dir()], [p for p in sources if p.is_dir()]
     plan = OutputPlan(reads=[path for path, _ in inputs] + lists + models, read_folders=folders,
                       overwrite=args.overwrite)
@@ -446,7 +476,7 @@ def upscale_all(jobs, missing, args, upscaler, srgan):
                 continue
             try:
                 if args.grid:
-                    visualize_sr(in_path, args.halve, upscaler, srgan, out_path)
+                    visualize_sr(in_path, args.halve, upscaler, srgan, out_path, real=args.real)
                 elif in_path.suffix.lower() in VIDEO_EXTENSIONS:
                     super_resolve_video(upscaler, in_path, out_path, args.batch_size, note)
                 else:  # one image: the file bar is off, so a large one shows its tiles instead

@@ -623,3 +623,43 @@ def test_visualize_sr_takes_a_scale_of_its_shipped_models_only(scale, checkpoint
         assert str(error.value) == (f"scale={scale!r}: pass one of 2, 4, 8 (an int), or None for the checkpoints' own "
                                     f"scale")
         assert isinstance(error.value, ValueError) and isinstance(error.value, UserError)
+
+
+def test_real_picks_the_shipped_real_input_model_and_says_when_it_is_missing(checkpoint, tiny_model, tmp_path,
+                                                                             monkeypatch):
+    """--real (and visualize_sr(real=True), hubconf real=True) is weights/srresnet_x4_real.pt, not the default x4; a
+    missing file is one line, and --real beside --model or another --scale is a usage error."""
+    import hubconf
+    weights = tmp_path / 'weights'
+    weights.mkdir()
+    monkeypatch.setattr(inference, 'DEFAULT_MODEL', weights / 'srresnet_x4.pt')
+    Image.fromarray(smooth_photo(32, 32)).save(tmp_path / 'a.png')
+    with pytest.raises(CheckpointError, match=r'^no shipped real-input x4 model yet \(.*srresnet_x4_real\.pt is '
+                                              r'missing\); pass --model PATH'):
+        super_resolve.main([str(tmp_path / 'a.png'), '--real', '-o', str(tmp_path / 'none')])
+    other = save_srresnet(tmp_path / 'other.pt', n_blocks=2, scaling_factor=4, seed=1)
+    (weights / 'srresnet_x4.pt').write_bytes(other.read_bytes())
+    (weights / 'srresnet_x4_real.pt').write_bytes(checkpoint.read_bytes())
+    for flags, out in (([], 'default.png'), (['--real'], 'real.png'), (['--real', '--scale', '4'], 'real4.png'),
+                       (['--model', str(checkpoint)], 'model.png')):
+        super_resolve.main([str(tmp_path / 'a.png'), *flags, '-o', str(tmp_path / out)])
+    read = {name: np.asarray(Image.open(tmp_path / name)) for name in ('default.png', 'real.png', 'real4.png',
+                                                                      'model.png')}
+    assert (read['real.png'] == read['model.png']).all() and (read['real4.png'] == read['model.png']).all()
+    assert not (read['default.png'] == read['model.png']).all()
+    for flags in (['--model', str(checkpoint)], ['--scale', '2'], ['--scale', '8'], ['--model', str(tiny_model),
+                                                                                      '--scale', '2']):
+        with pytest.raises(SystemExit) as stop:
+            super_resolve.parse_args([str(tmp_path / 'a.png'), '--real', *flags])
+        assert stop.value.code == 2
+    hr = Image.fromarray(smooth_photo(64, 64))
+    grid = super_resolve.visualize_sr(hr, device='cpu', real=True)
+    assert grid == super_resolve.visualize_sr(hr, srresnet_checkpoint=checkpoint, device='cpu', real=True)
+    assert grid != super_resolve.visualize_sr(hr, device='cpu')
+    with pytest.raises(super_resolve.InputError, match=r'^real=True with scale=2: the real-input model upscales x4'):
+        super_resolve.visualize_sr(hr, device='cpu', real=True, scale=2)
+    model = hubconf.srresnet(real=True)
+    assert all((v == w).all() for v, w in zip(model.state_dict().values(),
+                                              inference.load_generator(checkpoint).state_dict().values()))
+    with pytest.raises(UserError, match=r'^scale=2: the shipped real-input SRResNets upscale by 4 \(an int\)$'):
+        hubconf.upscaler(2, real=True)
