@@ -4,8 +4,9 @@ runs against the code fails CI. (Their numbers are measured by hand; timing belo
 import re
 
 import pytest
+from PIL import Image
 
-from conftest import REPO, run_process
+from conftest import REPO, run_process, save_srresnet
 
 
 # The multiply-adds of the default SRResNet step for one 24x24 LR image, layer by layer (in_channels x out_channels x
@@ -17,6 +18,12 @@ SRRESNET_MACS = (3 * 64 * 81 * 24 ** 2                # the first 9x9 convolutio
                  + 256 * 12 * 25 * 48 ** 2)           # the last convolution
 # a training step: 2 FLOPs a multiply-add, the backward twice the forward but the first layer's (no input gradient)
 SRRESNET_GFLOP_PER_IMAGE = (3 * 2 * SRRESNET_MACS - 2 * 3 * 64 * 81 * 24 ** 2) / 1e9  # 7.85
+
+
+@pytest.fixture(scope='module')
+def tiny_x4(tmp_path_factory):
+    """An untrained SRResNet x4 of 8 channels and 1 block."""
+    return save_srresnet(tmp_path_factory.mktemp('model') / 'x4.pt', n_channels=8, n_blocks=1, scaling_factor=4)
 
 
 def run_benchmark(*args):
@@ -98,3 +105,20 @@ def test_train_step_end_to_end_benchmark_times_the_script_beside_the_step(demo_d
     end_to_end, data_wait, step, ratio = map(float, row[1:])
     assert 0 <= data_wait < end_to_end and step > 0
     assert ratio == pytest.approx(end_to_end / step, rel=0.2)  # the ms are printed rounded
+
+
+@pytest.mark.parametrize('lr_flags, compressed', [(['--crf', '45'], 'libx264 CRF 45'), (['--degrade', 'jpeg:20'],
+                                                                                          'jpeg:20')])
+def test_real_inputs_benchmark_scores_the_compressed_frames_below_the_clean(tiny_x4, tmp_path, lr_flags, compressed):
+    """A strong codec (or JPEG) costs bicubic PSNR on every frame; the table has a row for each LR, a column for
+    each model, and the crop sheet is visualize_sr's 2x2 grid of the x2-enlarged crop."""
+    out = run_benchmark('benchmarks/real_inputs.py', tiny_x4, '--frames', 3, '--size', 96, 64, '--crop', 32,
+                        '--sheet', tmp_path / 'crop.png', *lr_flags)
+    clean, = table_rows(out, 'clean')
+    degraded, = table_rows(out, compressed)
+    assert len(clean) == len(degraded) == 3  # LR, bicubic, the model
+    psnr = {row[0]: [float(cell.split(' / ')[0]) for cell in row[1:]] for row in (clean, degraded)}
+    assert psnr['clean'][0] > psnr[compressed][0] + 1
+    assert '3 frame(s) of 96x64 HR, LR 24x16' in out
+    margin = round(1.75 * max(12, round(0.045 * 64)))
+    assert Image.open(tmp_path / 'crop.png').size == (2 * 64 + 3 * margin, 2 * 64 + 3 * margin)
