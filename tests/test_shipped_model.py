@@ -66,3 +66,24 @@ def test_super_resolve_without_a_model_uses_the_shipped_one_and_beats_bicubic(tm
         return metrics.evaluate_image(utils.convert_image(img, 'pil', '[-1, 1]'),
                                       utils.convert_image(hr, 'pil', '[-1, 1]'), scale)[0].item()
     assert psnr(sr) > psnr(bicubic) + 0.5
+
+
+# the real-input x4 (weights/srresnet_x4_real.md): Set14, eval.py's paper protocol, the LR degraded by --degrade
+REAL_CARD = {'none': (27.78, 0.7545), 'jpeg:75': (26.36, 0.6925)}
+
+
+def test_the_real_input_model_is_an_x4_of_the_291_and_scores_what_its_card_says(shared_data):
+    path = shipped_model(4, real=True)
+    checkpoint = load_checkpoint(path)
+    assert checkpoint['kind'] == 'srresnet' and checkpoint['model_config']['scaling_factor'] == 4
+    assert set(checkpoint) == {'kind', 'model_config', 'model', 'iteration', 'best_psnr', 'config'}
+    assert checkpoint['config']['degrade'] == 'real' and checkpoint['config']['val_set'] == 'val'
+    assert checkpoint['config']['data_folder'].endswith('data291')  # T91 + BSD200, 10 held out to validate
+    model = eval_py.Model('real', 'srresnet', 4, Upscaler.for_model(load_generator(path)))
+    paths = sorted(str(p) for p in (shared_data / 'Set14').glob('*.png'))
+    card = path.with_suffix('.md').read_text()
+    for degrade, (psnr, ssim) in REAL_CARD.items():
+        rows = eval_py.evaluate([model], [('Set14', paths)], eval_py.TestPairs('paper', 'matlab', degrade))
+        assert np.mean([r['psnr'] for r in rows]) == pytest.approx(psnr, abs=0.005)
+        assert np.mean([r['ssim'] for r in rows]) == pytest.approx(ssim, abs=0.0001)
+        assert f'{psnr:.2f}' in card
