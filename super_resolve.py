@@ -170,9 +170,9 @@ def visualize_sr(img, halve=False, srresnet_checkpoint=DEFAULT_MODEL, srgan_chec
     original-tutorial checkpoint with allow_unsafe_pickle, or to run one with self_ensemble: its panel's label then
     says so), or None to leave that panel saying so. scale: 2, 4 or 8 (an int; an InputError for anything else), the
     shipped SRResNet of that scale when srresnet_checkpoint is left as it is, and a CheckpointError for a checkpoint
-    of another scale (None: the checkpoints' own scale, x4 without any). real: the shipped x4 for real inputs
-    (weights/srresnet_x4_real.pt; README, Real photos and video) when srresnet_checkpoint is left as it is, its panel
-    labelled "SRResNet for real inputs".
+    of another scale (None: the checkpoints' own scale, x4 without any). real: the SRResNet panel is the shipped x4
+    for real inputs (weights/srresnet_x4_real.pt; README, Real photos and video) when srresnet_checkpoint is left as
+    it is, and is labelled "SRResNet for real inputs" either way.
     Returns the grid as a PIL RGB image of (2 W + 3 m) x (2 H + 3 m) pixels (W x H: the HR, trimmed to a multiple
     of the scale; m: the label margin); saves it to save_path when given (replaced if it exists; an OutputError if it
     is the image or a checkpoint, or not an image format). Needs no display."""
