@@ -20,8 +20,9 @@ dependencies = ['torch', 'torchvision', 'PIL', 'numpy']  # what torch.hub checks
 
 def srresnet(scale=4, pretrained=True, device='cpu', real=False):
     """The paper's SRResNet for x2, x4 or x8, in eval mode on `device`: the shipped weights (real=True: the x4
-    trained on degraded LR, for JPEG photos and video frames), or random ones (pretrained=False, to train). It takes (N, 3, h, w) ImageNet-normalised LR images and returns (N, 3, h * s,
-    w * s) in [-1, 1], as the tutorial's SRResNet does (utils.convert_image converts both ways)."""
+    trained on degraded LR, for JPEG photos and video frames), or random ones (pretrained=False, to train). It takes
+    (N, 3, h, w) ImageNet-normalised LR images and returns (N, 3, h * s, w * s) in [-1, 1], as the tutorial's SRResNet
+    does (utils.convert_image converts both ways)."""
     _check_scale(scale, real)
     if not pretrained:
         return models.SRResNet(scaling_factor=scale).to(device).eval()
