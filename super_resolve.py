@@ -192,10 +192,7 @@ def visualize_sr(img, halve=False, srresnet_checkpoint=DEFAULT_MODEL, srgan_chec
         hr_img = hr_img.resize((hr_img.width // 2, hr_img.height // 2), Image.LANCZOS)
     if srresnet_checkpoint is DEFAULT_MODEL and (scale is not None or real):  # the shipped model of that scale
         srresnet_checkpoint = inference.shipped_model(scale or 4, real)
-    upscalers = grid_upscalers(srresnet_checkpoint, srgan_checkpoint, scale, device)
-    if real:
-        upscalers = {('SRResNet for real inputs' if label == 'SRResNet' else label): upscaler
-                     for label, upscaler in upscalers.items()}
+    upscalers = grid_upscalers(srresnet_checkpoint, srgan_checkpoint, scale, device, real)
     scales = {u.scaling_factor for u in upscalers.values() if u is not None}
     if len(scales) > 1:
         raise CheckpointError(f'the two checkpoints upscale by different factors ({sorted(scales)})')
@@ -221,16 +218,18 @@ def visualize_sr(img, halve=False, srresnet_checkpoint=DEFAULT_MODEL, srgan_chec
     return grid
 
 
-def grid_upscalers(srresnet_checkpoint, srgan_checkpoint, scale, device):
-    """visualize_sr's two checkpoints (paths, Upscalers or None) -> {'SRResNet': Upscaler or None, 'SRGAN': ...},
-    each checked to be of `scale` when one is asked for."""
+def grid_upscalers(srresnet_checkpoint, srgan_checkpoint, scale, device, real=False):
+    """visualize_sr's two checkpoints (paths, Upscalers or None) -> {panel label: Upscaler or None}: 'SRResNet' (real:
+    'SRResNet for real inputs') and 'SRGAN', each checked to be of `scale` when one is asked for."""
     upscalers = {}
-    for label, checkpoint in (('SRResNet', srresnet_checkpoint), ('SRGAN', srgan_checkpoint)):
+    srresnet_label = 'SRResNet for real inputs' if real else 'SRResNet'
+    for name, label, checkpoint in (('srresnet', srresnet_label, srresnet_checkpoint),
+                                    ('srgan', 'SRGAN', srgan_checkpoint)):
         given = isinstance(checkpoint, inference.Upscaler)
         upscalers[label] = (checkpoint if given else
                             load_upscaler(checkpoint, pick_device(device)) if checkpoint is not None else None)
         if upscalers[label] is not None:
-            named = f'{label.lower()}_checkpoint={"an Upscaler" if given else checkpoint}'
+            named = f'{name}_checkpoint={"an Upscaler" if given else checkpoint}'
             inference.check_scale(upscalers[label].scaling_factor, scale, named, scale_flag='scale=')
     return upscalers
 
