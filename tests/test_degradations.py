@@ -14,7 +14,7 @@ from PIL import Image
 import degradations
 from checkpoints import load_checkpoint
 from conftest import QUICK_X2, TINY, cli, train_rows
-from degradations import PRESETS, STAGES, Degradations, DegradedLR, degrade_flag, parse_degrade
+from degradations import EXAMPLES, STAGES, Degradations, DegradedLR, degrade_flag, parse_degrade
 
 
 def eight_bit(imgs):
@@ -29,9 +29,12 @@ def keep_torch_settings():
     torch.backends.cudnn.deterministic = False
 
 
+EVERY_STAGE = ','.join(EXAMPLES.values())  # each stage once
+
+
 def test_every_stage_parses_and_every_malformed_stage_is_one_line_naming_it():
     assert parse_degrade('none') == () and not Degradations('none')
-    assert [s.name for s in parse_degrade('real')] == list(STAGES)  # the preset uses every stage
+    assert [s.name for s in parse_degrade(EVERY_STAGE)] == list(STAGES)
     stage, = parse_degrade('jpeg:75')
     assert (stage.low, stage.high, stage.p) == (75, 75, 1)
     stage, = parse_degrade('blur:0.2-0.8@0.25')
@@ -109,7 +112,7 @@ def test_each_image_goes_through_a_stage_with_its_chance_and_jpeg_always_comes_l
         monkeypatch.setitem(degradations.APPLY, name, recorded)
     for key in range(30):
         order = []
-        Degradations(PRESETS['real'])(lr_imgs[:2], key)
+        Degradations(EVERY_STAGE)(lr_imgs[:2], key)
         assert order[-1] == 'jpeg' and sorted(order) == sorted(STAGES)
         orders.add(tuple(order))
     assert len(orders) > 5  # the others in an order drawn per batch
